@@ -1,0 +1,252 @@
+package natstest
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// readyTimeout bounds how long a server may take to accept clients.
+const readyTimeout = 10 * time.Second
+
+// Server is a real embedded nats-server with JetStream on a loopback port.
+// It can be shut down and restarted on the same port with the same store.
+type Server struct {
+	t     testing.TB
+	opts  server.Options
+	srv   *server.Server
+	up    bool
+	Port  int
+	Store string
+}
+
+// Option adjusts the server options before start.
+type Option func(*server.Options)
+
+// WithPingInterval makes the server ping its clients every d.
+func WithPingInterval(d time.Duration) Option {
+	return func(o *server.Options) { o.PingInterval = d; o.MaxPingsOut = 2 }
+}
+
+// WithoutJetStream runs a core-NATS-only server.
+func WithoutJetStream() Option { return func(o *server.Options) { o.JetStream = false } }
+
+// WithOptions lets a test change any server option.
+func WithOptions(f func(*server.Options)) Option { return f }
+
+// RunServer starts a JetStream-enabled server on 127.0.0.1 with a random
+// port and a t.TempDir() store; it is shut down on t.Cleanup.
+func RunServer(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	o := server.Options{
+		ServerName: "natstest",
+		Host:       "127.0.0.1",
+		Port:       -1,
+		NoLog:      true,
+		NoSigs:     true,
+		JetStream:  true,
+		StoreDir:   filepath.Join(t.TempDir(), "js"),
+		HTTPPort:   0,
+		MaxPayload: 1 << 20,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	s := &Server{t: t, opts: o, Store: o.StoreDir}
+	s.start()
+	s.opts.Port = s.Port // restarts keep the port
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	o := s.opts
+	srv, err := server.NewServer(&o)
+	if err != nil {
+		s.t.Fatalf("natstest: new server: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(readyTimeout) {
+		srv.Shutdown()
+		s.t.Fatalf("natstest: server on port %d not ready within %v", o.Port, readyTimeout)
+	}
+	s.srv = srv
+	s.up = true
+	s.Port = srv.Addr().(*net.TCPAddr).Port
+}
+
+// URL is the client URL, nats://127.0.0.1:<port>.
+func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.Port) }
+
+// NATS returns the underlying server (nil while shut down).
+func (s *Server) NATS() *server.Server {
+	if !s.up {
+		return nil
+	}
+	return s.srv
+}
+
+// Shutdown stops the server and waits for it; safe to call twice.
+func (s *Server) Shutdown() {
+	if !s.up {
+		return
+	}
+	s.up = false
+	s.srv.Shutdown()
+	s.srv.WaitForShutdown()
+}
+
+// Start starts a shut-down server again on the same port and store.
+func (s *Server) Start() {
+	s.t.Helper()
+	if s.up {
+		return
+	}
+	// The port may linger briefly after shutdown; retry for a bounded time.
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port)))
+		if err == nil {
+			ln.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("natstest: port %d still busy: %v", s.Port, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.start()
+}
+
+// Restart shuts the server down and starts it again on the same port and store.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Shutdown()
+	s.Start()
+}
+
+// Connect opens a client connection closed on t.Cleanup.
+func (s *Server) Connect(opts ...nats.Option) *nats.Conn {
+	return Connect(s.t, s.URL(), opts...)
+}
+
+// Connect opens a client connection to url, closed on t.Cleanup.
+func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("natstest: connect %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Cluster is a 3-node (or n-node) JetStream cluster on loopback.
+type Cluster struct {
+	Servers []*Server
+}
+
+// RunCluster starts n JetStream servers routed into one cluster and waits
+// until JetStream has a meta leader.
+func RunCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+	}
+	routes := ""
+	for i, p := range ports {
+		if i > 0 {
+			routes += ","
+		}
+		routes += fmt.Sprintf("nats-route://127.0.0.1:%d", p)
+	}
+	c := &Cluster{}
+	for i := 0; i < n; i++ {
+		i := i
+		s := RunServer(t, WithOptions(func(o *server.Options) {
+			o.ServerName = fmt.Sprintf("n%d", i)
+			o.Cluster.Name = "tether"
+			o.Cluster.Host = "127.0.0.1"
+			o.Cluster.Port = ports[i]
+			o.Routes = server.RoutesFromStr(routes)
+		}))
+		c.Servers = append(c.Servers, s)
+	}
+	c.WaitJetStream(t)
+	return c
+}
+
+// WaitJetStream waits until every running node agrees on a meta leader.
+func (c *Cluster) WaitJetStream(t testing.TB) {
+	t.Helper()
+	CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		for _, s := range c.Servers {
+			if s.NATS() == nil {
+				continue
+			}
+			if !s.NATS().JetStreamIsCurrent() {
+				return fmt.Errorf("node %s: JetStream not current", s.opts.ServerName)
+			}
+		}
+		if leaderOf(c) == "" {
+			return fmt.Errorf("no meta leader")
+		}
+		return nil
+	})
+}
+
+func leaderOf(c *Cluster) string {
+	for _, s := range c.Servers {
+		if s.NATS() != nil && s.NATS().JetStreamIsLeader() {
+			return s.opts.ServerName
+		}
+	}
+	return ""
+}
+
+// URLs is a comma-separated list of every node's client URL.
+func (c *Cluster) URLs() string {
+	u := ""
+	for i, s := range c.Servers {
+		if i > 0 {
+			u += ","
+		}
+		u += s.URL()
+	}
+	return u
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("natstest: free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// CheckFor polls fn every sleep until it returns nil or total elapses, then
+// fails the test with fn's last error. The loop is bounded in time and count.
+func CheckFor(t testing.TB, total, sleep time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	var err error
+	for i := 0; ; i++ {
+		if err = fn(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) || i > int(total/sleep)+10 {
+			t.Fatalf("natstest: condition not met within %v: %v", total, err)
+		}
+		time.Sleep(sleep)
+	}
+}
