@@ -1,0 +1,300 @@
+package kvconfig
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Sentinel errors of resolution.
+var (
+	// ErrNotFound is wrapped when no scope has a config for the server.
+	ErrNotFound = errors.New("kvconfig: no config found")
+	// ErrNotReady is returned before the index has loaded the initial
+	// values of both buckets.
+	ErrNotReady = errors.New("kvconfig: index not ready: initial KV values not loaded yet")
+)
+
+// Entry is one config key as the index holds it. Entries are immutable once
+// stored; a put replaces the pointer.
+type Entry struct {
+	Key      Key
+	KeyName  string // Key.String(), kept to avoid rebuilding it per resolve
+	Scope    string // Key.Scope()
+	Revision uint64
+	// Raw is the compacted JSON value; set only for valid entries.
+	Raw json.RawMessage
+	// Config is the decoded value; nil when Err is set.
+	Config *ServerConfig
+	// Err is the *ConfigError of a malformed value, naming key and revision.
+	Err error
+}
+
+// Valid reports whether the entry decoded and validated.
+func (e *Entry) Valid() bool { return e.Err == nil }
+
+type roleEntry struct {
+	role     string
+	revision uint64
+	err      error
+}
+
+// Index is the in-memory view of the config and role buckets. It is fed by
+// Apply* calls (normally from a Watcher) and answers Resolve, ResolveAll and
+// Explain without I/O. It is safe for concurrent use.
+type Index struct {
+	mu       sync.RWMutex
+	global   map[string]*Entry            // server -> entry
+	roles    map[string]map[string]*Entry // role -> server -> entry
+	agents   map[string]map[string]*Entry // agent -> server -> entry
+	registry map[string]roleEntry         // agent -> role record
+	invalid  map[string]*Entry            // key -> malformed entry
+	unknown  map[string]uint64            // unrecognised key -> revision
+
+	configsReady, agentsReady bool
+}
+
+// NewIndex returns an empty index that is not ready.
+func NewIndex() *Index {
+	return &Index{
+		global:   map[string]*Entry{},
+		roles:    map[string]map[string]*Entry{},
+		agents:   map[string]map[string]*Entry{},
+		registry: map[string]roleEntry{},
+		invalid:  map[string]*Entry{},
+		unknown:  map[string]uint64{},
+	}
+}
+
+// Op is the kind of a KV change.
+type Op int
+
+const (
+	// OpPut is a value written.
+	OpPut Op = iota + 1
+	// OpDelete is a key deleted or purged.
+	OpDelete
+)
+
+func (o Op) String() string {
+	if o == OpPut {
+		return "put"
+	}
+	return "delete"
+}
+
+// Change describes one applied KV change.
+type Change struct {
+	Bucket   string
+	KeyName  string
+	Revision uint64
+	Op       Op
+	// Key is the parsed config key (configs bucket, recognised keys only).
+	Key Key
+	// Err is set when the key is unrecognised or the value malformed.
+	Err error
+	// OldRole and NewRole are set for the agents bucket.
+	OldRole, NewRole string
+}
+
+// ApplyConfig applies a change to the configs bucket. Deletes and purges
+// remove the key (absent keys never win). A malformed value is stored as an
+// invalid entry so that it shadows less specific scopes and resolves to an
+// error naming it.
+func (ix *Index) ApplyConfig(key string, rev uint64, op Op, value []byte) Change {
+	ch := Change{Bucket: BucketConfigs, KeyName: key, Revision: rev, Op: op}
+	k, err := ParseKey(key)
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if err != nil {
+		ch.Err = err
+		if op == OpPut {
+			ix.unknown[key] = rev
+		} else {
+			delete(ix.unknown, key)
+		}
+		return ch
+	}
+	ch.Key = k
+	if op == OpDelete {
+		ix.remove(k)
+		delete(ix.invalid, key)
+		return ch
+	}
+	e := &Entry{Key: k, KeyName: key, Scope: k.Scope(), Revision: rev}
+	if cfg, err := DecodeConfig(value); err != nil {
+		ce := &ConfigError{Bucket: BucketConfigs, Key: key, Revision: rev, Err: err}
+		var inner *ConfigError
+		if errors.As(err, &inner) {
+			ce.Field, ce.Err = inner.Field, inner.Err
+		}
+		e.Err = ce
+		ix.invalid[key] = e
+	} else {
+		var buf bytes.Buffer
+		if json.Compact(&buf, value) == nil {
+			e.Raw = buf.Bytes()
+		}
+		e.Config = cfg
+		delete(ix.invalid, key)
+	}
+	ch.Err = e.Err
+	ix.store(e)
+	return ch
+}
+
+func (ix *Index) store(e *Entry) {
+	switch e.Key.Kind {
+	case ScopeGlobal:
+		ix.global[e.Key.Server] = e
+	case ScopeRole:
+		putNested(ix.roles, e.Key.Owner, e)
+	case ScopeAgent:
+		putNested(ix.agents, e.Key.Owner, e)
+	}
+}
+
+func (ix *Index) remove(k Key) {
+	switch k.Kind {
+	case ScopeGlobal:
+		delete(ix.global, k.Server)
+	case ScopeRole:
+		delNested(ix.roles, k.Owner, k.Server)
+	case ScopeAgent:
+		delNested(ix.agents, k.Owner, k.Server)
+	}
+}
+
+func putNested(m map[string]map[string]*Entry, owner string, e *Entry) {
+	inner := m[owner]
+	if inner == nil {
+		inner = map[string]*Entry{}
+		m[owner] = inner
+	}
+	inner[e.Key.Server] = e
+}
+
+func delNested(m map[string]map[string]*Entry, owner, server string) {
+	if inner := m[owner]; inner != nil {
+		delete(inner, server)
+		if len(inner) == 0 {
+			delete(m, owner)
+		}
+	}
+}
+
+// ApplyAgent applies a change to the role registry (mcp_agents).
+func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Change {
+	ch := Change{Bucket: BucketAgents, KeyName: agent, Revision: rev, Op: op}
+	if err := ValidateID(KindAgent, agent); err != nil {
+		ch.Err = fmt.Errorf("%w %q in bucket %s: %w", ErrUnrecognisedKey, truncate(agent, 80), BucketAgents, err)
+		return ch
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ch.OldRole = ix.registry[agent].role
+	if op == OpDelete {
+		delete(ix.registry, agent)
+		return ch
+	}
+	rec, err := DecodeAgentRecord(value)
+	re := roleEntry{role: rec.Role, revision: rev}
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			ce.Key, ce.Revision = agent, rev
+		}
+		re = roleEntry{revision: rev, err: err}
+		ch.Err = err
+	}
+	ix.registry[agent] = re
+	ch.NewRole = re.role
+	return ch
+}
+
+// MarkReady records that the initial values of a bucket are loaded.
+func (ix *Index) MarkReady(bucket string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	switch bucket {
+	case BucketConfigs:
+		ix.configsReady = true
+	case BucketAgents:
+		ix.agentsReady = true
+	}
+}
+
+// Ready reports whether both buckets' initial values are loaded.
+func (ix *Index) Ready() bool {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.configsReady && ix.agentsReady
+}
+
+// Role returns the agent's role from the registry ("" when it has none).
+func (ix *Index) Role(agent string) (string, error) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	re := ix.registry[agent]
+	return re.role, re.err
+}
+
+// Invalid returns the malformed config entries, sorted by key.
+func (ix *Index) Invalid() []*Entry {
+	ix.mu.RLock()
+	out := make([]*Entry, 0, len(ix.invalid))
+	for _, e := range ix.invalid {
+		out = append(out, e)
+	}
+	ix.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].KeyName < out[j].KeyName })
+	return out
+}
+
+// Unrecognised returns keys in the config bucket that match no key shape,
+// with their revisions.
+func (ix *Index) Unrecognised() map[string]uint64 {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	out := make(map[string]uint64, len(ix.unknown))
+	for k, v := range ix.unknown {
+		out[k] = v
+	}
+	return out
+}
+
+// Len returns the number of config entries held, valid or not.
+func (ix *Index) Len() int {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	n := len(ix.global)
+	for _, m := range ix.roles {
+		n += len(m)
+	}
+	for _, m := range ix.agents {
+		n += len(m)
+	}
+	return n
+}
+
+// ResetBucket forgets every entry of a bucket and marks it not ready, before
+// a full reload.
+func (ix *Index) ResetBucket(bucket string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	switch bucket {
+	case BucketConfigs:
+		ix.global = map[string]*Entry{}
+		ix.roles = map[string]map[string]*Entry{}
+		ix.agents = map[string]map[string]*Entry{}
+		ix.invalid = map[string]*Entry{}
+		ix.unknown = map[string]uint64{}
+		ix.configsReady = false
+	case BucketAgents:
+		ix.registry = map[string]roleEntry{}
+		ix.agentsReady = false
+	}
+}

@@ -1,0 +1,221 @@
+package kvconfig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Bucket defaults.
+const (
+	// DefaultHistory is the number of revisions kept per config key.
+	DefaultHistory = 10
+	// MinHistory is the least history the contract allows for mcp_configs.
+	MinHistory = 5
+)
+
+// BucketConfig says how the buckets are created when missing.
+type BucketConfig struct {
+	// Replicas for each bucket: 1 on a single server, 3 on a cluster.
+	// Default 1.
+	Replicas int
+	// History kept per config key, at least MinHistory. Default DefaultHistory.
+	History int
+}
+
+func (c *BucketConfig) defaults() error {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.History == 0 {
+		c.History = DefaultHistory
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("kvconfig: BucketConfig.Replicas %d outside 1..5", c.Replicas)
+	}
+	if c.History < MinHistory || c.History > 64 {
+		return fmt.Errorf("kvconfig: BucketConfig.History %d outside %d..64", c.History, MinHistory)
+	}
+	return nil
+}
+
+// Buckets are the three KV buckets of the contract.
+type Buckets struct {
+	Configs, Agents, Fleet jetstream.KeyValue
+}
+
+// EnsureBuckets opens the three buckets, creating any that is missing.
+// Existing buckets are used as they are (an operator may have tuned them).
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (Buckets, error) {
+	if err := cfg.defaults(); err != nil {
+		return Buckets{}, err
+	}
+	open := func(name, desc string, history int) (jetstream.KeyValue, error) {
+		kv, err := js.KeyValue(ctx, name)
+		if err == nil {
+			return kv, nil
+		}
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("kvconfig: open bucket %s: %w", name, err)
+		}
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: name, Description: desc, History: uint8(history), Replicas: cfg.Replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return js.KeyValue(ctx, name) // another supervisor won the race
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kvconfig: create bucket %s: %w", name, err)
+		}
+		return kv, nil
+	}
+	var b Buckets
+	var err error
+	if b.Configs, err = open(BucketConfigs, "Tether MCP server configs: global.<server>, role.<role>.<server>, agent.<agent>.<server>", cfg.History); err != nil {
+		return b, err
+	}
+	if b.Agents, err = open(BucketAgents, "Tether role registry: <agent> -> {\"role\":\"<role>\"}", cfg.History); err != nil {
+		return b, err
+	}
+	if b.Fleet, err = open(BucketFleet, "Tether fleet status, written by the supervisor", 1); err != nil {
+		return b, err
+	}
+	return b, nil
+}
+
+// StoreConfig configures a Store.
+type StoreConfig struct {
+	Buckets Buckets
+	// OnChange is called after every applied change, from the watcher's
+	// goroutine (keep it short). Optional.
+	OnChange func(Change)
+	// OnRestart is called when a watcher is re-created. Optional.
+	OnRestart func(bucket, reason string)
+	// CheckInterval is the watchers' stall-check interval. Default DefaultCheckInterval.
+	CheckInterval time.Duration
+	Logger        *zerolog.Logger
+}
+
+// Store is an Index kept current by watchers on the configs and agents
+// buckets.
+type Store struct {
+	index    *Index
+	watchers []*Watcher
+	ready    chan struct{}
+}
+
+// OpenStore starts the watchers. The index becomes ready when both
+// buckets' initial values are loaded (see WaitReady). Close stops them.
+func OpenStore(cfg StoreConfig) (*Store, error) {
+	if cfg.Buckets.Configs == nil || cfg.Buckets.Agents == nil {
+		return nil, errors.New("kvconfig: StoreConfig needs the configs and agents buckets")
+	}
+	s := &Store{index: NewIndex(), ready: make(chan struct{})}
+	log := zerolog.Nop()
+	if cfg.Logger != nil {
+		log = *cfg.Logger
+	}
+	for _, b := range []struct {
+		kv    jetstream.KeyValue
+		apply func(string, uint64, Op, []byte) Change
+	}{
+		{cfg.Buckets.Configs, s.index.ApplyConfig},
+		{cfg.Buckets.Agents, s.index.ApplyAgent},
+	} {
+		bucket, apply := b.kv.Bucket(), b.apply
+		w, err := StartWatcher(WatcherConfig{
+			KV: b.kv,
+			Apply: func(key string, rev uint64, op Op, value []byte) {
+				ch := apply(key, rev, op, value)
+				logChange(log, ch)
+				if cfg.OnChange != nil {
+					cfg.OnChange(ch)
+				}
+			},
+			Ready: func() {
+				s.index.MarkReady(bucket)
+				if s.index.Ready() {
+					select {
+					case <-s.ready:
+					default:
+						close(s.ready)
+					}
+				}
+			},
+			Reset: func() { s.index.ResetBucket(bucket) },
+			Restarted: func(reason string) {
+				if cfg.OnRestart != nil {
+					cfg.OnRestart(bucket, reason)
+				}
+			},
+			CheckInterval: cfg.CheckInterval,
+			Logger:        &log,
+		})
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.watchers = append(s.watchers, w)
+	}
+	return s, nil
+}
+
+func logChange(log zerolog.Logger, ch Change) {
+	ev := log.Info()
+	if ch.Err != nil {
+		ev = log.Error().Err(ch.Err)
+	}
+	ev.Str("bucket", ch.Bucket).Str("key", ch.KeyName).Uint64("revision", ch.Revision).
+		Stringer("op", ch.Op).Msg("kv change applied")
+}
+
+// Index is the store's index.
+func (s *Store) Index() *Index { return s.index }
+
+// WaitReady blocks until the index is ready or ctx is done.
+func (s *Store) WaitReady(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("kvconfig: waiting for initial KV values: %w", ctx.Err())
+	}
+}
+
+// Healthy reports whether every watcher is running and not stalled.
+func (s *Store) Healthy() bool {
+	for _, w := range s.watchers {
+		if !w.Healthy() {
+			return false
+		}
+	}
+	return len(s.watchers) > 0
+}
+
+// Restarts sums the watchers' re-creations.
+func (s *Store) Restarts() uint64 {
+	var n uint64
+	for _, w := range s.watchers {
+		n += w.Restarts()
+	}
+	return n
+}
+
+// CheckWatchers asks every watcher to compare its progress now, e.g. after
+// the connection reconnected.
+func (s *Store) CheckWatchers() {
+	for _, w := range s.watchers {
+		w.Check()
+	}
+}
+
+// Close stops the watchers and waits for them. Safe to call twice.
+func (s *Store) Close() {
+	for _, w := range s.watchers {
+		w.Close()
+	}
+}

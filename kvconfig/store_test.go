@@ -1,0 +1,181 @@
+package kvconfig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/internal/natstest"
+)
+
+func openStore(t *testing.T, nc *nats.Conn, onChange func(Change)) (*Store, Buckets) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := EnsureBuckets(ctx, js, BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	s, err := OpenStore(StoreConfig{Buckets: b, OnChange: onChange, CheckInterval: 50 * time.Millisecond, Logger: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := s.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s, b
+}
+
+func TestStoreLoadsAndFollows(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := srv.Connect()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	b, err := EnsureBuckets(ctx, js, BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := b.Configs.Status(ctx)
+	if st.History() < MinHistory {
+		t.Fatalf("history %d", st.History())
+	}
+	// Values written before the store opens are the initial load.
+	b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://g.example"}`))
+	b.Agents.Put(ctx, "a7", []byte(`{"role":"coder"}`))
+	s, _ := openStore(t, nc, nil)
+	ix := s.Index()
+	if r, err := ix.Resolve("a7", "github"); err != nil || r.Scope != "global" || r.Role != "coder" {
+		t.Fatalf("initial: %+v %v", r, err)
+	}
+	// A put is visible to the next resolve within 50 ms.
+	rev, _ := b.Configs.Put(ctx, "role.coder.github", []byte(`{"url":"https://r.example"}`))
+	start := time.Now()
+	natstest.CheckFor(t, time.Second, time.Millisecond, func() error {
+		if r, _ := ix.Resolve("a7", "github"); r.Revision != rev {
+			return fmt.Errorf("revision %d, want %d", r.Revision, rev)
+		}
+		return nil
+	})
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Errorf("put visible after %v, target 50ms", d)
+	}
+	t.Logf("put -> visible to resolve: %v", time.Since(start))
+	// Delete and purge both count as absent.
+	b.Configs.Delete(ctx, "role.coder.github")
+	natstest.CheckFor(t, time.Second, time.Millisecond, func() error {
+		if r, _ := ix.Resolve("a7", "github"); r.Scope != "global" {
+			return fmt.Errorf("scope %s", r.Scope)
+		}
+		return nil
+	})
+	b.Configs.Purge(ctx, "global.github")
+	natstest.CheckFor(t, time.Second, time.Millisecond, func() error {
+		if _, err := ix.Resolve("a7", "github"); !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("want not found, got %v", err)
+		}
+		return nil
+	})
+}
+
+func TestStoreSurvivesServerRestart(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := srv.Connect(nats.MaxReconnects(-1), nats.ReconnectWait(10*time.Millisecond))
+	var mu sync.Mutex
+	var revs []uint64
+	s, b := openStore(t, nc, func(c Change) {
+		if c.Bucket == BucketConfigs {
+			mu.Lock()
+			revs = append(revs, c.Revision)
+			mu.Unlock()
+		}
+	})
+	ctx := context.Background()
+	if _, err := b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://one.example"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		srv.Restart()
+		natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if !nc.IsConnected() {
+				return errors.New("not reconnected")
+			}
+			return nil
+		})
+		var rev uint64
+		natstest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+			var err error
+			rev, err = b.Configs.Put(ctx, "global.github", []byte(fmt.Sprintf(`{"url":"https://after%d.example"}`, i)))
+			return err
+		})
+		natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			r, err := s.Index().Resolve("a7", "github")
+			if err != nil || r.Revision != rev {
+				return fmt.Errorf("resolve after restart %d: revision %d want %d (%v)", i, r.Revision, rev, err)
+			}
+			return nil
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(revs); i++ {
+		if revs[i] <= revs[i-1] {
+			t.Fatalf("revisions out of order: %v", revs)
+		}
+	}
+}
+
+// TestWatcherRecreatedWhenConsumerDies deletes the watcher's consumer on the
+// server, the way a watcher silently dies, and checks that no later update
+// is missed: every revision arrives, in order.
+func TestWatcherRecreatedWhenConsumerDies(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := srv.Connect()
+	var mu sync.Mutex
+	var revs []uint64
+	s, b := openStore(t, nc, func(c Change) {
+		if c.Bucket == BucketConfigs {
+			mu.Lock()
+			revs = append(revs, c.Revision)
+			mu.Unlock()
+		}
+	})
+	ctx := context.Background()
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(ctx, "KV_"+BucketConfigs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := stream.ConsumerNames(ctx)
+	for n := range names.Name() {
+		if err := stream.DeleteConsumer(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last uint64
+	for i := 0; i < 5; i++ {
+		last, err = b.Configs.Put(ctx, "global.s"+fmt.Sprint(i), []byte(`{"url":"https://x.example"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(revs) != 5 || revs[4] != last {
+			return fmt.Errorf("revisions seen %v, want 5 ending at %d (restarts %d)", revs, last, s.Restarts())
+		}
+		return nil
+	})
+}
