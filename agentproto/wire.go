@@ -1,0 +1,191 @@
+package agentproto
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+)
+
+// DefaultPrefix is the first token of every Tether subject.
+const DefaultPrefix = "mcp"
+
+// Version is the protocol version token in every subject.
+const Version = "v1"
+
+// Subjects builds the subjects of the wire contract under a prefix. The
+// zero value uses DefaultPrefix. Callers validate identifiers before
+// building subjects (kvconfig.ValidateID); Subjects never does I/O.
+type Subjects struct {
+	Prefix string
+}
+
+func (s Subjects) base() string {
+	p := s.Prefix
+	if p == "" {
+		p = DefaultPrefix
+	}
+	return p + "." + Version + "."
+}
+
+// Resolve is <prefix>.v1.resolve.<agent>.<server>.
+func (s Subjects) Resolve(agent, server string) string {
+	return s.base() + "resolve." + agent + "." + server
+}
+
+// ResolveAll is <prefix>.v1.resolveall.<agent>.
+func (s Subjects) ResolveAll(agent string) string { return s.base() + "resolveall." + agent }
+
+// Explain is <prefix>.v1.explain.<agent>.<server>.
+func (s Subjects) Explain(agent, server string) string {
+	return s.base() + "explain." + agent + "." + server
+}
+
+// Heartbeat is <prefix>.v1.hb.<agent>.
+func (s Subjects) Heartbeat(agent string) string { return s.base() + "hb." + agent }
+
+// Command is <prefix>.v1.cmd.<agent>.
+func (s Subjects) Command(agent string) string { return s.base() + "cmd." + agent }
+
+// FleetStatus is <prefix>.v1.fleet.status.
+func (s Subjects) FleetStatus() string { return s.base() + "fleet.status" }
+
+// Wildcard returns <prefix>.v1.<verb>.> for the supervisor's subscriptions.
+func (s Subjects) Wildcard(verb string) string { return s.base() + verb + ".>" }
+
+// Tokens splits a received subject into the tokens after
+// <prefix>.v1.<verb>. It returns ok=false when the subject does not start
+// with that prefix.
+func (s Subjects) Tokens(verb, subject string) ([]string, bool) {
+	rest, ok := strings.CutPrefix(subject, s.base()+verb+".")
+	if !ok {
+		return nil, false
+	}
+	return strings.Split(rest, "."), true
+}
+
+// InboxPrefix is the agent's private inbox prefix, _INBOX_<agent>
+// (nats.CustomInboxPrefix), so per-agent permissions can protect replies.
+func InboxPrefix(agent string) string { return "_INBOX_" + agent }
+
+// HeartbeatReply is the reply subject of the agent's heartbeats,
+// _INBOX_<agent>.hb, which the agent subscribes to.
+func HeartbeatReply(agent string) string { return InboxPrefix(agent) + ".hb" }
+
+// Scope strings used in replies.
+const ScopeGlobal = "global"
+
+// ResolveReply answers mcp.v1.resolve.<agent>.<server>.
+type ResolveReply struct {
+	Agent    string          `json:"agent"`
+	Server   string          `json:"server"`
+	Role     string          `json:"role,omitempty"`
+	Scope    string          `json:"scope"`
+	Key      string          `json:"key"`
+	Revision uint64          `json:"revision"`
+	Config   json.RawMessage `json:"config"`
+}
+
+// ResolveAllReply answers mcp.v1.resolveall.<agent>: every server visible to
+// the agent, each resolved or with its own error.
+type ResolveAllReply struct {
+	Agent   string                   `json:"agent"`
+	Role    string                   `json:"role,omitempty"`
+	Servers map[string]ResolveResult `json:"servers"`
+}
+
+// ResolveResult is one server of a ResolveAllReply: either the resolution
+// fields or Error.
+type ResolveResult struct {
+	Scope    string          `json:"scope,omitempty"`
+	Key      string          `json:"key,omitempty"`
+	Revision uint64          `json:"revision,omitempty"`
+	Config   json.RawMessage `json:"config,omitempty"`
+	Error    *ErrorDetail    `json:"error,omitempty"`
+}
+
+// Connection states reported in heartbeats (Heartbeat.Conn.State).
+const (
+	ConnConnected    = "connected"
+	ConnReconnecting = "reconnecting"
+	ConnRebuilding   = "rebuilding"
+	ConnClosed       = "closed"
+)
+
+// Heartbeat is published by an agent on mcp.v1.hb.<agent> with reply
+// subject _INBOX_<agent>.hb. Receivers ignore unknown fields.
+type Heartbeat struct {
+	Agent      string `json:"agent"`
+	Instance   string `json:"instance"` // unique per process start
+	Seq        uint64 `json:"seq"`
+	SentAt     string `json:"sent_at"` // RFC 3339 UTC, informational
+	IntervalMS int64  `json:"interval_ms"`
+	// ProbeAck is the nonce of the latest probe received, repeated until a
+	// newer one arrives.
+	ProbeAck string `json:"probe_ack,omitempty"`
+	// Acks are command ids received since the last heartbeat.
+	Acks    []string                 `json:"acks,omitempty"`
+	Conn    ConnStatus               `json:"conn"`
+	Configs map[string]ConfigApplied `json:"configs,omitempty"`
+	Calls   *CallCounters            `json:"calls,omitempty"`
+	// Goodbye marks the last heartbeat of a clean shutdown.
+	Goodbye bool `json:"goodbye,omitempty"`
+}
+
+// ConnStatus is the connection part of a heartbeat.
+type ConnStatus struct {
+	State      string  `json:"state"`
+	Reconnects uint64  `json:"reconnects"`
+	RTTMS      float64 `json:"rtt_ms"`
+}
+
+// ConfigApplied reports which config revision an agent runs for a server.
+type ConfigApplied struct {
+	Revision uint64 `json:"revision"`
+	Applied  bool   `json:"applied"`
+	Error    string `json:"error,omitempty"`
+	Stale    bool   `json:"stale,omitempty"`
+}
+
+// CallCounters are the retry layer's counters carried in heartbeats.
+type CallCounters struct {
+	OK             uint64 `json:"ok"`
+	Retried        uint64 `json:"retried"`
+	Failed         uint64 `json:"failed"`
+	LastErrorClass string `json:"last_error_class,omitempty"`
+}
+
+// Command types.
+const (
+	CmdProbe     = "probe"
+	CmdReconnect = "reconnect"
+	CmdReresolve = "reresolve"
+)
+
+// Command is sent by the supervisor on mcp.v1.cmd.<agent> or as a reply to a
+// heartbeat. ID and Nonce are opaque strings echoed verbatim.
+type Command struct {
+	ID        string   `json:"id"`
+	Type      string   `json:"type"`
+	Reason    string   `json:"reason,omitempty"`
+	Nonce     string   `json:"nonce,omitempty"`
+	Servers   []string `json:"servers,omitempty"`
+	NotBefore string   `json:"not_before,omitempty"` // RFC 3339 UTC
+}
+
+// NotBeforeTime parses NotBefore; the zero time when it is empty or invalid.
+func (c Command) NotBeforeTime() time.Time {
+	t, err := time.Parse(time.RFC3339Nano, c.NotBefore)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// FleetStatusRequest is the optional body of mcp.v1.fleet.status.
+type FleetStatusRequest struct {
+	Agent string `json:"agent,omitempty"`
+	State string `json:"state,omitempty"`
+	Role  string `json:"role,omitempty"`
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+}

@@ -1,0 +1,118 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// Defaults of Config.
+const (
+	DefaultListen             = "127.0.0.1:4222"
+	DefaultDataDir            = "./data"
+	DefaultHTTPAddr           = "127.0.0.1:8080"
+	DefaultServiceName        = "mcp-supervisor"
+	DefaultQueueGroup         = "mcp-supervisor"
+	DefaultServerPing         = 2 * time.Second
+	DefaultReconnectWait      = 50 * time.Millisecond
+	DefaultReadyWait          = 30 * time.Second
+	DefaultRetryAfterNotReady = 250 * time.Millisecond
+)
+
+// Config configures a Supervisor. Start from DefaultConfig.
+type Config struct {
+	// NATSURL is the NATS server(s) to use, comma separated. Empty: start an
+	// embedded nats-server with JetStream on Listen, data in DataDir.
+	NATSURL string
+	// Credentials for an external NATS: a .creds file, or user/password, or
+	// a token. At most one kind. Ignored with the embedded server.
+	CredsFile, User, Password, Token string
+	// Listen is the embedded server's client address. Default DefaultListen.
+	Listen string
+	// DataDir is the embedded server's JetStream store. Default DefaultDataDir.
+	DataDir string
+	// ServerPingInterval is how often the embedded server pings clients, so a
+	// dead client is noticed in seconds. Default DefaultServerPing.
+	ServerPingInterval time.Duration
+	// HTTPAddr serves /healthz, /readyz. Empty disables HTTP. Default DefaultHTTPAddr.
+	HTTPAddr string
+	// Prefix is the first subject token. Default agentproto.DefaultPrefix.
+	Prefix string
+	// Buckets says how missing KV buckets are created (replicas, history).
+	Buckets kvconfig.BucketConfig
+	// WatchCheckInterval is how often KV watchers are checked for stalls.
+	// Default kvconfig.DefaultCheckInterval.
+	WatchCheckInterval time.Duration
+	// ReconnectWait is the base delay between reconnect attempts of the
+	// supervisor's own NATS connection. Default DefaultReconnectWait.
+	ReconnectWait time.Duration
+	// Logger receives everything; default disabled.
+	Logger zerolog.Logger
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:             DefaultListen,
+		DataDir:            DefaultDataDir,
+		ServerPingInterval: DefaultServerPing,
+		HTTPAddr:           DefaultHTTPAddr,
+		Prefix:             agentproto.DefaultPrefix,
+		Buckets:            kvconfig.BucketConfig{Replicas: 1, History: kvconfig.DefaultHistory},
+		WatchCheckInterval: kvconfig.DefaultCheckInterval,
+		ReconnectWait:      DefaultReconnectWait,
+		Logger:             zerolog.Nop(),
+	}
+}
+
+// Validate rejects impossible settings, naming the field.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NATSURL == "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("Listen %q: %w", c.Listen, err))
+		}
+		if c.DataDir == "" {
+			errs = append(errs, errors.New("DataDir: empty; the embedded server needs a store directory"))
+		}
+		if c.ServerPingInterval <= 0 {
+			errs = append(errs, fmt.Errorf("ServerPingInterval %v must be positive", c.ServerPingInterval))
+		}
+	}
+	kinds := 0
+	if c.CredsFile != "" {
+		kinds++
+	}
+	if c.User != "" || c.Password != "" {
+		kinds++
+	}
+	if c.Token != "" {
+		kinds++
+	}
+	if kinds > 1 {
+		errs = append(errs, errors.New("credentials: give one of a creds file, user/password or a token"))
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("HTTPAddr %q: %w", c.HTTPAddr, err))
+		}
+	}
+	if c.Prefix == "" || !kvconfig.ValidID(c.Prefix) {
+		errs = append(errs, fmt.Errorf("Prefix %q: must be 1-64 characters of A-Z a-z 0-9 _ -", c.Prefix))
+	}
+	if c.WatchCheckInterval <= 0 {
+		errs = append(errs, fmt.Errorf("WatchCheckInterval %v must be positive", c.WatchCheckInterval))
+	}
+	if c.ReconnectWait <= 0 {
+		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("supervisor: invalid config: %w", err)
+	}
+	return nil
+}

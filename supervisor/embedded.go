@@ -1,0 +1,57 @@
+package supervisor
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rs/zerolog"
+)
+
+// startEmbedded runs a nats-server with JetStream on cfg.Listen, its store
+// in cfg.DataDir with fsync on every write (configs are few and must not be
+// lost), pinging clients every cfg.ServerPingInterval.
+func startEmbedded(cfg Config, log zerolog.Logger) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: --listen %q: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: --listen %q: port: %w", cfg.Listen, err)
+	}
+	opts := &server.Options{
+		ServerName:   "tether",
+		Host:         host,
+		Port:         port,
+		JetStream:    true,
+		StoreDir:     cfg.DataDir,
+		SyncAlways:   true,
+		PingInterval: cfg.ServerPingInterval,
+		MaxPingsOut:  2,
+		NoSigs:       true,
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: embedded nats-server: %w", err)
+	}
+	ns.SetLoggerV2(serverLogger{log.With().Str("component", "nats-server").Logger()}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("supervisor: embedded nats-server on %s not ready within 10s (is the port in use? try --listen)", cfg.Listen)
+	}
+	return ns, nil
+}
+
+// serverLogger adapts zerolog to nats-server's Logger.
+type serverLogger struct{ log zerolog.Logger }
+
+func (l serverLogger) Noticef(f string, v ...any) { l.log.Info().Msgf(f, v...) }
+func (l serverLogger) Warnf(f string, v ...any)   { l.log.Warn().Msgf(f, v...) }
+func (l serverLogger) Fatalf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
+func (l serverLogger) Errorf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
+func (l serverLogger) Debugf(f string, v ...any)  { l.log.Debug().Msgf(f, v...) }
+func (l serverLogger) Tracef(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }

@@ -1,0 +1,100 @@
+package supervisor
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the supervisor's Prometheus metrics, registered on their own
+// registry (served at /metrics). Methods are safe on a nil *Metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	resolutions    *prometheus.CounterVec
+	resolveLatency prometheus.Histogram
+	spoofedTotal   *prometheus.CounterVec
+	kvChanges      *prometheus.CounterVec
+	kvInvalid      *prometheus.CounterVec
+	watcherRestart *prometheus.CounterVec
+	natsReconnects prometheus.Counter
+}
+
+// NewMetrics creates and registers the metrics.
+func NewMetrics() *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.resolutions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_resolutions_total", Help: "Config resolutions by winning scope kind and outcome (ok, not_found, invalid_config, bad_request, forbidden, unavailable).",
+	}, []string{"scope", "outcome"})
+	m.resolveLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "tether_resolve_duration_seconds", Help: "Time to answer a resolve request, from receipt to reply sent.",
+		Buckets: []float64{5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2},
+	})
+	m.spoofedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_identity_mismatch_total", Help: "Messages whose body agent disagreed with the subject agent, by verb.",
+	}, []string{"verb"})
+	m.kvChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_kv_changes_total", Help: "KV changes applied to the index, by bucket and op.",
+	}, []string{"bucket", "op"})
+	m.kvInvalid = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_kv_invalid_entries_total", Help: "Malformed values or unrecognised keys written to a bucket.",
+	}, []string{"bucket"})
+	m.watcherRestart = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_kv_watcher_restarts_total", Help: "KV watchers re-created after dying or stalling.",
+	}, []string{"bucket"})
+	m.natsReconnects = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tether_nats_reconnects_total", Help: "Reconnects of the supervisor's own NATS connection.",
+	})
+	m.Registry.MustRegister(m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
+		m.watcherRestart, m.natsReconnects,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func scopeKind(scope string) string {
+	for i := 0; i < len(scope); i++ {
+		if scope[i] == ':' {
+			return scope[:i]
+		}
+	}
+	if scope == "" {
+		return "none"
+	}
+	return scope
+}
+
+func (m *Metrics) resolved(scope, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.resolutions.WithLabelValues(scopeKind(scope), outcome).Inc()
+	m.resolveLatency.Observe(d.Seconds())
+}
+
+func (m *Metrics) spoofed(verb string) {
+	if m != nil {
+		m.spoofedTotal.WithLabelValues(verb).Inc()
+	}
+}
+
+func (m *Metrics) kvChange(bucket, op string, invalid bool) {
+	if m == nil {
+		return
+	}
+	m.kvChanges.WithLabelValues(bucket, op).Inc()
+	if invalid {
+		m.kvInvalid.WithLabelValues(bucket).Inc()
+	}
+}
+
+func (m *Metrics) watcherRestarted(bucket string) {
+	if m != nil {
+		m.watcherRestart.WithLabelValues(bucket).Inc()
+	}
+}
+
+func (m *Metrics) reconnected() {
+	if m != nil {
+		m.natsReconnects.Inc()
+	}
+}

@@ -1,0 +1,202 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// resolver serves resolve, resolveall and explain from the in-memory index.
+type resolver struct {
+	subj       agentproto.Subjects
+	index      *kvconfig.Index
+	log        zerolog.Logger
+	retryAfter time.Duration
+	metrics    *Metrics
+}
+
+// errorReply maps an error to its contract code and answers the request.
+func (r *resolver) errorReply(req micro.Request, err error) int {
+	code, msg := classifyResolveError(err)
+	body := agentproto.ErrorBody{Error: agentproto.ErrorDetail{
+		Code: agentproto.ErrorName(code), Status: code, Message: msg, Retryable: code == agentproto.CodeUnavailable,
+	}}
+	if code == agentproto.CodeUnavailable {
+		body.Error.RetryAfterMS = r.retryAfter.Milliseconds()
+	}
+	data, _ := json.Marshal(body)
+	if rerr := req.Error(strconv.Itoa(code), msg, data); rerr != nil {
+		r.log.Warn().Err(rerr).Str("subject", req.Subject()).Msg("cannot send error reply")
+	}
+	return code
+}
+
+func classifyResolveError(err error) (int, string) {
+	var ie *kvconfig.IDError
+	var ce *kvconfig.ConfigError
+	var be *badRequest
+	switch {
+	case errors.As(err, &be):
+		return be.code, be.msg
+	case errors.As(err, &ie):
+		return agentproto.CodeBadRequest, err.Error()
+	case errors.Is(err, kvconfig.ErrNotReady):
+		return agentproto.CodeUnavailable, err.Error() + "; retry shortly"
+	case errors.Is(err, kvconfig.ErrNotFound):
+		return agentproto.CodeNotFound, err.Error()
+	case errors.As(err, &ce):
+		return agentproto.CodeInvalidConfig, err.Error() + "; fix the value with nats kv put, or delete it to fall back to a less specific scope"
+	}
+	return agentproto.CodeUnavailable, err.Error()
+}
+
+// badRequest is an edge error with its code (400 or 403).
+type badRequest struct {
+	code int
+	msg  string
+}
+
+func (b *badRequest) Error() string { return b.msg }
+
+// parseTokens checks the subject has n tokens after the verb, validates
+// them as identifiers and checks an optional body's "agent" field against
+// the subject.
+func (r *resolver) parseTokens(verb string, req micro.Request, kinds ...string) ([]string, error) {
+	toks, ok := r.subj.Tokens(verb, req.Subject())
+	if !ok || len(toks) != len(kinds) {
+		want := r.subj.Wildcard(verb)
+		want = want[:len(want)-1]
+		for i, k := range kinds {
+			if i > 0 {
+				want += "."
+			}
+			want += "<" + k + ">"
+		}
+		return nil, &badRequest{agentproto.CodeBadRequest, "supervisor: subject " + strconv.Quote(req.Subject()) + " is not " + want}
+	}
+	for i, k := range kinds {
+		if err := kvconfig.ValidateID(k, toks[i]); err != nil {
+			return nil, err
+		}
+	}
+	if data := req.Data(); len(data) > 0 && data[0] == '{' {
+		var body struct {
+			Agent string `json:"agent"`
+		}
+		if json.Unmarshal(data, &body) == nil && body.Agent != "" && body.Agent != toks[0] {
+			r.metrics.spoofed("resolve")
+			return nil, &badRequest{agentproto.CodeForbidden, "supervisor: body agent " + strconv.Quote(body.Agent) + " disagrees with subject agent " + strconv.Quote(toks[0])}
+		}
+	}
+	return toks, nil
+}
+
+func (r *resolver) handleResolve(req micro.Request) {
+	start := time.Now()
+	toks, err := r.parseTokens("resolve", req, kvconfig.KindAgent, kvconfig.KindServer)
+	var res kvconfig.Resolution
+	if err == nil {
+		res, err = r.index.Resolve(toks[0], toks[1])
+	}
+	if err != nil {
+		code := r.errorReply(req, err)
+		r.metrics.resolved(res.Scope, agentproto.ErrorName(code), time.Since(start))
+		ev := r.log.Warn()
+		if code == agentproto.CodeInvalidConfig {
+			ev = r.log.Error()
+		}
+		ev.Str("subject", req.Subject()).Str("agent", res.Agent).Str("server", res.Server).
+			Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
+			Int("code", code).Err(err).Dur("latency", time.Since(start)).Msg("resolve failed")
+		return
+	}
+	buf := make([]byte, 0, 160+len(res.Raw))
+	if err := req.Respond(appendResolveReply(buf, res)); err != nil {
+		r.log.Warn().Err(err).Str("agent", res.Agent).Msg("cannot send resolve reply")
+	}
+	lat := time.Since(start)
+	r.metrics.resolved(res.Scope, "ok", lat)
+	r.log.Info().Str("agent", res.Agent).Str("server", res.Server).Str("role", res.Role).
+		Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
+		Dur("latency", lat).Msg("resolved")
+}
+
+// appendResolveReply writes a ResolveReply without reflection. Every string
+// is an identifier or built from identifiers ([A-Za-z0-9_-:.]), so it needs
+// no escaping; Raw is the compacted JSON the index validated.
+func appendResolveReply(b []byte, res kvconfig.Resolution) []byte {
+	b = append(b, `{"agent":"`...)
+	b = append(b, res.Agent...)
+	b = append(b, `","server":"`...)
+	b = append(b, res.Server...)
+	if res.Role != "" {
+		b = append(b, `","role":"`...)
+		b = append(b, res.Role...)
+	}
+	b = append(b, `","scope":"`...)
+	b = append(b, res.Scope...)
+	b = append(b, `","key":"`...)
+	b = append(b, res.Key...)
+	b = append(b, `","revision":`...)
+	b = strconv.AppendUint(b, res.Revision, 10)
+	b = append(b, `,"config":`...)
+	b = append(b, res.Raw...)
+	return append(b, '}')
+}
+
+func (r *resolver) handleResolveAll(req micro.Request) {
+	start := time.Now()
+	toks, err := r.parseTokens("resolveall", req, kvconfig.KindAgent)
+	var role string
+	var items []kvconfig.ResolveItem
+	if err == nil {
+		role, items, err = r.index.ResolveAll(toks[0])
+	}
+	if err != nil {
+		code := r.errorReply(req, err)
+		r.log.Warn().Str("subject", req.Subject()).Int("code", code).Err(err).Msg("resolveall failed")
+		return
+	}
+	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, Servers: make(map[string]agentproto.ResolveResult, len(items))}
+	failed := 0
+	for _, it := range items {
+		if it.Err != nil {
+			code, msg := classifyResolveError(it.Err)
+			failed++
+			reply.Servers[it.Server] = agentproto.ResolveResult{Scope: it.Scope, Key: it.Key, Revision: it.Revision,
+				Error: &agentproto.ErrorDetail{Code: agentproto.ErrorName(code), Status: code, Message: msg}}
+			r.log.Error().Str("agent", toks[0]).Str("server", it.Server).Str("scope", it.Scope).Str("key", it.Key).
+				Uint64("revision", it.Revision).Err(it.Err).Msg("resolveall: server failed")
+			continue
+		}
+		reply.Servers[it.Server] = agentproto.ResolveResult{Scope: it.Scope, Key: it.Key, Revision: it.Revision, Config: it.Raw}
+		r.log.Info().Str("agent", toks[0]).Str("server", it.Server).Str("role", role).Str("scope", it.Scope).
+			Str("key", it.Key).Uint64("revision", it.Revision).Msg("resolved")
+	}
+	if err := req.RespondJSON(reply); err != nil {
+		r.log.Warn().Err(err).Str("agent", toks[0]).Msg("cannot send resolveall reply")
+	}
+	r.log.Info().Str("agent", toks[0]).Int("servers", len(items)).Int("failed", failed).Dur("latency", time.Since(start)).Msg("resolveall")
+}
+
+func (r *resolver) handleExplain(req micro.Request) {
+	toks, err := r.parseTokens("explain", req, kvconfig.KindAgent, kvconfig.KindServer)
+	var x kvconfig.Explanation
+	if err == nil {
+		x, err = r.index.Explain(toks[0], toks[1])
+	}
+	if err != nil {
+		r.errorReply(req, err)
+		return
+	}
+	if err := req.RespondJSON(x); err != nil {
+		r.log.Warn().Err(err).Msg("cannot send explain reply")
+	}
+	r.log.Info().Str("agent", x.Agent).Str("server", x.Server).Str("winner", x.WinnerKey).Str("outcome", x.Outcome).Msg("explained")
+}

@@ -1,0 +1,265 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+var subj agentproto.Subjects
+
+func put(t testing.TB, s *Supervisor, bucket, key, val string) uint64 {
+	t.Helper()
+	kv := s.Buckets().Configs
+	if bucket == kvconfig.BucketAgents {
+		kv = s.Buckets().Agents
+	}
+	rev, err := kv.Put(context.Background(), key, []byte(val))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
+}
+
+// waitRev waits until the index holds revision rev.
+func waitRev(t testing.TB, s *Supervisor, agent, server string, rev uint64) {
+	t.Helper()
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		r, err := s.Index().Resolve(agent, server)
+		if r.Revision < rev {
+			return fmt.Errorf("revision %d < %d (%v)", r.Revision, rev, err)
+		}
+		return nil
+	})
+}
+
+type errReply struct {
+	code   string
+	status int
+	body   agentproto.ErrorBody
+}
+
+func request(t testing.TB, nc *nats.Conn, subject string, body []byte) (*nats.Msg, *errReply) {
+	t.Helper()
+	msg, err := nc.Request(subject, body, 2*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		e := &errReply{code: code}
+		if err := json.Unmarshal(msg.Data, &e.body); err != nil {
+			t.Fatalf("error body %q: %v", msg.Data, err)
+		}
+		if msg.Header.Get(micro.ErrorHeader) == "" {
+			t.Fatalf("error reply without %s header", micro.ErrorHeader)
+		}
+		return msg, e
+	}
+	return msg, nil
+}
+
+func TestResolveEndToEnd(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, testConfig(t, srv))
+	nc := srv.Connect()
+	put(t, s, kvconfig.BucketAgents, "a7", `{"role":"coder"}`)
+	put(t, s, kvconfig.BucketConfigs, "global.github", `{"transport":"http","url":"https://g.example/mcp"}`)
+	put(t, s, kvconfig.BucketConfigs, "role.coder.github", `{"transport":"http","url":"https://r.example/mcp","headers":{"Authorization":"Bearer x"}}`)
+	put(t, s, kvconfig.BucketConfigs, "global.jira", `{"transport":"http","url":"https://j.example/mcp","timout":"3s"}`)
+	rev := put(t, s, kvconfig.BucketConfigs, "global.slack", `{"command":"slack-mcp"}`)
+	waitRev(t, s, "a7", "slack", rev)
+
+	msg, e := request(t, nc, subj.Resolve("a7", "github"), nil)
+	if e != nil {
+		t.Fatalf("resolve: %+v", e)
+	}
+	var rr agentproto.ResolveReply
+	if err := json.Unmarshal(msg.Data, &rr); err != nil {
+		t.Fatalf("reply %s: %v", msg.Data, err)
+	}
+	if rr.Agent != "a7" || rr.Server != "github" || rr.Role != "coder" || rr.Scope != "role:coder" || rr.Key != "role.coder.github" || rr.Revision == 0 {
+		t.Fatalf("reply %+v", rr)
+	}
+	cfg, err := kvconfig.DecodeConfig(rr.Config)
+	if err != nil || cfg.URL != "https://r.example/mcp" {
+		t.Fatalf("config %s: %v", rr.Config, err)
+	}
+
+	// Errors: 422 naming the key, 404, 400.
+	for _, tc := range []struct {
+		subject string
+		status  int
+		name    string
+		contain string
+	}{
+		{subj.Resolve("a7", "jira"), 422, "invalid_config", "global.jira"},
+		{subj.Resolve("a7", "nothing"), 404, "not_found", "global.nothing"},
+		{"mcp.v1.resolve.a7", 400, "bad_request", "mcp.v1.resolve.<agent id>.<server name>"},
+		{"mcp.v1.resolve.a7.github.extra", 400, "bad_request", "is not"},
+		{subj.Resolve(strings.Repeat("x", 65), "github"), 400, "bad_request", "longer than 64"},
+		{subj.Resolve("a7", "git-hub$"), 400, "bad_request", "not allowed"},
+	} {
+		_, e := request(t, nc, tc.subject, nil)
+		if e == nil || e.code != fmt.Sprint(tc.status) || e.body.Error.Code != tc.name || e.body.Error.Status != tc.status ||
+			e.body.Error.Retryable || !strings.Contains(e.body.Error.Message, tc.contain) {
+			t.Errorf("%s: got %+v, want %d %s containing %q", tc.subject, e, tc.status, tc.name, tc.contain)
+		}
+	}
+	// Identity: a body naming another agent is refused.
+	if _, e := request(t, nc, subj.Resolve("a7", "github"), []byte(`{"agent":"b1"}`)); e == nil || e.body.Error.Status != 403 {
+		t.Errorf("spoofed body: %+v", e)
+	}
+
+	// resolveall: per-server results and errors.
+	msg, e = request(t, nc, subj.ResolveAll("a7"), nil)
+	if e != nil {
+		t.Fatal(e)
+	}
+	var all agentproto.ResolveAllReply
+	if err := json.Unmarshal(msg.Data, &all); err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Servers) != 3 || all.Servers["github"].Scope != "role:coder" || all.Servers["jira"].Error == nil ||
+		all.Servers["jira"].Error.Status != 422 || all.Servers["slack"].Scope != "global" || all.Role != "coder" {
+		t.Fatalf("resolveall %s", msg.Data)
+	}
+
+	// explain
+	msg, e = request(t, nc, subj.Explain("a7", "github"), nil)
+	if e != nil {
+		t.Fatal(e)
+	}
+	var x kvconfig.Explanation
+	json.Unmarshal(msg.Data, &x)
+	if x.WinnerKey != "role.coder.github" || len(x.Shadowed) != 1 || x.Shadowed[0] != "global.github" {
+		t.Fatalf("explain %s", msg.Data)
+	}
+
+	// The micro service is discoverable as mcp-supervisor.
+	info, err := nc.Request("$SRV.INFO.mcp-supervisor", nil, time.Second)
+	if err != nil || !strings.Contains(string(info.Data), `"name":"mcp-supervisor"`) {
+		t.Fatalf("micro info: %v %s", err, info.Data)
+	}
+
+	// /healthz, /readyz, /metrics
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get("http://" + s.HTTPAddr() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %d %s", p, resp.StatusCode, b)
+		}
+		if p == "/metrics" && !strings.Contains(string(b), `tether_resolutions_total{outcome="ok",scope="role"}`) {
+			t.Errorf("/metrics lacks resolutions: %.300s", b)
+		}
+	}
+}
+
+// TestNotReadyAnswers503 serves an index that has not loaded yet.
+func TestNotReadyAnswers503(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := srv.Connect()
+	r := &resolver{index: kvconfig.NewIndex(), retryAfter: 100 * time.Millisecond}
+	svc, err := micro.AddService(nc, micro.Config{Name: "t", Version: "0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	svc.AddEndpoint("resolve", micro.HandlerFunc(r.handleResolve), micro.WithEndpointSubject(subj.Wildcard("resolve")))
+	_, e := request(t, nc, subj.Resolve("a7", "github"), nil)
+	if e == nil || e.code != "503" || e.body.Error.Code != "unavailable" || !e.body.Error.Retryable || e.body.Error.RetryAfterMS != 100 {
+		t.Fatalf("got %+v", e)
+	}
+}
+
+func TestPutVisibleWithin50ms(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, testConfig(t, srv))
+	nc := srv.Connect()
+	var worst time.Duration
+	for i := 0; i < 20; i++ {
+		rev := put(t, s, kvconfig.BucketConfigs, "global.github", fmt.Sprintf(`{"url":"https://v%d.example"}`, i))
+		start := time.Now()
+		natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+			msg, e := request(t, nc, subj.Resolve("a7", "github"), nil)
+			if e != nil {
+				return errors.New(e.body.Error.Message)
+			}
+			var rr agentproto.ResolveReply
+			json.Unmarshal(msg.Data, &rr)
+			if rr.Revision != rev {
+				return fmt.Errorf("revision %d want %d", rr.Revision, rev)
+			}
+			return nil
+		})
+		worst = max(worst, time.Since(start))
+	}
+	t.Logf("put -> visible over NATS, worst of 20: %v", worst)
+	if worst > 50*time.Millisecond {
+		t.Errorf("worst put-to-visible %v exceeds 50ms", worst)
+	}
+}
+
+func TestServiceSurvivesServerRestart(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, testConfig(t, srv))
+	put(t, s, kvconfig.BucketConfigs, "global.github", `{"url":"https://g.example"}`)
+	nc := srv.Connect(nats.MaxReconnects(-1), nats.ReconnectWait(10*time.Millisecond))
+	srv.Restart()
+	var rev uint64
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		var err error
+		rev, err = s.Buckets().Configs.Put(context.Background(), "global.github", []byte(`{"url":"https://after.example"}`))
+		return err
+	})
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		msg, err := nc.Request(subj.Resolve("a7", "github"), nil, 500*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		var rr agentproto.ResolveReply
+		if err := json.Unmarshal(msg.Data, &rr); err != nil || rr.Revision != rev {
+			return fmt.Errorf("reply %s, want revision %d", msg.Data, rev)
+		}
+		return nil
+	})
+	if ok, why := s.Ready(); !ok {
+		t.Fatalf("not ready after restart: %s", why)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for name, mut := range map[string]func(*Config){
+		"listen":   func(c *Config) { c.Listen = "nope" },
+		"datadir":  func(c *Config) { c.DataDir = "" },
+		"creds":    func(c *Config) { c.Token, c.User = "t", "u" },
+		"http":     func(c *Config) { c.HTTPAddr = "x" },
+		"prefix":   func(c *Config) { c.Prefix = "a.b" },
+		"interval": func(c *Config) { c.WatchCheckInterval = 0 },
+	} {
+		c := DefaultConfig()
+		mut(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	c := DefaultConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,280 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// Version is reported by the micro service.
+const Version = "0.1.0"
+
+// Supervisor is a running supervisor: its NATS connection (and embedded
+// server, if any), the config store, the micro service and the HTTP server.
+type Supervisor struct {
+	cfg     Config
+	log     zerolog.Logger
+	metrics *Metrics
+
+	ns       *server.Server // nil with an external NATS
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	buckets  kvconfig.Buckets
+	store    *kvconfig.Store
+	svc      micro.Service
+	http     *http.Server
+	httpAddr string
+	httpWG   sync.WaitGroup
+
+	closeOnce sync.Once
+}
+
+// Start connects (starting the embedded server when cfg.NATSURL is empty),
+// creates missing buckets, starts the KV watchers, registers the micro
+// service and the HTTP server. It returns once everything is listening; the
+// index may still be loading (resolves answer 503 until it is ready).
+func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	url := cfg.NATSURL
+	if url == "" {
+		if s.ns, err = startEmbedded(cfg, s.log); err != nil {
+			return nil, err
+		}
+		url = s.ns.ClientURL()
+		s.log.Info().Str("url", url).Str("data_dir", cfg.DataDir).Msg("embedded nats-server started")
+	}
+	if s.nc, err = nats.Connect(url, s.natsOptions()...); err != nil {
+		return nil, fmt.Errorf("supervisor: connect to NATS at %s: %w", url, err)
+	}
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		return nil, fmt.Errorf("supervisor: jetstream: %w", err)
+	}
+	if s.buckets, err = kvconfig.EnsureBuckets(ctx, s.js, cfg.Buckets); err != nil {
+		return nil, err
+	}
+	log := s.log.With().Str("component", "kvconfig").Logger()
+	s.store, err = kvconfig.OpenStore(kvconfig.StoreConfig{
+		Buckets:       s.buckets,
+		OnChange:      s.onChange,
+		OnRestart:     func(bucket, _ string) { s.metrics.watcherRestarted(bucket) },
+		CheckInterval: cfg.WatchCheckInterval,
+		Logger:        &log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err = s.startService(); err != nil {
+		return nil, err
+	}
+	if cfg.HTTPAddr != "" {
+		if err = s.startHTTP(); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Supervisor) natsOptions() []nats.Option {
+	opts := []nats.Option{
+		nats.Name("tether-supervisor"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(s.cfg.ReconnectWait),
+		nats.ReconnectJitter(s.cfg.ReconnectWait, s.cfg.ReconnectWait),
+		nats.RetryOnFailedConnect(false),
+		nats.PingInterval(time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			s.log.Warn().Err(err).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			s.metrics.reconnected()
+			s.log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+			if s.store != nil {
+				s.store.CheckWatchers()
+			}
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { s.log.Info().Msg("nats connection closed") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := s.log.Error().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("nats async error")
+		}),
+	}
+	if s.ns == nil {
+		switch {
+		case s.cfg.CredsFile != "":
+			opts = append(opts, nats.UserCredentials(s.cfg.CredsFile))
+		case s.cfg.User != "":
+			opts = append(opts, nats.UserInfo(s.cfg.User, s.cfg.Password))
+		case s.cfg.Token != "":
+			opts = append(opts, nats.Token(s.cfg.Token))
+		}
+	}
+	return opts
+}
+
+func (s *Supervisor) onChange(ch kvconfig.Change) {
+	s.metrics.kvChange(ch.Bucket, ch.Op.String(), ch.Err != nil)
+}
+
+func (s *Supervisor) startService() error {
+	r := &resolver{
+		subj:       agentproto.Subjects{Prefix: s.cfg.Prefix},
+		index:      s.store.Index(),
+		log:        s.log.With().Str("component", "resolver").Logger(),
+		retryAfter: DefaultRetryAfterNotReady,
+		metrics:    s.metrics,
+	}
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:        DefaultServiceName,
+		Version:     Version,
+		Description: "Tether: scoped MCP server configs, resolved over NATS",
+		QueueGroup:  DefaultQueueGroup,
+	})
+	if err != nil {
+		return fmt.Errorf("supervisor: register micro service: %w", err)
+	}
+	s.svc = svc
+	for _, ep := range []struct {
+		name, verb string
+		h          micro.HandlerFunc
+	}{
+		{"resolve", "resolve", r.handleResolve},
+		{"resolveall", "resolveall", r.handleResolveAll},
+		{"explain", "explain", r.handleExplain},
+	} {
+		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(r.subj.Wildcard(ep.verb))); err != nil {
+			return fmt.Errorf("supervisor: add endpoint %s: %w", ep.name, err)
+		}
+	}
+	return nil
+}
+
+// Index is the supervisor's config index.
+func (s *Supervisor) Index() *kvconfig.Index { return s.store.Index() }
+
+// Buckets are the KV buckets in use.
+func (s *Supervisor) Buckets() kvconfig.Buckets { return s.buckets }
+
+// Conn is the supervisor's NATS connection.
+func (s *Supervisor) Conn() *nats.Conn { return s.nc }
+
+// ClientURL is the URL agents use: the embedded server's, or cfg.NATSURL.
+func (s *Supervisor) ClientURL() string {
+	if s.ns != nil {
+		return s.ns.ClientURL()
+	}
+	return s.cfg.NATSURL
+}
+
+// Metrics returns the supervisor's metrics.
+func (s *Supervisor) Metrics() *Metrics { return s.metrics }
+
+// WaitReady blocks until the index has loaded the buckets.
+func (s *Supervisor) WaitReady(ctx context.Context) error { return s.store.WaitReady(ctx) }
+
+// Ready reports NATS connected, index loaded and watchers alive, with the
+// reason when not.
+func (s *Supervisor) Ready() (bool, string) {
+	switch {
+	case s.nc == nil || !s.nc.IsConnected():
+		return false, "nats not connected"
+	case s.store == nil || !s.store.Index().Ready():
+		return false, "config index not loaded yet"
+	case !s.store.Healthy():
+		return false, "a KV watcher is down; it is being re-created"
+	}
+	return true, "ready"
+}
+
+// Drain stops taking new requests, lets in-flight ones finish and closes
+// everything, bounded by ctx.
+func (s *Supervisor) Drain(ctx context.Context) error {
+	var errs []error
+	if s.svc != nil {
+		if err := s.svc.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.http != nil {
+		if err := s.http.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.nc != nil && !s.nc.IsClosed() {
+		if err := s.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			errs = append(errs, err)
+		}
+		for s.nc.IsDraining() && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	s.Close()
+	return errors.Join(errs...)
+}
+
+// Close stops everything at once and waits for every goroutine it started.
+// Safe to call twice.
+func (s *Supervisor) Close() {
+	s.closeOnce.Do(func() {
+		if s.svc != nil {
+			_ = s.svc.Stop()
+		}
+		if s.http != nil {
+			_ = s.http.Close()
+		}
+		s.httpWG.Wait()
+		if s.store != nil {
+			s.store.Close()
+		}
+		if s.nc != nil {
+			s.nc.Close()
+		}
+		if s.ns != nil {
+			s.ns.Shutdown()
+			s.ns.WaitForShutdown()
+		}
+	})
+}
+
+// Run starts the supervisor and serves until ctx is done, then drains
+// (bounded by 10 s) and returns.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, DefaultReadyWait)
+	if err := s.WaitReady(rctx); err != nil {
+		cfg.Logger.Warn().Err(err).Msg("config index still loading; resolves answer 503 until it is")
+	} else {
+		cfg.Logger.Info().Int("configs", s.Index().Len()).Str("nats", s.ClientURL()).Str("http", cfg.HTTPAddr).Msg("supervisor ready")
+	}
+	cancel()
+	<-ctx.Done()
+	cfg.Logger.Info().Msg("shutting down: draining")
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	return s.Drain(dctx)
+}
