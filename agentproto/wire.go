@@ -2,6 +2,8 @@ package agentproto
 
 import (
 	"encoding/json"
+
+	"github.com/tether-dev/tether/kvconfig"
 	"strings"
 	"time"
 )
@@ -76,13 +78,16 @@ const ScopeGlobal = "global"
 
 // ResolveReply answers mcp.v1.resolve.<agent>.<server>.
 type ResolveReply struct {
-	Agent    string          `json:"agent"`
-	Server   string          `json:"server"`
-	Role     string          `json:"role,omitempty"`
-	Scope    string          `json:"scope"`
-	Key      string          `json:"key"`
-	Revision uint64          `json:"revision"`
-	Config   json.RawMessage `json:"config"`
+	Agent    string `json:"agent"`
+	Server   string `json:"server"`
+	Role     string `json:"role,omitempty"`
+	Scope    string `json:"scope"`
+	Key      string `json:"key"`
+	Revision uint64 `json:"revision"`
+	// AsOf is the supervisor index's watermark when it answered; a client
+	// keeps a config from an answer that is at least as current.
+	AsOf   kvconfig.AsOf   `json:"as_of"`
+	Config json.RawMessage `json:"config"`
 }
 
 // ResolveAllReply answers mcp.v1.resolveall.<agent>: every server visible to
@@ -90,6 +95,7 @@ type ResolveReply struct {
 type ResolveAllReply struct {
 	Agent   string                   `json:"agent"`
 	Role    string                   `json:"role,omitempty"`
+	AsOf    kvconfig.AsOf            `json:"as_of"`
 	Servers map[string]ResolveResult `json:"servers"`
 }
 
@@ -126,7 +132,7 @@ type Heartbeat struct {
 	Acks    []string                 `json:"acks,omitempty"`
 	Conn    ConnStatus               `json:"conn"`
 	Configs map[string]ConfigApplied `json:"configs,omitempty"`
-	Calls   *CallCounters            `json:"calls,omitempty"`
+	Calls   *CallCounts              `json:"calls,omitempty"`
 	// Goodbye marks the last heartbeat of a clean shutdown.
 	Goodbye bool `json:"goodbye,omitempty"`
 }
@@ -144,14 +150,6 @@ type ConfigApplied struct {
 	Applied  bool   `json:"applied"`
 	Error    string `json:"error,omitempty"`
 	Stale    bool   `json:"stale,omitempty"`
-}
-
-// CallCounters are the retry layer's counters carried in heartbeats.
-type CallCounters struct {
-	OK             uint64 `json:"ok"`
-	Retried        uint64 `json:"retried"`
-	Failed         uint64 `json:"failed"`
-	LastErrorClass string `json:"last_error_class,omitempty"`
 }
 
 // Command types.

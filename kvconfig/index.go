@@ -55,6 +55,9 @@ type Index struct {
 	unknown  map[string]uint64            // unrecognised key -> revision
 
 	configsReady, agentsReady bool
+	// configsRev and agentsRev are the highest revisions applied per bucket:
+	// the index is at least this current.
+	configsRev, agentsRev uint64
 }
 
 // NewIndex returns an empty index that is not ready.
@@ -109,6 +112,7 @@ func (ix *Index) ApplyConfig(key string, rev uint64, op Op, value []byte) Change
 	k, err := ParseKey(key)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	ix.configsRev = max(ix.configsRev, rev)
 	if err != nil {
 		ch.Err = err
 		if op == OpPut {
@@ -195,6 +199,7 @@ func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Chang
 	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	ix.agentsRev = max(ix.agentsRev, rev)
 	ch.OldRole = ix.registry[agent].role
 	if op == OpDelete {
 		delete(ix.registry, agent)
@@ -293,8 +298,17 @@ func (ix *Index) ResetBucket(bucket string) {
 		ix.invalid = map[string]*Entry{}
 		ix.unknown = map[string]uint64{}
 		ix.configsReady = false
+		ix.configsRev = 0
 	case BucketAgents:
 		ix.registry = map[string]roleEntry{}
 		ix.agentsReady = false
+		ix.agentsRev = 0
 	}
+}
+
+// AsOf returns the index's watermark: the highest revision applied per bucket.
+func (ix *Index) AsOf() AsOf {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return AsOf{ix.configsRev, ix.agentsRev}
 }

@@ -16,7 +16,20 @@ type Resolution struct {
 	Revision uint64
 	Config   *ServerConfig   // shared and read-only
 	Raw      json.RawMessage // the compacted value, shared and read-only
+	// AsOf is how current the index was: the highest revisions applied
+	// from the configs and agents buckets. A client compares it to tell a
+	// newer answer from a late one.
+	AsOf AsOf
 }
+
+// AsOf is the index's watermark: the highest revision applied per bucket.
+type AsOf struct {
+	Configs uint64 `json:"configs"`
+	Agents  uint64 `json:"agents"`
+}
+
+// Covers reports whether a is at least as current as b in both buckets.
+func (a AsOf) Covers(b AsOf) bool { return a.Configs >= b.Configs && a.Agents >= b.Agents }
 
 // NotFoundError reports that no scope has a config for the server.
 type NotFoundError struct {
@@ -55,7 +68,7 @@ func (ix *Index) Resolve(agent, server string) (Resolution, error) {
 
 func (ix *Index) resolveLocked(agent, server string) (Resolution, error) {
 	re := ix.registry[agent]
-	r := Resolution{Agent: agent, Server: server, Role: re.role}
+	r := Resolution{Agent: agent, Server: server, Role: re.role, AsOf: AsOf{ix.configsRev, ix.agentsRev}}
 	e := ix.agents[agent][server]
 	if e == nil && re.err != nil {
 		return r, re.err

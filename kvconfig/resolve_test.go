@@ -63,7 +63,7 @@ func TestPrecedenceTable(t *testing.T) {
 						// Expected: first present-or-malformed scope that applies wins.
 						type cand struct {
 							scope, key, host string
-							s               state
+							s                state
 						}
 						cands := []cand{{"agent:a7", "agent.a7.github", "agent", a}}
 						if withRole {

@@ -145,7 +145,11 @@ func appendResolveReply(b []byte, res kvconfig.Resolution) []byte {
 	b = append(b, res.Key...)
 	b = append(b, `","revision":`...)
 	b = strconv.AppendUint(b, res.Revision, 10)
-	b = append(b, `,"config":`...)
+	b = append(b, `,"as_of":{"configs":`...)
+	b = strconv.AppendUint(b, res.AsOf.Configs, 10)
+	b = append(b, `,"agents":`...)
+	b = strconv.AppendUint(b, res.AsOf.Agents, 10)
+	b = append(b, `},"config":`...)
 	b = append(b, res.Raw...)
 	return append(b, '}')
 }
@@ -158,12 +162,16 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 	if err == nil {
 		role, items, err = r.index.ResolveAll(toks[0])
 	}
+	asOf := r.index.AsOf()
+	if len(items) > 0 {
+		asOf = items[0].AsOf // taken under the same lock as the answers
+	}
 	if err != nil {
 		code := r.errorReply(req, err)
 		r.log.Warn().Str("subject", req.Subject()).Int("code", code).Err(err).Msg("resolveall failed")
 		return
 	}
-	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, Servers: make(map[string]agentproto.ResolveResult, len(items))}
+	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Servers: make(map[string]agentproto.ResolveResult, len(items))}
 	failed := 0
 	for _, it := range items {
 		if it.Err != nil {

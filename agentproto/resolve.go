@@ -1,0 +1,369 @@
+package agentproto
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// DefaultRequestTimeout bounds one resolve request.
+const DefaultRequestTimeout = 2 * time.Second
+
+// ErrNoConnection is returned (classified transient) while the client has
+// no NATS connection, e.g. during a rebuild.
+var ErrNoConnection = errors.New("agentproto: no NATS connection")
+
+// Resolved is a config as the agent holds it.
+type Resolved struct {
+	Server   string
+	Role     string
+	Scope    string // "agent:<agent>", "role:<role>" or "global"
+	Key      string
+	Revision uint64
+	AsOf     kvconfig.AsOf
+	Config   *kvconfig.ServerConfig
+	// Stale is true when the supervisor could not be reached (or answered
+	// 422 for a newly broken entry) and this is the last known good config.
+	Stale bool
+	// Changed is true when this answer replaced a different revision.
+	Changed bool
+	// Err is the failure behind a stale answer, or a server's own error in
+	// a ResolveAll result.
+	Err error
+}
+
+// ResolverConfig configures a Resolver.
+type ResolverConfig struct {
+	// Agent is this agent's id. Required.
+	Agent string
+	// Subjects builds the subjects; zero value uses the "mcp" prefix.
+	Subjects Subjects
+	// Conn returns the current connection (nil while there is none). Required.
+	Conn func() *nats.Conn
+	// Policy retries each resolve; 503 and no-responders are retried, 404,
+	// 422 and 400 are not. Zero value: DefaultPolicy with RequestTimeout per
+	// attempt.
+	Policy Policy
+	// RequestTimeout bounds one request when Policy.AttemptTimeout is zero.
+	// Default DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	Logger         zerolog.Logger
+}
+
+// Resolver is the agent's resolve client. It keeps the last known good
+// config per server with its revision: when the supervisor cannot be
+// reached it answers with that config marked Stale instead of failing, and
+// it never replaces a config with an answer older than the one it holds.
+// The last known good configs live in memory for the life of the process.
+type Resolver struct {
+	cfg  ResolverConfig
+	log  zerolog.Logger
+	mu   sync.Mutex
+	lkg  map[string]*held
+	subs []func(Resolved) error
+}
+
+type held struct {
+	res     Resolved
+	applied bool
+	errMsg  string
+}
+
+// NewResolver checks the config and returns a Resolver.
+func NewResolver(cfg ResolverConfig) (*Resolver, error) {
+	if err := kvconfig.ValidateID(kvconfig.KindAgent, cfg.Agent); err != nil {
+		return nil, fmt.Errorf("%w: ResolverConfig.Agent: %w", ErrInvalidConfig, err)
+	}
+	if cfg.Conn == nil {
+		return nil, fmt.Errorf("%w: ResolverConfig.Conn is nil", ErrInvalidConfig)
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if p := &cfg.Policy; p.MaxAttempts == 0 && p.BaseDelay == 0 && p.MaxDelay == 0 && p.Jitter == 0 && p.MaxElapsed == 0 {
+		d := DefaultPolicy()
+		p.MaxAttempts, p.BaseDelay, p.MaxDelay, p.Jitter, p.JitterMode, p.MaxElapsed = d.MaxAttempts, d.BaseDelay, d.MaxDelay, d.Jitter, d.JitterMode, d.MaxElapsed
+	}
+	if cfg.Policy.AttemptTimeout == 0 {
+		cfg.Policy.AttemptTimeout = cfg.RequestTimeout
+	}
+	if err := cfg.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
+	return &Resolver{cfg: cfg, log: log, lkg: map[string]*held{}}, nil
+}
+
+// Subscribe registers fn to be called, in the caller's goroutine of the
+// resolve that produced it, whenever a server's config changes revision.
+// An error from fn reports the config as not applied in heartbeats.
+func (r *Resolver) Subscribe(fn func(Resolved) error) {
+	r.mu.Lock()
+	r.subs = append(r.subs, fn)
+	r.mu.Unlock()
+}
+
+// request sends one request and decodes a contract error into *ServiceError.
+func (r *Resolver) request(ctx context.Context, subject string) ([]byte, error) {
+	nc := r.cfg.Conn()
+	if nc == nil {
+		return nil, MarkTransient(ErrNoConnection)
+	}
+	msg, err := nc.RequestWithContext(ctx, subject, nil)
+	if err != nil {
+		return nil, fmt.Errorf("agentproto: request %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(HeaderServiceErrorCode); code != "" {
+		se := &ServiceError{Subject: subject, Message: msg.Header.Get(HeaderServiceError)}
+		se.Code, _ = strconv.Atoi(code)
+		var body ErrorBody
+		if json.Unmarshal(msg.Data, &body) == nil {
+			if body.Error.Message != "" {
+				se.Message = body.Error.Message
+			}
+			se.RetryAfter = time.Duration(body.Error.RetryAfterMS) * time.Millisecond
+		}
+		return nil, se
+	}
+	return msg.Data, nil
+}
+
+func (r *Resolver) policy(op string) Policy {
+	p := r.cfg.Policy
+	p.Op = op
+	return p
+}
+
+// Resolve asks the supervisor for server's config. On success the answer
+// is remembered (unless it is older than the one held, which is then
+// returned instead). If the supervisor cannot be reached after the retries
+// and a last known good config is held, that is returned with Stale set and
+// a nil error. A 404 forgets the held config and returns the error; a 422
+// returns the error together with the held config marked Stale, so the
+// caller may keep running it.
+func (r *Resolver) Resolve(ctx context.Context, server string) (Resolved, error) {
+	if err := kvconfig.ValidateID(kvconfig.KindServer, server); err != nil {
+		return Resolved{}, MarkPermanent(err)
+	}
+	subject := r.cfg.Subjects.Resolve(r.cfg.Agent, server)
+	data, err := RetryValue(ctx, r.policy("resolve "+server), func(ctx context.Context) ([]byte, error) {
+		return r.request(ctx, subject)
+	})
+	if err != nil {
+		return r.failed(server, err)
+	}
+	var rep ResolveReply
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return r.failed(server, MarkPermanent(fmt.Errorf("agentproto: resolve %s: reply is not JSON: %w", server, err)))
+	}
+	res := Resolved{Server: server, Role: rep.Role, Scope: rep.Scope, Key: rep.Key, Revision: rep.Revision, AsOf: rep.AsOf}
+	if res.Config, err = kvconfig.DecodeConfig(rep.Config); err != nil {
+		return r.failed(server, MarkPermanent(fmt.Errorf("agentproto: resolve %s: config from %s revision %d: %w", server, rep.Key, rep.Revision, err)))
+	}
+	return r.accept(res), nil
+}
+
+// accept stores a fresh answer unless the held one is newer, notifies
+// subscribers on a change and returns what the agent now holds.
+func (r *Resolver) accept(res Resolved) Resolved {
+	r.mu.Lock()
+	h := r.lkg[res.Server]
+	if h != nil && !res.AsOf.Covers(h.res.AsOf) || h != nil && h.res.Key == res.Key && res.Revision < h.res.Revision {
+		old := h.res
+		r.mu.Unlock()
+		r.log.Warn().Str("server", res.Server).Uint64("revision", res.Revision).Uint64("held_revision", old.Revision).
+			Msg("resolve answer older than the config held; keeping the held one")
+		old.Stale, old.Changed, old.Err = false, false, nil
+		return old
+	}
+	res.Changed = h != nil && (h.res.Revision != res.Revision || h.res.Key != res.Key)
+	isNew := h == nil || res.Changed || h.res.Stale
+	r.lkg[res.Server] = &held{res: res, applied: true}
+	subs := r.subs
+	r.mu.Unlock()
+	r.log.Info().Str("server", res.Server).Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
+		Bool("changed", res.Changed).Msg("config resolved")
+	if isNew {
+		r.notify(subs, res)
+	}
+	return res
+}
+
+func (r *Resolver) notify(subs []func(Resolved) error, res Resolved) {
+	var errs []error
+	for _, fn := range subs {
+		if err := fn(res); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		r.mu.Lock()
+		if h := r.lkg[res.Server]; h != nil && h.res.Revision == res.Revision {
+			h.applied, h.errMsg = false, err.Error()
+		}
+		r.mu.Unlock()
+		r.log.Error().Err(err).Str("server", res.Server).Uint64("revision", res.Revision).Msg("config not applied")
+	}
+}
+
+// failed turns a failed resolve into the documented answer.
+func (r *Resolver) failed(server string, err error) (Resolved, error) {
+	var se *ServiceError
+	isSE := errors.As(err, &se)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.lkg[server]
+	switch {
+	case isSE && se.Code == CodeNotFound:
+		delete(r.lkg, server)
+		r.log.Error().Err(err).Str("server", server).Msg("config no longer exists; dropped the held one")
+		return Resolved{Server: server, Err: err}, err
+	case h == nil:
+		r.log.Error().Err(err).Str("server", server).Msg("resolve failed and no last known good config is held")
+		return Resolved{Server: server, Err: err}, err
+	}
+	h.res.Stale, h.res.Changed, h.res.Err = true, false, err
+	h.errMsg = err.Error()
+	out := h.res
+	if isSE && se.Code == CodeInvalidConfig {
+		r.log.Error().Err(err).Str("server", server).Uint64("revision", out.Revision).Msg("config now invalid; keeping the last known good one")
+		return out, err
+	}
+	if Classify(err).Retryable() || errors.Is(err, context.DeadlineExceeded) {
+		r.log.Warn().Err(err).Str("server", server).Uint64("revision", out.Revision).Msg("supervisor unreachable; serving the last known good config, stale")
+		return out, nil
+	}
+	return out, err
+}
+
+// ResolveAll asks for every server visible to the agent. Each result
+// carries its own Err. If the supervisor cannot be reached, the held
+// configs are returned marked Stale (error only when none is held).
+// Servers the supervisor no longer lists are forgotten.
+func (r *Resolver) ResolveAll(ctx context.Context) (map[string]Resolved, error) {
+	subject := r.cfg.Subjects.ResolveAll(r.cfg.Agent)
+	data, err := RetryValue(ctx, r.policy("resolveall"), func(ctx context.Context) ([]byte, error) {
+		return r.request(ctx, subject)
+	})
+	var rep ResolveAllReply
+	if err == nil {
+		if jerr := json.Unmarshal(data, &rep); jerr != nil {
+			err = fmt.Errorf("agentproto: resolveall: reply is not JSON: %w", jerr)
+		}
+	}
+	if err != nil {
+		return r.allStale(err)
+	}
+	out := make(map[string]Resolved, len(rep.Servers))
+	for server, it := range rep.Servers {
+		if it.Error != nil {
+			se := &ServiceError{Subject: subject, Code: it.Error.Status, Message: it.Error.Message}
+			out[server], _ = r.failed(server, se)
+			continue
+		}
+		res := Resolved{Server: server, Role: rep.Role, Scope: it.Scope, Key: it.Key, Revision: it.Revision, AsOf: rep.AsOf}
+		cfg, derr := kvconfig.DecodeConfig(it.Config)
+		if derr != nil {
+			out[server], _ = r.failed(server, MarkPermanent(derr))
+			continue
+		}
+		res.Config = cfg
+		out[server] = r.accept(res)
+	}
+	r.mu.Lock()
+	for server := range r.lkg {
+		if _, ok := rep.Servers[server]; !ok {
+			delete(r.lkg, server)
+		}
+	}
+	r.mu.Unlock()
+	return out, nil
+}
+
+func (r *Resolver) allStale(err error) (map[string]Resolved, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.lkg) == 0 || !Classify(err).Retryable() && !errors.Is(err, context.DeadlineExceeded) {
+		r.log.Error().Err(err).Msg("resolveall failed")
+		return nil, err
+	}
+	out := make(map[string]Resolved, len(r.lkg))
+	for s, h := range r.lkg {
+		h.res.Stale, h.res.Err, h.res.Changed = true, err, false
+		out[s] = h.res
+	}
+	r.log.Warn().Err(err).Int("servers", len(out)).Msg("supervisor unreachable; serving last known good configs, stale")
+	return out, nil
+}
+
+// Reresolve re-resolves the named servers (all held ones when empty),
+// swapping configs in place; subscribers hear of every change.
+func (r *Resolver) Reresolve(ctx context.Context, servers []string) error {
+	if len(servers) == 0 {
+		_, err := r.ResolveAll(ctx)
+		return err
+	}
+	var errs []error
+	for _, s := range servers {
+		if _, err := r.Resolve(ctx, s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Held returns the config held for server, if any.
+func (r *Resolver) Held(server string) (Resolved, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, ok := r.lkg[server]
+	if !ok {
+		return Resolved{}, false
+	}
+	return h.res, true
+}
+
+// Applied reports, per server, the revision held and whether it was
+// applied, for the heartbeat's "configs".
+func (r *Resolver) Applied() map[string]ConfigApplied {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]ConfigApplied, len(r.lkg))
+	for s, h := range r.lkg {
+		out[s] = ConfigApplied{Revision: h.res.Revision, Applied: h.applied, Error: h.errMsg, Stale: h.res.Stale}
+	}
+	return out
+}
+
+// Degraded reports whether any held config is stale.
+func (r *Resolver) Degraded() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, h := range r.lkg {
+		if h.res.Stale {
+			return true
+		}
+	}
+	return false
+}
+
+// Servers lists the servers held, sorted.
+func (r *Resolver) Servers() []string {
+	r.mu.Lock()
+	out := make([]string, 0, len(r.lkg))
+	for s := range r.lkg {
+		out = append(out, s)
+	}
+	r.mu.Unlock()
+	sort.Strings(out)
+	return out
+}

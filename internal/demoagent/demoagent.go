@@ -1,0 +1,190 @@
+// Package demoagent is the example agent behind cmd/demo-agent: it resolves
+// its MCP server's config from the supervisor and calls a tool on that
+// server over and over, every call wrapped in agentproto's retry, swapping
+// the config in place when the supervisor pushes a new one. It also serves
+// a tiny MCP server with an "echo" tool so a demo needs nothing else.
+package demoagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+)
+
+// Config configures the demo agent.
+type Config struct {
+	NATSURL string // required
+	Agent   string // required
+	Server  string // MCP server name to resolve; default "echo"
+	Tool    string // tool to call; default "echo"
+	// Interval between calls; default 1s.
+	Interval time.Duration
+	// Calls stops after this many calls; 0 runs until ctx is done.
+	Calls int
+	// Policy overrides the default retry policy (the server's retry block
+	// still wins).
+	Policy *agentproto.Policy
+	Logger zerolog.Logger
+}
+
+// Result counts what Run did.
+type Result struct {
+	OK, Failed int
+	Stats      agentproto.CallCounts
+}
+
+// Run resolves the server's config and calls the tool until ctx is done or
+// Calls calls were made.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Server == "" {
+		cfg.Server = "echo"
+	}
+	if cfg.Tool == "" {
+		cfg.Tool = "echo"
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = time.Second
+	}
+	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
+	nc, err := nats.Connect(cfg.NATSURL, nats.Name("tether-demo-agent "+cfg.Agent),
+		nats.CustomInboxPrefix(agentproto.InboxPrefix(cfg.Agent)), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		return Result{}, fmt.Errorf("demoagent: connect %s: %w", cfg.NATSURL, err)
+	}
+	defer nc.Close()
+	stats := &agentproto.CallStats{}
+	rp := agentproto.DefaultPolicy()
+	rp.Logger = log
+	r, err := agentproto.NewResolver(agentproto.ResolverConfig{Agent: cfg.Agent, Conn: func() *nats.Conn { return nc }, Policy: rp, Logger: log})
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := r.Resolve(ctx, cfg.Server)
+	if err != nil {
+		return Result{}, fmt.Errorf("demoagent: resolve %s: %w", cfg.Server, err)
+	}
+	caller, err := agentproto.NewToolCaller(res, agentproto.ToolCallerOptions{Policy: cfg.Policy, Stats: stats, Logger: log})
+	if err != nil {
+		return Result{}, err
+	}
+	defer caller.Close()
+	r.Subscribe(func(res agentproto.Resolved) error { return caller.Swap(res) })
+
+	var out Result
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	for i := 0; cfg.Calls == 0 || i < cfg.Calls; i++ {
+		result, err := caller.Call(ctx, cfg.Tool, map[string]any{"text": fmt.Sprintf("call %d", i)})
+		switch {
+		case err != nil:
+			out.Failed++
+			log.Error().Err(err).Int("call", i).Msg("tool call failed")
+		case result.IsError:
+			out.Failed++
+			log.Error().Int("call", i).Msg("tool reported an error")
+		default:
+			out.OK++
+			log.Debug().Int("call", i).Msg("tool call ok")
+		}
+		if cfg.Calls != 0 && i == cfg.Calls-1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			out.Stats = stats.Snapshot()
+			return out, nil
+		case <-tick.C:
+		}
+	}
+	out.Stats = stats.Snapshot()
+	return out, nil
+}
+
+// EchoServer is a real MCP server (official Go SDK, streamable HTTP) with
+// one tool, "echo", that returns its "text" argument. It can be stopped
+// and started again on the same address, as a rolling deploy does.
+type EchoServer struct {
+	mu   sync.Mutex
+	addr string
+	srv  *http.Server
+	mcp  *mcp.Server
+	wg   sync.WaitGroup
+}
+
+type echoIn struct {
+	Text string `json:"text" jsonschema:"the text to echo"`
+}
+
+type echoOut struct {
+	Text string `json:"text"`
+}
+
+// NewEchoServer listens on addr ("127.0.0.1:0" picks a port) and serves.
+func NewEchoServer(addr string) (*EchoServer, error) {
+	e := &EchoServer{addr: addr}
+	if err := e.Start(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// URL is the MCP endpoint.
+func (e *EchoServer) URL() string { return "http://" + e.addr + "/mcp" }
+
+// Start serves again on the same address after Stop.
+func (e *EchoServer) Start() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.srv != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", e.addr)
+	if err != nil {
+		return fmt.Errorf("demoagent: echo MCP server listen %s: %w", e.addr, err)
+	}
+	e.addr = ln.Addr().String()
+	s := mcp.NewServer(&mcp.Implementation{Name: "tether-echo", Version: "0.1.0"}, nil)
+	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its text argument"},
+		func(_ context.Context, _ *mcp.CallToolRequest, in echoIn) (*mcp.CallToolResult, echoOut, error) {
+			return nil, echoOut{Text: in.Text}, nil
+		})
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", h)
+	e.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	e.mcp = s
+	e.wg.Add(1)
+	go func(srv *http.Server) {
+		defer e.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener failed; Stop/Start recovers
+		}
+	}(e.srv)
+	return nil
+}
+
+// Stop closes the server and every connection at once, as a killed pod does.
+func (e *EchoServer) Stop() {
+	e.mu.Lock()
+	srv, ms := e.srv, e.mcp
+	e.srv, e.mcp = nil, nil
+	e.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	_ = srv.Close()
+	e.wg.Wait()
+	// A killed pod forgets its sessions: close them so their goroutines end.
+	for ss := range ms.Sessions() {
+		_ = ss.Close()
+	}
+}
