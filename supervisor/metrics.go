@@ -12,6 +12,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	resolutions    *prometheus.CounterVec
+	resolvedOK     map[string]prometheus.Counter // scope kind -> ok counter, the hot path
 	resolveLatency prometheus.Histogram
 	spoofedTotal   *prometheus.CounterVec
 	kvChanges      *prometheus.CounterVec
@@ -26,6 +27,10 @@ func NewMetrics() *Metrics {
 	m.resolutions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_resolutions_total", Help: "Config resolutions by winning scope kind and outcome (ok, not_found, invalid_config, bad_request, forbidden, unavailable).",
 	}, []string{"scope", "outcome"})
+	m.resolvedOK = map[string]prometheus.Counter{}
+	for _, k := range []string{"agent", "role", "global"} {
+		m.resolvedOK[k] = m.resolutions.WithLabelValues(k, "ok")
+	}
 	m.resolveLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "tether_resolve_duration_seconds", Help: "Time to answer a resolve request, from receipt to reply sent.",
 		Buckets: []float64{5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2},
@@ -67,7 +72,12 @@ func (m *Metrics) resolved(scope, outcome string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.resolutions.WithLabelValues(scopeKind(scope), outcome).Inc()
+	kind := scopeKind(scope)
+	if c, ok := m.resolvedOK[kind]; ok && outcome == "ok" {
+		c.Inc()
+	} else {
+		m.resolutions.WithLabelValues(kind, outcome).Inc()
+	}
 	m.resolveLatency.Observe(d.Seconds())
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -116,9 +117,13 @@ func (r *resolver) handleResolve(req micro.Request) {
 			Int("code", code).Err(err).Dur("latency", time.Since(start)).Msg("resolve failed")
 		return
 	}
-	buf := make([]byte, 0, 160+len(res.Raw))
-	if err := req.Respond(appendResolveReply(buf, res)); err != nil {
+	bp := replyBufs.Get().(*[]byte)
+	*bp = appendResolveReply((*bp)[:0], res)
+	if err := req.Respond(*bp); err != nil { // Respond copies the bytes out
 		r.log.Warn().Err(err).Str("agent", res.Agent).Msg("cannot send resolve reply")
+	}
+	if cap(*bp) <= maxPooledReply {
+		replyBufs.Put(bp)
 	}
 	lat := time.Since(start)
 	r.metrics.resolved(res.Scope, "ok", lat)
@@ -126,6 +131,11 @@ func (r *resolver) handleResolve(req micro.Request) {
 		Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
 		Dur("latency", lat).Msg("resolved")
 }
+
+// maxPooledReply keeps one huge config from pinning memory in the pool.
+const maxPooledReply = 16 << 10
+
+var replyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // appendResolveReply writes a ResolveReply without reflection. Every string
 // is an identifier or built from identifiers ([A-Za-z0-9_-:.]), so it needs

@@ -1,0 +1,100 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/internal/natstest"
+)
+
+// loadResult is one load run: throughput and latency percentiles.
+type loadResult struct {
+	perSec   float64
+	p50, p99 time.Duration
+}
+
+// load sends n requests to subject from `workers` goroutines sharing nc.
+func load(b *testing.B, nc *nats.Conn, subject string, n, workers int) loadResult {
+	lat := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				t0 := time.Now()
+				if _, err := nc.Request(subject, nil, 5*time.Second); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}(w)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	slices.Sort(lat)
+	return loadResult{perSec: float64(n) / el.Seconds(), p50: lat[n/2], p99: lat[n*99/100]}
+}
+
+// BenchmarkResolveVsEcho measures resolve over NATS (the real supervisor,
+// logging every resolution as JSON) next to a bare echo responder on the
+// same embedded server, 32 concurrent requesters on one connection. The
+// two are measured in alternating rounds so machine noise hits both; the
+// reported figures are medians over rounds.
+func BenchmarkResolveVsEcho(b *testing.B) {
+	srv := natstest.RunServer(b)
+	cfg := testConfig(b, srv)
+	cfg.HTTPAddr = ""
+	cfg.Logger = zerolog.New(io.Discard)
+	s := startSupervisor(b, cfg)
+	if _, err := s.Buckets().Configs.Put(context.Background(), "global.github", []byte(`{"transport":"http","url":"https://mcp.example.com/mcp","headers":{"Authorization":"Bearer abc"},"timeout":"30s"}`)); err != nil {
+		b.Fatal(err)
+	}
+	waitRev(b, s, "a7", "github", 1)
+	echoConn := srv.Connect()
+	if _, err := echoConn.Subscribe("bench.echo", func(m *nats.Msg) {
+		_ = m.Respond([]byte(`{"agent":"a7","server":"github","scope":"global","key":"global.github","revision":1,"config":{"url":"https://mcp.example.com/mcp"}}`))
+	}); err != nil {
+		b.Fatal(err)
+	}
+	nc := srv.Connect()
+	const workers, rounds = 32, 5
+	n := max(b.N, 2000)
+	var echo, res []loadResult
+	b.ResetTimer()
+	for r := 0; r < rounds; r++ {
+		echo = append(echo, load(b, nc, "bench.echo", n, workers))
+		res = append(res, load(b, nc, subj.Resolve("a7", "github"), n, workers))
+	}
+	b.StopTimer()
+	med := func(rs []loadResult, f func(loadResult) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	tput := func(r loadResult) float64 { return r.perSec }
+	p50 := func(r loadResult) float64 { return float64(r.p50.Microseconds()) }
+	p99 := func(r loadResult) float64 { return float64(r.p99.Microseconds()) }
+	b.ReportMetric(med(res, tput), "resolve_req/s")
+	b.ReportMetric(med(echo, tput), "echo_req/s")
+	b.ReportMetric(med(res, tput)/med(echo, tput), "tput_ratio")
+	b.ReportMetric(med(res, p50), "resolve_p50_us")
+	b.ReportMetric(med(echo, p50), "echo_p50_us")
+	b.ReportMetric(med(res, p50)/med(echo, p50), "p50_ratio")
+	b.ReportMetric(med(res, p99), "resolve_p99_us")
+	b.ReportMetric(med(echo, p99), "echo_p99_us")
+	b.ReportMetric(0, "ns/op")
+	fmt.Fprintf(io.Discard, "%v", res)
+}
