@@ -1,0 +1,176 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-dev/tether/internal/natstest"
+)
+
+// walkthroughStep is one command of the README walkthrough and the
+// substrings its output must contain.
+type walkthroughStep struct {
+	line   int
+	cmd    string
+	expect []string
+}
+
+// readWalkthrough extracts the commands between the walkthrough markers of
+// README.md, so the README cannot drift from what is tested.
+func readWalkthrough(t *testing.T) []walkthroughStep {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var steps []walkthroughStep
+	in := false
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		l := strings.TrimSpace(sc.Text())
+		switch {
+		case l == "<!-- walkthrough:start -->":
+			in = true
+		case l == "<!-- walkthrough:end -->":
+			in = false
+		case !in:
+		case strings.HasPrefix(l, "nats "):
+			steps = append(steps, walkthroughStep{line: n, cmd: l})
+		case strings.HasPrefix(l, "#=> "):
+			if len(steps) == 0 {
+				t.Fatalf("README.md:%d: expectation before any command", n)
+			}
+			s := &steps[len(steps)-1]
+			s.expect = append(s.expect, strings.TrimPrefix(l, "#=> "))
+		}
+	}
+	if len(steps) < 10 {
+		t.Fatalf("README walkthrough has %d commands; markers missing?", len(steps))
+	}
+	return steps
+}
+
+// natsEnv runs the CLI against url with a clean HOME (no saved contexts).
+func natsEnv(t *testing.T, cli, url string) []string {
+	home := t.TempDir()
+	return append(os.Environ(), "HOME="+home, "NATS_URL="+url, "NATS_CONTEXT=", "PATH="+filepath.Dir(cli)+":"+os.Getenv("PATH"))
+}
+
+func runNATS(t *testing.T, env []string, cmdline string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", "-c", cmdline)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestREADMEWalkthroughWithNATSCLI runs every command of the README's
+// walkthrough with the real nats CLI against a running supervisor and
+// checks the output of each (nats req exits 0 even on no responders, so
+// output is what is asserted).
+func TestREADMEWalkthroughWithNATSCLI(t *testing.T) {
+	cli := natstest.NATSCLI(t)
+	srv := natstest.RunServer(t)
+	startSupervisor(t, srv)
+	env := natsEnv(t, cli, srv.URL())
+	for _, st := range readWalkthrough(t) {
+		var out string
+		var err error
+		// A resolve right after a put may race the KV watch by a few ms.
+		natstest.CheckFor(t, 3*time.Second, 20*time.Millisecond, func() error {
+			out, err = runNATS(t, env, st.cmd)
+			if err != nil {
+				return fmt.Errorf("exit: %v", err)
+			}
+			for _, e := range st.expect {
+				if !strings.Contains(out, e) {
+					return fmt.Errorf("output lacks %q", e)
+				}
+			}
+			return nil
+		})
+		if strings.Contains(out, "No responders") || strings.Contains(out, "no responders") {
+			t.Fatalf("README.md:%d %s: no responders:\n%s", st.line, st.cmd, out)
+		}
+		t.Logf("README.md:%d ok: %s", st.line, st.cmd)
+	}
+}
+
+// TestNATSCLIKVWatch: an operator watching mcp_configs with `nats kv watch`
+// sees a put made with `nats kv put`, and `nats kv get/del` work on
+// mcp_agents.
+func TestNATSCLIKVWatch(t *testing.T) {
+	cli := natstest.NATSCLI(t)
+	srv := natstest.RunServer(t)
+	sup := startSupervisor(t, srv)
+	env := natsEnv(t, cli, srv.URL())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	watch := exec.CommandContext(ctx, cli, "kv", "watch", "mcp_configs")
+	watch.Env = env
+	var mu sync.Mutex
+	var buf strings.Builder
+	watch.Stdout = lockedWriter{&mu, &buf}
+	watch.Stderr = lockedWriter{&mu, &buf}
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = watch.Wait() }()
+
+	out, err := runNATS(t, env, `nats kv put mcp_configs global.slack '{"url":"https://slack.example/mcp"}'`)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !strings.Contains(buf.String(), "global.slack") {
+			return fmt.Errorf("watch output so far: %q", buf.String())
+		}
+		return nil
+	})
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		if _, err := sup.Index().Resolve("x", "slack"); err != nil {
+			return err
+		}
+		return nil
+	})
+	for _, c := range []struct{ cmd, want string }{
+		{`nats kv put mcp_agents a7 '{"role":"ops"}'`, "ops"},
+		{`nats kv get mcp_agents a7 --raw`, `{"role":"ops"}`},
+		{`nats kv del mcp_agents a7 -f`, ""},
+		{`nats kv get mcp_agents a7`, "not found"},
+	} {
+		out, _ := runNATS(t, env, c.cmd)
+		if !strings.Contains(out, c.want) {
+			t.Errorf("%s: output %q lacks %q", c.cmd, out, c.want)
+		}
+	}
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		if role, _ := sup.Index().Role("a7"); role != "" {
+			return fmt.Errorf("role still %q", role)
+		}
+		return nil
+	})
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
