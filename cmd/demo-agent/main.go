@@ -17,19 +17,28 @@ import (
 
 func main() {
 	var cfg demoagent.Config
-	fs := flag.NewFlagSet("demo-agent", flag.ExitOnError)
+	fs, serve, level, format := newFlags(&cfg, flag.ExitOnError)
+	_ = fs.Parse(os.Args[1:])
+	run(cfg, *serve, *level, *format)
+}
+
+// newFlags binds every flag to cfg.
+func newFlags(cfg *demoagent.Config, onErr flag.ErrorHandling) (fs *flag.FlagSet, serve, level, format *string) {
+	fs = flag.NewFlagSet("demo-agent", onErr)
 	fs.StringVar(&cfg.NATSURL, "nats-url", cli.Env("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env TETHER_NATS_URL)")
 	fs.StringVar(&cfg.Agent, "agent", cli.Env("TETHER_AGENT", "demo-1"), "agent id (env TETHER_AGENT)")
 	fs.StringVar(&cfg.Server, "server", "echo", "MCP server name to resolve")
 	fs.StringVar(&cfg.Tool, "tool", "echo", "tool to call")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "time between calls (default 1s)")
 	fs.IntVar(&cfg.Calls, "calls", 0, "stop after this many calls (0: run until interrupted)")
-	serve := fs.String("serve-mcp", cli.Env("TETHER_SERVE_MCP", ""), "also serve an MCP echo server on this address, e.g. 127.0.0.1:9000 (env TETHER_SERVE_MCP)")
-	level := fs.String("log-level", "info", "log level")
-	format := fs.String("log-format", "auto", "log format: auto, console, json")
-	_ = fs.Parse(os.Args[1:])
+	serve = fs.String("serve-mcp", cli.Env("TETHER_SERVE_MCP", ""), "also serve an MCP echo server on this address, e.g. 127.0.0.1:9000 (env TETHER_SERVE_MCP)")
+	level = fs.String("log-level", "info", "log level")
+	format = fs.String("log-format", "auto", "log format: auto, console, json")
+	return fs, serve, level, format
+}
 
-	log, err := cli.Logger(os.Stderr, *level, *format)
+func run(cfg demoagent.Config, serve, level, format string) {
+	log, err := cli.Logger(os.Stderr, level, format)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo-agent:", err)
 		os.Exit(2)
@@ -37,8 +46,8 @@ func main() {
 	cfg.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if *serve != "" {
-		echo, err := demoagent.NewEchoServer(*serve)
+	if serve != "" {
+		echo, err := demoagent.NewEchoServer(serve)
 		if err != nil {
 			log.Error().Err(err).Msg("cannot serve MCP")
 			os.Exit(1)

@@ -19,19 +19,7 @@ import (
 
 func main() {
 	cfg := supervisor.DefaultConfig()
-	fs := flag.NewFlagSet("supervisor", flag.ExitOnError)
-	fs.StringVar(&cfg.NATSURL, "nats-url", cli.Env("TETHER_NATS_URL", ""), "NATS server URL(s); empty starts an embedded nats-server (env TETHER_NATS_URL)")
-	fs.StringVar(&cfg.CredsFile, "creds", cli.Env("TETHER_NATS_CREDS", ""), "NATS .creds file for an external server (env TETHER_NATS_CREDS)")
-	fs.StringVar(&cfg.User, "user", cli.Env("TETHER_NATS_USER", ""), "NATS user (env TETHER_NATS_USER)")
-	fs.StringVar(&cfg.Password, "password", cli.Env("TETHER_NATS_PASSWORD", ""), "NATS password (env TETHER_NATS_PASSWORD)")
-	fs.StringVar(&cfg.Token, "token", cli.Env("TETHER_NATS_TOKEN", ""), "NATS token (env TETHER_NATS_TOKEN)")
-	fs.StringVar(&cfg.Listen, "listen", cli.Env("TETHER_LISTEN", cfg.Listen), "embedded nats-server client address (env TETHER_LISTEN)")
-	fs.StringVar(&cfg.DataDir, "data-dir", cli.Env("TETHER_DATA_DIR", cfg.DataDir), "embedded nats-server JetStream store (env TETHER_DATA_DIR)")
-	fs.StringVar(&cfg.HTTPAddr, "http", cli.Env("TETHER_HTTP", cfg.HTTPAddr), "HTTP address for /healthz, /readyz, /metrics; empty disables (env TETHER_HTTP)")
-	fs.StringVar(&cfg.Prefix, "prefix", cli.Env("TETHER_PREFIX", cfg.Prefix), "subject prefix (env TETHER_PREFIX)")
-	fs.IntVar(&cfg.Buckets.Replicas, "replicas", cfg.Buckets.Replicas, "replicas for KV buckets created by the supervisor (3 on a cluster)")
-	level := fs.String("log-level", cli.Env("TETHER_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env TETHER_LOG_LEVEL)")
-	format := fs.String("log-format", cli.Env("TETHER_LOG_FORMAT", "auto"), "log format: auto (console on a terminal, JSON otherwise), console, json (env TETHER_LOG_FORMAT)")
+	fs, level, format := newFlags(&cfg, flag.ExitOnError)
 	_ = fs.Parse(os.Args[1:])
 
 	log, err := cli.Logger(os.Stderr, *level, *format)
@@ -46,4 +34,22 @@ func main() {
 		log.Error().Err(err).Msg("supervisor failed")
 		os.Exit(1)
 	}
+}
+
+// newFlags binds every flag to cfg; level and format are the log settings.
+func newFlags(cfg *supervisor.Config, onErr flag.ErrorHandling) (fs *flag.FlagSet, level, format *string) {
+	fs = flag.NewFlagSet("supervisor", onErr)
+	fs.StringVar(&cfg.NATSURL, "nats-url", cli.Env("TETHER_NATS_URL", ""), "NATS server URL(s); empty starts an embedded nats-server (env TETHER_NATS_URL)")
+	fs.StringVar(&cfg.CredsFile, "creds", cli.Env("TETHER_NATS_CREDS", ""), "NATS .creds file for an external server (env TETHER_NATS_CREDS)")
+	fs.StringVar(&cfg.User, "user", cli.Env("TETHER_NATS_USER", ""), "NATS user (env TETHER_NATS_USER)")
+	fs.StringVar(&cfg.Password, "password", cli.Env("TETHER_NATS_PASSWORD", ""), "NATS password (env TETHER_NATS_PASSWORD)")
+	fs.StringVar(&cfg.Token, "token", cli.Env("TETHER_NATS_TOKEN", ""), "NATS token (env TETHER_NATS_TOKEN)")
+	fs.StringVar(&cfg.Listen, "listen", cli.Env("TETHER_LISTEN", cfg.Listen), "embedded nats-server client address (env TETHER_LISTEN)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cli.Env("TETHER_DATA_DIR", cfg.DataDir), "embedded nats-server JetStream store (env TETHER_DATA_DIR)")
+	fs.StringVar(&cfg.HTTPAddr, "http", cli.Env("TETHER_HTTP", cfg.HTTPAddr), "HTTP address for /healthz, /readyz, /metrics; empty disables (env TETHER_HTTP)")
+	fs.StringVar(&cfg.Prefix, "prefix", cli.Env("TETHER_PREFIX", cfg.Prefix), "subject prefix (env TETHER_PREFIX)")
+	fs.IntVar(&cfg.Buckets.Replicas, "replicas", cfg.Buckets.Replicas, "replicas for KV buckets created by the supervisor (3 on a cluster)")
+	level = fs.String("log-level", cli.Env("TETHER_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env TETHER_LOG_LEVEL)")
+	format = fs.String("log-format", cli.Env("TETHER_LOG_FORMAT", "auto"), "log format: auto (console on a terminal, JSON otherwise), console, json (env TETHER_LOG_FORMAT)")
+	return fs, level, format
 }

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"flag"
+	"testing"
+
+	"github.com/tether-dev/tether/internal/cli"
+	"github.com/tether-dev/tether/internal/demoagent"
+)
+
+// TestComposeFlags keeps docker-compose.yml's two demo agents in step with
+// the flags.
+func TestComposeFlags(t *testing.T) {
+	c, err := cli.ReadCompose("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds := c.CommandsOf("demo-agent")
+	if len(cmds) != 2 {
+		t.Fatalf("want two demo agents, got %d", len(cmds))
+	}
+	ids := map[string]bool{}
+	for name, args := range cmds {
+		var cfg demoagent.Config
+		fs, _, _, _ := newFlags(&cfg, flag.ContinueOnError)
+		if err := fs.Parse(args); err != nil {
+			t.Fatalf("service %s: %v", name, err)
+		}
+		if ids[cfg.Agent] {
+			t.Errorf("service %s: duplicate agent id %q", name, cfg.Agent)
+		}
+		ids[cfg.Agent] = true
+	}
+}
