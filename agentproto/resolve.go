@@ -50,8 +50,9 @@ type ResolverConfig struct {
 	// Conn returns the current connection (nil while there is none). Required.
 	Conn func() *nats.Conn
 	// Policy retries each resolve; 503 and no-responders are retried, 404,
-	// 422 and 400 are not. Zero value: DefaultPolicy with RequestTimeout per
-	// attempt.
+	// 422 and 400 are not. Zero value: DefaultPolicy with decorrelated
+	// jitter (a whole fleet re-resolves after a shared outage; see
+	// BENCHMARKS.md for why) and RequestTimeout per attempt.
 	Policy Policy
 	// RequestTimeout bounds one request when Policy.AttemptTimeout is zero.
 	// Default DefaultRequestTimeout.
@@ -91,7 +92,8 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 	}
 	if p := &cfg.Policy; p.MaxAttempts == 0 && p.BaseDelay == 0 && p.MaxDelay == 0 && p.Jitter == 0 && p.MaxElapsed == 0 {
 		d := DefaultPolicy()
-		p.MaxAttempts, p.BaseDelay, p.MaxDelay, p.Jitter, p.JitterMode, p.MaxElapsed = d.MaxAttempts, d.BaseDelay, d.MaxDelay, d.Jitter, d.JitterMode, d.MaxElapsed
+		p.MaxAttempts, p.BaseDelay, p.MaxDelay, p.Jitter, p.MaxElapsed = d.MaxAttempts, d.BaseDelay, d.MaxDelay, d.Jitter, d.MaxElapsed
+		p.JitterMode = JitterDecorrelated
 	}
 	if cfg.Policy.AttemptTimeout == 0 {
 		cfg.Policy.AttemptTimeout = cfg.RequestTimeout
