@@ -1,0 +1,173 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Lease defaults.
+const (
+	// BucketLeader holds the leader lease: key LeaderKey → the holder's id.
+	BucketLeader = "mcp_leader"
+	// LeaderKey is the lease key.
+	LeaderKey = "supervisor"
+	// DefaultLeaseTTL is how long a lease lives without renewal.
+	DefaultLeaseTTL = 3 * time.Second
+)
+
+// LeaseConfig configures a Lease.
+type LeaseConfig struct {
+	// JS is the JetStream context used to open or create BucketLeader.
+	JS jetstream.JetStream
+	// ID names this supervisor replica; required, unique per process.
+	ID string
+	// TTL: the lease expires this long after its last renewal; renewals
+	// happen every TTL/3. Default DefaultLeaseTTL; at least 30ms.
+	TTL time.Duration
+	// Replicas of the lease bucket when it is created. Default 1.
+	Replicas int
+	// OnChange is called (from the lease goroutine) when this replica gains
+	// or loses leadership. Optional.
+	OnChange func(leader bool)
+	Logger   zerolog.Logger
+}
+
+// Lease elects exactly one leader among supervisor replicas with a KV key
+// whose bucket's max age is the TTL: the holder renews it by
+// compare-and-swap on its revision; others try to create it, which only
+// succeeds once it has expired or been released. A holder that cannot
+// renew within the TTL stops calling itself leader before anyone else can
+// take over.
+type Lease struct {
+	cfg    LeaseConfig
+	kv     jetstream.KeyValue
+	leader atomic.Bool
+	holder atomic.Value // string
+	cancel context.CancelFunc
+	done   chan struct{}
+	once   sync.Once
+
+	rev     uint64
+	renewed time.Time
+}
+
+// StartLease opens the lease bucket and starts campaigning.
+func StartLease(ctx context.Context, cfg LeaseConfig) (*Lease, error) {
+	if cfg.ID == "" || cfg.JS == nil {
+		return nil, errors.New("supervisor: LeaseConfig needs JS and ID")
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultLeaseTTL
+	}
+	if cfg.TTL < 30*time.Millisecond {
+		return nil, fmt.Errorf("supervisor: LeaseConfig.TTL %v is below 30ms", cfg.TTL)
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	kv, err := cfg.JS.KeyValue(ctx, BucketLeader)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = cfg.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: BucketLeader, Description: "Tether supervisor leader lease", History: 1, TTL: cfg.TTL, Replicas: cfg.Replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = cfg.JS.KeyValue(ctx, BucketLeader)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: lease bucket %s: %w", BucketLeader, err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{})}
+	l.holder.Store("")
+	go l.run(lctx)
+	return l, nil
+}
+
+// IsLeader reports whether this replica holds an unexpired lease.
+func (l *Lease) IsLeader() bool { return l.leader.Load() }
+
+// Holder is the id of the last known holder ("" if none seen).
+func (l *Lease) Holder() string { return l.holder.Load().(string) }
+
+func (l *Lease) run(ctx context.Context) {
+	defer close(l.done)
+	tick := time.NewTicker(l.cfg.TTL / 3)
+	defer tick.Stop()
+	for {
+		l.step(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// step renews or campaigns once.
+func (l *Lease) step(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, l.cfg.TTL/3)
+	defer cancel()
+	now := time.Now()
+	if l.leader.Load() {
+		rev, err := l.kv.Update(cctx, LeaderKey, []byte(l.cfg.ID), l.rev)
+		if err == nil {
+			l.rev, l.renewed = rev, now
+			return
+		}
+		// Keep leading only while the last renewal is surely unexpired.
+		if now.Sub(l.renewed) < l.cfg.TTL*2/3 && !errors.Is(err, jetstream.ErrKeyExists) {
+			l.cfg.Logger.Warn().Err(err).Msg("lease renewal failed; retrying")
+			return
+		}
+		l.set(false, "", err)
+	}
+	rev, err := l.kv.Create(cctx, LeaderKey, []byte(l.cfg.ID))
+	if err == nil {
+		l.rev, l.renewed = rev, now
+		l.set(true, l.cfg.ID, nil)
+		return
+	}
+	if e, gerr := l.kv.Get(cctx, LeaderKey); gerr == nil {
+		l.holder.Store(string(e.Value()))
+	}
+}
+
+func (l *Lease) set(leader bool, holder string, err error) {
+	if holder != "" {
+		l.holder.Store(holder)
+	}
+	if l.leader.Swap(leader) == leader {
+		return
+	}
+	ev := l.cfg.Logger.Info()
+	if err != nil {
+		ev = l.cfg.Logger.Warn().Err(err)
+	}
+	ev.Bool("leader", leader).Str("id", l.cfg.ID).Msg("leadership changed")
+	if l.cfg.OnChange != nil {
+		l.cfg.OnChange(leader)
+	}
+}
+
+// Close stops campaigning and, if leading, releases the lease so another
+// replica takes over at its next try instead of after the TTL. Safe twice.
+func (l *Lease) Close() {
+	l.once.Do(func() {
+		l.cancel()
+		<-l.done
+		if l.leader.Load() {
+			ctx, cancel := context.WithTimeout(context.Background(), l.cfg.TTL/3)
+			defer cancel()
+			_ = l.kv.Delete(ctx, LeaderKey, jetstream.LastRevision(l.rev))
+			l.set(false, "", nil)
+		}
+	})
+}
