@@ -6,5 +6,4 @@ import (
 	"go.uber.org/goleak"
 )
 
-// Temporary: the lead's TestMain replaces this file.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -1,0 +1,53 @@
+// Package agentproto is Tether's wire protocol and the small client every
+// agent links.
+//
+// The wire contract (wire.go, errors.go; PROTOCOL.md spells it out for the
+// nats CLI): subjects under <prefix>.v1, heartbeat and command bodies, and
+// the error replies of the supervisor.
+//
+// The retry layer (retry.go, classify.go): Retry and RetryValue wrap any
+// call with exponential backoff and jitter after one shared classification
+// table decides whether an error is transient or permanent.
+//
+// The resolve client (resolve.go): a Resolver asks the supervisor for the
+// agent's MCP server configs and keeps the last known good ones.
+//
+// The Client (client.go and the watchdog, subs, heartbeat and commands
+// files) is the seed article's "Pattern 2: Connection Watchdog" made
+// NATS-native. Connect opens a connection with the agent's private inbox
+// prefix and options tuned for recovery (fast reconnects with exponential
+// backoff and jitter, unlimited by default; client pings that find a
+// black-holed link within BlackHoleBound(PingInterval, MaxPingsOut), 3 s by
+// default; a bounded reconnect buffer), and then:
+//
+//   - a health loop proves the data path end to end every HealthInterval:
+//     a server round trip, and a self-probe published to each probed
+//     subscription that must come back through it (a reconnect callback is
+//     not proof);
+//   - a watchdog rebuilds the connection from scratch, with backoff, when
+//     nats.go closes it for good, when HealthFailures rounds in a row fail,
+//     when it has been reconnecting for RebuildAfter, or on a reconnect
+//     command — and restores every subscription registered with Subscribe,
+//     every KV watcher registered with WatchKV (from its last revision),
+//     the command subscription and heartbeats, then re-resolves;
+//   - a single dead subscription (refused or dropped by the server, auto-
+//     unsubscribed, or with a wedged handler that swallows its probes) is
+//     re-created on its own, and a KV watcher that dies or stalls is
+//     re-created from its last revision;
+//   - heartbeats go out on <prefix>.v1.hb.<agent> with reply subject
+//     _INBOX_<agent>.hb, carrying the probe nonce, command acks, the
+//     connection state, the configs applied and the call counters;
+//   - commands (probe, reconnect, reresolve) arriving on
+//     <prefix>.v1.cmd.<agent> or as heartbeat replies are acknowledged in
+//     the next heartbeat, de-duplicated by id, and run after not_before.
+//
+// A Client ends with Drain (graceful: a goodbye heartbeat, then
+// nats.Conn.Drain) or Close (immediate). Both wait for every goroutine the
+// client started and every handler running, and are safe to call twice.
+//
+// Permissions an agent's NATS user needs, beyond the resolve subjects:
+// publish <prefix>.v1.hb.<agent> and, for the self-probes, <prefix>.v1.cmd.<agent>
+// and _INBOX_<agent>.> ; subscribe <prefix>.v1.cmd.<agent> and
+// _INBOX_<agent>.> . A probe publish that is refused turns that probe off
+// (logged) rather than failing the health check.
+package agentproto
