@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 )
@@ -33,6 +32,9 @@ type Config struct {
 	// Policy overrides the default retry policy (the server's retry block
 	// still wins).
 	Policy *agentproto.Policy
+	// Client, if set, adjusts the agentproto.Client config (tests shorten
+	// intervals).
+	Client func(*agentproto.Config)
 	Logger zerolog.Logger
 }
 
@@ -55,20 +57,22 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Interval = time.Second
 	}
 	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
-	nc, err := nats.Connect(cfg.NATSURL, nats.Name("tether-demo-agent "+cfg.Agent),
-		nats.CustomInboxPrefix(agentproto.InboxPrefix(cfg.Agent)), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	ccfg := agentproto.DefaultConfig(cfg.Agent)
+	ccfg.URLs, ccfg.Name, ccfg.Logger = cfg.NATSURL, "tether-demo-agent "+cfg.Agent, log
+	if cfg.Client != nil {
+		cfg.Client(&ccfg)
+	}
+	client, err := agentproto.Connect(ctx, ccfg)
 	if err != nil {
 		return Result{}, fmt.Errorf("demoagent: connect %s: %w", cfg.NATSURL, err)
 	}
-	defer nc.Close()
-	stats := &agentproto.CallStats{}
-	rp := agentproto.DefaultPolicy()
-	rp.Logger = log
-	r, err := agentproto.NewResolver(agentproto.ResolverConfig{Agent: cfg.Agent, Conn: func() *nats.Conn { return nc }, Policy: rp, Logger: log})
-	if err != nil {
-		return Result{}, err
-	}
-	res, err := r.Resolve(ctx, cfg.Server)
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = client.Drain(dctx) // says goodbye to the supervisor
+	}()
+	stats := client.CallStats()
+	res, err := client.Resolve(ctx, cfg.Server)
 	if err != nil {
 		return Result{}, fmt.Errorf("demoagent: resolve %s: %w", cfg.Server, err)
 	}
@@ -77,7 +81,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	defer caller.Close()
-	r.Subscribe(func(res agentproto.Resolved) error { return caller.Swap(res) })
+	client.OnConfigChange(func(res agentproto.Resolved) error {
+		if res.Server != cfg.Server {
+			return nil
+		}
+		return caller.Swap(res)
+	})
 
 	var out Result
 	tick := time.NewTicker(cfg.Interval)
