@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tether-dev/tether/kvconfig"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,7 +108,7 @@ type kvSession struct {
 
 func (s *kvSession) stop() {
 	if s != nil {
-		_ = s.kw.Stop()
+		kvconfig.StopWatcher(s.kw)
 		s.cancel()
 	}
 }

@@ -116,7 +116,7 @@ func (w *Watcher) run(ctx context.Context) {
 	)
 	stop := func() {
 		if kw != nil {
-			_ = kw.Stop()
+			StopWatcher(kw)
 			kw, updates = nil, nil
 		}
 	}
@@ -229,4 +229,29 @@ func (w *Watcher) check(ctx context.Context, down bool, prev lagState, restart f
 		return lagState{}
 	}
 	return lagState{behind: true, at: rev}
+}
+
+// stopDrainTimeout bounds StopWatcher's wait for the updates channel.
+const stopDrainTimeout = 2 * time.Second
+
+// StopWatcher stops a jetstream KeyWatcher and drains its updates channel
+// until nats.go closes it (bounded by a timeout). Stopping without draining
+// can leave nats.go's delivery goroutine blocked forever on a full channel.
+func StopWatcher(w jetstream.KeyWatcher) {
+	if w == nil {
+		return
+	}
+	_ = w.Stop()
+	timeout := time.NewTimer(stopDrainTimeout)
+	defer timeout.Stop()
+	for {
+		select {
+		case _, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+		case <-timeout.C:
+			return
+		}
+	}
 }
