@@ -51,6 +51,9 @@ type Config struct {
 	// ReconnectWait is the base delay between reconnect attempts of the
 	// supervisor's own NATS connection. Default DefaultReconnectWait.
 	ReconnectWait time.Duration
+	// Fleet sets heartbeat judgement, probes, command re-sends, recovery
+	// pacing and quarantine. Default DefaultFleetConfig().
+	Fleet FleetConfig
 	// Logger receives everything; default disabled.
 	Logger zerolog.Logger
 }
@@ -66,6 +69,7 @@ func DefaultConfig() Config {
 		Buckets:            kvconfig.BucketConfig{Replicas: 1, History: kvconfig.DefaultHistory},
 		WatchCheckInterval: kvconfig.DefaultCheckInterval,
 		ReconnectWait:      DefaultReconnectWait,
+		Fleet:              DefaultFleetConfig(),
 		Logger:             zerolog.Nop(),
 	}
 }
@@ -110,6 +114,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectWait <= 0 {
 		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))
+	}
+	if err := c.Fleet.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("supervisor: invalid config: %w", err)

@@ -19,6 +19,8 @@ type Metrics struct {
 	kvInvalid      *prometheus.CounterVec
 	watcherRestart *prometheus.CounterVec
 	natsReconnects prometheus.Counter
+
+	fleetMetrics
 }
 
 // NewMetrics creates and registers the metrics.
@@ -50,6 +52,7 @@ func NewMetrics() *Metrics {
 	m.natsReconnects = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tether_nats_reconnects_total", Help: "Reconnects of the supervisor's own NATS connection.",
 	})
+	m.registerFleet()
 	m.Registry.MustRegister(m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
 		m.watcherRestart, m.natsReconnects,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -36,6 +37,7 @@ type Supervisor struct {
 	http     *http.Server
 	httpAddr string
 	httpWG   sync.WaitGroup
+	fleet    atomic.Pointer[Fleet]
 
 	closeOnce sync.Once
 }
@@ -71,6 +73,11 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	if s.buckets, err = kvconfig.EnsureBuckets(ctx, s.js, cfg.Buckets); err != nil {
 		return nil, err
 	}
+	fleet, err := newFleet(cfg, s.nc, s.buckets.Fleet, s.metrics)
+	if err != nil {
+		return nil, err
+	}
+	s.fleet.Store(fleet)
 	log := s.log.With().Str("component", "kvconfig").Logger()
 	s.store, err = kvconfig.OpenStore(kvconfig.StoreConfig{
 		Buckets:       s.buckets,
@@ -83,6 +90,9 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		return nil, err
 	}
 	if err = s.startService(); err != nil {
+		return nil, err
+	}
+	if err = fleet.start(ctx, s.store.Index(), s.buckets.Fleet, cfg.Prefix); err != nil {
 		return nil, err
 	}
 	if cfg.HTTPAddr != "" {
@@ -104,9 +114,15 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			s.log.Warn().Err(err).Msg("nats disconnected")
+			if f := s.fleet.Load(); f != nil {
+				f.linkDown()
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			s.metrics.reconnected()
+			if f := s.fleet.Load(); f != nil {
+				f.linkUp()
+			}
 			s.log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
 			if s.store != nil {
 				s.store.CheckWatchers()
@@ -136,6 +152,9 @@ func (s *Supervisor) natsOptions() []nats.Option {
 
 func (s *Supervisor) onChange(ch kvconfig.Change) {
 	s.metrics.kvChange(ch.Bucket, ch.Op.String(), ch.Err != nil)
+	if f := s.fleet.Load(); f != nil {
+		f.push.enqueue(ch)
+	}
 }
 
 func (s *Supervisor) startService() error {
@@ -168,8 +187,15 @@ func (s *Supervisor) startService() error {
 			return fmt.Errorf("supervisor: add endpoint %s: %w", ep.name, err)
 		}
 	}
+	f := s.fleet.Load()
+	if err := svc.AddEndpoint("fleet-status", micro.HandlerFunc(f.handleStatus), micro.WithEndpointSubject(r.subj.FleetStatus())); err != nil {
+		return fmt.Errorf("supervisor: add endpoint fleet-status: %w", err)
+	}
 	return nil
 }
+
+// Fleet is the supervisor's fleet tracker.
+func (s *Supervisor) Fleet() *Fleet { return s.fleet.Load() }
 
 // Index is the supervisor's config index.
 func (s *Supervisor) Index() *kvconfig.Index { return s.store.Index() }
@@ -222,6 +248,9 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if f := s.fleet.Load(); f != nil {
+		f.Drain()
+	}
 	if s.nc != nil && !s.nc.IsClosed() {
 		if err := s.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			errs = append(errs, err)
@@ -245,6 +274,9 @@ func (s *Supervisor) Close() {
 			_ = s.http.Close()
 		}
 		s.httpWG.Wait()
+		if f := s.fleet.Load(); f != nil {
+			f.Close()
+		}
 		if s.store != nil {
 			s.store.Close()
 		}

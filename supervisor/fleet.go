@@ -1,0 +1,244 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// Heartbeat subscription pending limits: about 10 s of a 100k-agent fleet
+// at 1 Hz before anything is dropped (drops are counted).
+const (
+	hbPendingMsgs  = 1 << 20
+	hbPendingBytes = 512 << 20
+)
+
+// Errors of the fleet API.
+var (
+	// ErrUnknownAgent is returned for an agent that never sent a heartbeat.
+	ErrUnknownAgent = errors.New("supervisor: agent not in the fleet")
+	// ErrNotLeader is returned by commands on a replica that is not the leader.
+	ErrNotLeader = errors.New("supervisor: not the leader; commands are sent by the leader only")
+)
+
+// Fleet watches the agents: it tracks heartbeats, judges states, probes,
+// sends and re-sends commands, staggers recovery, pushes config changes to
+// exactly the affected agents and serves mcp.v1.fleet.status. It is owned
+// by the Supervisor; Close stops every goroutine it started and waits.
+type Fleet struct {
+	cfg  FleetConfig
+	log  zerolog.Logger
+	nc   *nats.Conn
+	t    *tracker
+	cmd  *Commander
+	push *pusher
+	sub  *nats.Subscription
+
+	dropped int // heartbeats dropped so far; sweep goroutine only
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// newFleet builds the fleet before the KV store opens, so config changes
+// can be queued from the first one.
+func newFleet(cfg Config, nc *nats.Conn, fleetKV jetstream.KeyValue, m *Metrics) (*Fleet, error) {
+	log := cfg.Logger.With().Str("component", "fleet").Logger()
+	cmd, err := newCommander(nc, fleetKV, cfg.Prefix, cfg.Fleet.IsLeader, cfg.Logger.With().Str("component", "commander").Logger(), m)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: commander: %w", err)
+	}
+	t := newTracker(cfg.Fleet, cfg.Prefix, cmd, log, m)
+	return &Fleet{cfg: cfg.Fleet, log: log, nc: nc, t: t, cmd: cmd,
+		push: newPusher(t, cfg.Logger.With().Str("component", "push").Logger(), m)}, nil
+}
+
+// start rebuilds the picture from mcp_fleet, subscribes to heartbeats and
+// starts the sweep, persistence and push loops.
+func (f *Fleet) start(ctx context.Context, ix *kvconfig.Index, fleetKV jetstream.KeyValue, prefix string) error {
+	f.t.index.Store(ix)
+	n, err := f.t.load(ctx, fleetKV)
+	if err != nil {
+		return err
+	}
+	f.t.grace.Store(f.t.now())
+	if n > 0 {
+		f.log.Info().Int("agents", n).Dur("grace", f.cfg.LostWindow()).
+			Msg("fleet rebuilt from mcp_fleet; no agent is declared lost before one detection window")
+	}
+	sub, err := f.nc.Subscribe(agentproto.Subjects{Prefix: prefix}.Wildcard("hb"), f.t.handleHeartbeat)
+	if err != nil {
+		return fmt.Errorf("supervisor: subscribe to heartbeats: %w", err)
+	}
+	f.sub = sub
+	if err := sub.SetPendingLimits(hbPendingMsgs, hbPendingBytes); err != nil {
+		return fmt.Errorf("supervisor: heartbeat pending limits: %w", err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.wg.Go(func() { f.loop(lctx, f.cfg.CheckInterval, f.sweep) })
+	f.wg.Go(func() { f.loop(lctx, f.cfg.PersistInterval, f.t.flush) })
+	f.wg.Go(func() { f.push.run(lctx) })
+	return nil
+}
+
+func (f *Fleet) loop(ctx context.Context, every time.Duration, fn func()) {
+	tk := time.NewTicker(every)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+			fn()
+		}
+	}
+}
+
+func (f *Fleet) sweep() {
+	f.t.behind.Store(f.behind())
+	f.t.sweepOnce()
+	if f.sub != nil {
+		if d, err := f.sub.Dropped(); err == nil && d > f.dropped {
+			f.t.metrics.dropped(d - f.dropped)
+			f.log.Error().Int("dropped", d-f.dropped).Msg("heartbeats dropped: the supervisor cannot keep up (slow consumer)")
+			f.dropped = d
+		}
+	}
+}
+
+// behind reports whether more than half an interval's worth of heartbeats
+// (plus 1,000) waits unprocessed: the supervisor is late, so silence
+// measured now would blame agents for its own backlog.
+func (f *Fleet) behind() bool {
+	if f.sub == nil {
+		return false
+	}
+	msgs, _, err := f.sub.Pending()
+	if err != nil {
+		return false
+	}
+	var agents int64
+	for s := StateHealthy; s < numStates; s++ {
+		agents += f.t.counts[s].Load()
+	}
+	late := msgs > int(agents)/2+1000
+	if late {
+		f.t.warn.Error().Int("backlog", msgs).Msg("heartbeat backlog: the supervisor is behind; not judging silence until it catches up")
+	}
+	return late
+}
+
+// Close unsubscribes and stops every loop, waiting for them. Immediate: a
+// last mcp_fleet write only happens in Drain. Safe to call twice.
+func (f *Fleet) Close() {
+	f.closeOnce.Do(func() {
+		if f.sub != nil {
+			_ = f.sub.Unsubscribe()
+		}
+		if f.cancel != nil {
+			f.cancel()
+		}
+		f.wg.Wait()
+	})
+}
+
+// Drain stops taking heartbeats, writes every changed record to mcp_fleet
+// and closes.
+func (f *Fleet) Drain() {
+	if f.sub != nil {
+		_ = f.sub.Drain()
+	}
+	if f.cancel != nil {
+		f.cancel()
+	}
+	f.wg.Wait()
+	f.t.flush()
+	f.Close()
+}
+
+// linkDown and linkUp are told about the supervisor's own NATS link: while
+// it is down nothing is judged, and silence is counted afresh after it.
+func (f *Fleet) linkDown() { f.t.linkDown.Store(true) }
+
+func (f *Fleet) linkUp() {
+	f.t.grace.Store(f.t.now())
+	f.t.linkDown.Store(false)
+}
+
+// Agent returns one agent's status.
+func (f *Fleet) Agent(id string) (AgentStatus, bool) { return f.t.lookup(id) }
+
+// Counts returns agents per state.
+func (f *Fleet) Counts() map[State]int {
+	out := map[State]int{}
+	for s := StateHealthy; s < numStates; s++ {
+		out[s] = int(f.t.counts[s].Load())
+	}
+	return out
+}
+
+// MassSilence reports whether the supervisor currently suspects the broker
+// or its own link because a large share of the fleet went silent at once.
+func (f *Fleet) MassSilence() bool { return f.t.mass.Load() }
+
+// Pending returns the commands waiting for an agent's ack.
+func (f *Fleet) Pending(id string) []agentproto.Command {
+	sh := f.t.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	a := sh.m[id]
+	if a == nil {
+		return nil
+	}
+	out := make([]agentproto.Command, 0, len(a.pending))
+	for _, p := range a.pending {
+		out = append(out, p.cmd)
+	}
+	return out
+}
+
+// Send queues a command (reconnect or reresolve) for a tracked agent, as an
+// operator would: it is sent at once if the agent is live and re-sent until
+// acknowledged, across supervisor restarts. It returns the command id.
+func (f *Fleet) Send(id, typ string, servers []string, reason string) (string, error) {
+	if typ != agentproto.CmdReconnect && typ != agentproto.CmdReresolve {
+		return "", fmt.Errorf("supervisor: command type %q: want %s or %s", typ, agentproto.CmdReconnect, agentproto.CmdReresolve)
+	}
+	for _, s := range servers {
+		if err := kvconfig.ValidateID(kvconfig.KindServer, s); err != nil {
+			return "", err
+		}
+	}
+	if !f.cmd.Leader() {
+		return "", ErrNotLeader
+	}
+	t := f.t
+	now := t.now()
+	sh := t.shard(id)
+	sh.mu.Lock()
+	a := sh.m[id]
+	if a == nil {
+		sh.mu.Unlock()
+		return "", fmt.Errorf("%w: %q", ErrUnknownAgent, id)
+	}
+	p := t.addPending(a, agentproto.Command{Type: typ, Servers: servers, Reason: reason}, false, now)
+	cmd, live := p.cmd, !a.zombie && (a.live == StateHealthy || a.live == StateSuspect)
+	if live {
+		p.lastSent, p.sends = now, 1
+	}
+	sh.mu.Unlock()
+	if live {
+		t.cmd.send(id, &cmd, false)
+	}
+	return cmd.ID, nil
+}

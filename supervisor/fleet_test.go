@@ -1,0 +1,309 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// inIntervals prints a duration as a multiple of the heartbeat interval.
+func inIntervals(d, interval time.Duration) string {
+	return fmt.Sprintf("%v (%.2f intervals)", d.Round(100*time.Microsecond), float64(d)/float64(interval))
+}
+
+func TestFleetSuspectThenLost(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	s := startSupervisor(t, cfg)
+	a := startFakeAgent(t, srv.URL(), "a1", interval)
+	waitState(t, s.Fleet(), "a1", StateHealthy, 2*time.Second)
+
+	last := a.pause(true)
+	var suspectAt, lostAt time.Time
+	natstest.CheckFor(t, 2*time.Second, 500*time.Microsecond, func() error {
+		st, _ := s.Fleet().Agent("a1")
+		switch now := time.Now(); st.State {
+		case StateSuspect:
+			if suspectAt.IsZero() {
+				suspectAt = now
+			}
+		case StateLost:
+			lostAt = now
+			return nil
+		}
+		return errors.New("not lost yet: " + st.State.String())
+	})
+	if suspectAt.IsZero() {
+		t.Fatal("went lost without being suspect first")
+	}
+	suspect, lost := suspectAt.Sub(last), lostAt.Sub(last)
+	t.Logf("detection from last heartbeat: suspect after %s, lost after %s", inIntervals(suspect, interval), inIntervals(lost, interval))
+	slack := 4*cfg.Fleet.CheckInterval + 40*time.Millisecond // scheduling under -race
+	if suspect < 2*interval || suspect > 2*interval+slack {
+		t.Errorf("suspect after %v, want within [%v, %v]", suspect, 2*interval, 2*interval+slack)
+	}
+	if lost < 3*interval || lost > 3*interval+slack {
+		t.Errorf("lost after %v, want within [%v, %v]", lost, 3*interval, 3*interval+slack)
+	}
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		r, err := fleetRecordOf(t, s, "a1")
+		if err != nil || r.State != StateLost {
+			return fmt.Errorf("mcp_fleet a1: %v %v", r.State, err)
+		}
+		return nil
+	})
+	// It comes back: healthy at once, and re-resolves (it may have missed changes).
+	a.pause(false)
+	waitState(t, s.Fleet(), "a1", StateHealthy, 2*time.Second)
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if len(a.commands(agentproto.CmdReresolve)) == 0 {
+			return errors.New("no re-resolve after return")
+		}
+		return nil
+	})
+}
+
+func TestFleetZombieGetsReconnectThroughHeartbeatReply(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	s := startSupervisor(t, cfg)
+	a := startFakeAgent(t, srv.URL(), "z1", interval)
+	waitState(t, s.Fleet(), "z1", StateHealthy, 2*time.Second)
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if len(a.commands(agentproto.CmdProbe)) < 2 {
+			return errors.New("no probes yet")
+		}
+		return nil
+	})
+
+	fault := time.Now()
+	a.breakCmd() // heartbeats go on; the command subscription is dead
+	st := waitState(t, s.Fleet(), "z1", StateZombie, 3*time.Second)
+	zombieAt := time.Now()
+	t.Logf("zombie: %s", st.Reason)
+	waitState(t, s.Fleet(), "z1", StateHealthy, 3*time.Second)
+	healthyAt := time.Now()
+
+	rc := a.commands(agentproto.CmdReconnect)
+	if len(rc) == 0 {
+		t.Fatal("no reconnect received")
+	}
+	for _, c := range rc {
+		if c.route != routeReply {
+			t.Errorf("reconnect %s came on the %s route, want the heartbeat reply", c.ID, c.route)
+		}
+	}
+	detect, heal := zombieAt.Sub(fault), healthyAt.Sub(fault)
+	t.Logf("zombie detected %s after the fault; fault to healthy %s", inIntervals(detect, interval), inIntervals(heal, interval))
+	// Worst case: first unanswered probe one probe interval after the fault,
+	// ZombieAfter probes, the last one's timeout, plus sweep and scheduling.
+	f := cfg.Fleet
+	bound := time.Duration(f.ZombieAfter)*f.ProbeInterval + f.ProbeTimeout + 4*f.CheckInterval + 60*time.Millisecond
+	if detect > bound {
+		t.Errorf("zombie detected after %v, want within %v", detect, bound)
+	}
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if p := s.Fleet().Pending("z1"); len(p) > 0 {
+			return fmt.Errorf("still pending: %+v", p)
+		}
+		return nil
+	})
+}
+
+func TestFleetCommandDeliveredAfterAgentReconnects(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, fleetTestConfig(t, srv, interval))
+	proxy := natstest.NewProxy(t, strings.TrimPrefix(srv.URL(), "nats://"))
+	a := startFakeAgent(t, proxy.URL(), "d1", interval)
+	waitState(t, s.Fleet(), "d1", StateHealthy, 2*time.Second)
+
+	proxy.Cut()
+	waitState(t, s.Fleet(), "d1", StateLost, 2*time.Second)
+	id, err := s.Fleet().Send("d1", agentproto.CmdReresolve, []string{"github"}, "operator asked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(s.Fleet().Pending("d1"), func(c agentproto.Command) bool { return c.ID == id }) {
+		t.Fatalf("command %s not pending", id)
+	}
+	proxy.Pass()
+	natstest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		for _, c := range a.commands(agentproto.CmdReresolve) {
+			if c.ID == id {
+				return nil
+			}
+		}
+		return errors.New("command not delivered yet")
+	})
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if p := s.Fleet().Pending("d1"); len(p) > 0 {
+			return fmt.Errorf("still pending: %+v", p)
+		}
+		return nil
+	})
+	waitState(t, s.Fleet(), "d1", StateHealthy, time.Second)
+}
+
+func TestFleetCommandSurvivesSupervisorRestart(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	s1 := startSupervisor(t, cfg)
+	proxy := natstest.NewProxy(t, strings.TrimPrefix(srv.URL(), "nats://"))
+	a := startFakeAgent(t, proxy.URL(), "r1", interval)
+	waitState(t, s1.Fleet(), "r1", StateHealthy, 2*time.Second)
+	proxy.Cut()
+	waitState(t, s1.Fleet(), "r1", StateLost, 2*time.Second)
+	id, err := s1.Fleet().Send("r1", agentproto.CmdReconnect, nil, "operator asked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		r, err := fleetRecordOf(t, s1, "r1")
+		if err != nil || !slices.ContainsFunc(r.PendingCommands, func(p PendingCommand) bool { return p.ID == id }) {
+			return fmt.Errorf("mcp_fleet r1 lacks pending %s: %+v %v", id, r.PendingCommands, err)
+		}
+		return nil
+	})
+	s1.Close()
+
+	s2 := startSupervisor(t, cfg)
+	if !slices.ContainsFunc(s2.Fleet().Pending("r1"), func(c agentproto.Command) bool { return c.ID == id }) {
+		t.Fatalf("restarted supervisor lost pending command %s: %+v", id, s2.Fleet().Pending("r1"))
+	}
+	proxy.Pass()
+	natstest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		for _, c := range a.commands(agentproto.CmdReconnect) {
+			if c.ID == id {
+				return nil
+			}
+		}
+		return errors.New("command not delivered after the supervisor restart")
+	})
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if slices.ContainsFunc(s2.Fleet().Pending("r1"), func(c agentproto.Command) bool { return c.ID == id }) {
+			return errors.New("still pending")
+		}
+		return nil
+	})
+}
+
+func TestFleetRestartedSupervisorWaitsOneDetectionWindow(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	s1 := startSupervisor(t, cfg)
+	a := startFakeAgent(t, srv.URL(), "g1", interval)
+	waitState(t, s1.Fleet(), "g1", StateHealthy, 2*time.Second)
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		_, err := fleetRecordOf(t, s1, "g1")
+		return err
+	})
+	last := a.pause(true)
+	s1.Close()
+	// Let the agent be silent well past a lost window: a supervisor that
+	// trusted the old last-heard time would declare it lost at once.
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		if time.Since(last) < 4*interval {
+			return errors.New("silent for less than 4 intervals")
+		}
+		return nil
+	})
+	start := time.Now()
+	s2 := startSupervisor(t, cfg)
+	if st, ok := s2.Fleet().Agent("g1"); !ok || st.State == StateLost {
+		t.Fatalf("after restart g1 is %+v (known %v), want its persisted live state", st, ok)
+	}
+	waitState(t, s2.Fleet(), "g1", StateLost, 2*time.Second)
+	waited := time.Since(start)
+	t.Logf("restarted supervisor declared the silent agent lost %v after starting (window %v)", waited, cfg.Fleet.LostWindow())
+	if waited < cfg.Fleet.LostWindow() {
+		t.Errorf("lost %v after restart, before one detection window %v", waited, cfg.Fleet.LostWindow())
+	}
+}
+
+func TestFleetOwnLinkOutageBlamesNoAgent(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, fleetTestConfig(t, srv, interval))
+	agents := []*fakeAgent{startFakeAgent(t, srv.URL(), "o1", interval), startFakeAgent(t, srv.URL(), "o2", interval)}
+	for _, a := range agents {
+		waitState(t, s.Fleet(), a.id, StateHealthy, 2*time.Second)
+	}
+	// The supervisor and the agents lose the broker together, for longer
+	// than the lost window.
+	srv.Shutdown()
+	down := time.Now()
+	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+		if time.Since(down) < 4*interval {
+			return errors.New("outage not long enough yet")
+		}
+		return nil
+	})
+	srv.Start()
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if counterValue(s.Metrics().natsReconnects) < 1 {
+			return errors.New("supervisor has not reconnected yet")
+		}
+		for _, a := range agents {
+			if st, _ := s.Fleet().Agent(a.id); st.State != StateHealthy || time.Duration(st.SilentMS)*time.Millisecond > interval {
+				return fmt.Errorf("%s: %v, silent %dms", a.id, st.State, st.SilentMS)
+			}
+		}
+		return nil
+	})
+	if v := counterValue(s.Metrics().transitions.WithLabelValues("lost")); v != 0 {
+		t.Errorf("%v agents declared lost for the supervisor's own outage", v)
+	}
+	for _, a := range agents {
+		if rr := a.commands(agentproto.CmdReresolve); len(rr) > 0 {
+			t.Errorf("%s got recovery commands for the supervisor's own outage: %+v", a.id, rr)
+		}
+	}
+}
+
+func TestFleetFollowerTracksButNeverCommands(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	var leader atomic.Bool
+	cfg.Fleet.IsLeader = leader.Load
+	s := startSupervisor(t, cfg)
+	a := startFakeAgent(t, srv.URL(), "f1", interval)
+	waitState(t, s.Fleet(), "f1", StateHealthy, 2*time.Second)
+	put(t, s, kvconfig.BucketConfigs, "global.github", `{"url":"https://g.example"}`)
+	if _, err := s.Fleet().Send("f1", agentproto.CmdReconnect, nil, "x"); !errors.Is(err, ErrNotLeader) {
+		t.Errorf("Send on a follower: %v", err)
+	}
+	a.pause(true)
+	waitState(t, s.Fleet(), "f1", StateLost, 2*time.Second) // it still tracks
+	a.pause(false)
+	waitState(t, s.Fleet(), "f1", StateHealthy, 2*time.Second)
+	if got := a.commands(""); len(got) > 0 {
+		t.Errorf("a follower sent %d messages: %+v", len(got), got[0])
+	}
+	if _, err := fleetRecordOf(t, s, "f1"); err == nil {
+		t.Error("a follower wrote mcp_fleet")
+	}
+	leader.Store(true) // won the lease
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if len(a.commands(agentproto.CmdProbe)) == 0 {
+			return errors.New("no probe from the new leader")
+		}
+		if _, err := fleetRecordOf(t, s, "f1"); err != nil {
+			return fmt.Errorf("no mcp_fleet record from the new leader: %w", err)
+		}
+		return nil
+	})
+}
