@@ -17,10 +17,17 @@ func (s *Supervisor) startHTTP() error {
 		return fmt.Errorf("supervisor: HTTP listen on %s (try --http with another port): %w", s.cfg.HTTPAddr, err)
 	}
 	s.httpAddr = ln.Addr().String()
-	s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
+	dash := newDashboard(dashConfigFor(s.cfg), fleetView{s.Fleet}, s.Index, s.log.With().Str("component", "dashboard").Logger())
+	s.http = &http.Server{Handler: s.httpHandler(dash), ReadHeaderTimeout: 5 * time.Second}
+	// Shutdown waits for idle connections: event streams must end first.
+	s.http.RegisterOnShutdown(dash.stopStreams)
+	dash.start()
 	s.httpWG.Add(1)
 	go func() {
 		defer s.httpWG.Done()
+		// Close and Shutdown end Serve; the dashboard's recorder and
+		// streams are then stopped and waited for, before Close returns.
+		defer dash.Close()
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error().Err(err).Msg("http server stopped")
 		}
@@ -34,8 +41,9 @@ func (s *Supervisor) HTTPAddr() string {
 	return s.httpAddr
 }
 
-func (s *Supervisor) httpHandler() http.Handler {
+func (s *Supervisor) httpHandler(dash *dashboard) http.Handler {
 	mux := http.NewServeMux()
+	dash.routes(mux) // /, /agent/{id}, /static/, /api/…, /events
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -1,0 +1,276 @@
+// Tether dashboard: the fleet page. One EventSource on /events with the
+// current filters; every message carries counts, new state changes, new
+// latency samples and (when it changed) this page of the table. Changing a
+// filter reopens the stream with the new query.
+'use strict';
+
+(function () {
+  const T = window.Tether, C = window.TetherCharts;
+  const $ = id => document.getElementById(id);
+  const MAX_EVENTS = 500, SHOWN_EVENTS = 200;
+
+  const view = { state: '', role: '', q: '', sort: 'state', offset: 0, limit: 200 };
+  const data = { events: [], samples: [], page: null, head: null, serverSkew: 0 };
+  const rowsById = new Map(); // agent id -> {tr, cells}
+  let es = null, chartsDirty = false;
+  const live = T.liveIndicator($('live-dot'), $('live-text'));
+
+  function readURL() {
+    const p = new URLSearchParams(location.search);
+    const st = p.get('state') || '';
+    view.state = st === 'problem' || T.STATES.includes(st) ? st : '';
+    view.role = T.ID_RE.test(p.get('role') || '') ? p.get('role') : '';
+    view.q = T.ID_RE.test(p.get('q') || '') ? p.get('q') : '';
+    view.sort = p.get('sort') === 'id' ? 'id' : 'state';
+    view.offset = Math.max(0, parseInt(p.get('offset') || '0', 10) || 0);
+    const lim = parseInt(p.get('limit') || '200', 10);
+    view.limit = [100, 200, 500, 1000].includes(lim) ? lim : 200;
+  }
+
+  function query() {
+    const p = new URLSearchParams();
+    for (const k of ['state', 'role', 'q']) if (view[k]) p.set(k, view[k]);
+    if (view.sort !== 'state') p.set('sort', view.sort);
+    if (view.offset) p.set('offset', String(view.offset));
+    if (view.limit !== 200) p.set('limit', String(view.limit));
+    return p.toString();
+  }
+
+  function syncControls() {
+    $('f-state').value = view.state;
+    ensureRoleOption(view.role);
+    $('f-role').value = view.role;
+    $('f-q').value = view.q;
+    $('f-sort').value = view.sort;
+    $('f-limit').value = String(view.limit);
+  }
+
+  function ensureRoleOption(role) {
+    if (!role) return;
+    const sel = $('f-role');
+    if (![...sel.options].some(o => o.value === role)) sel.append(T.el('option', { text: role, attrs: { value: role } }));
+  }
+
+  function connect() {
+    if (es) es.close();
+    const qs = query();
+    history.replaceState(null, '', qs ? '?' + qs : location.pathname);
+    es = new EventSource('/events' + (qs ? '?' + qs : ''));
+    es.addEventListener('tick', ev => {
+      let m;
+      try { m = JSON.parse(ev.data); } catch (e) { return; }
+      onTick(m);
+    });
+    es.onerror = () => {
+      live.error();
+      if (es.readyState === EventSource.CLOSED) {
+        // A 400 (bad filter) closes the stream for good; say why.
+        T.apiGet('/api/fleet?' + qs).then(() => setTimeout(connect, 2000), err => showFilterError(err.message));
+      }
+    };
+  }
+
+  function showFilterError(msg) {
+    const p = $('filter-error');
+    p.hidden = !msg;
+    T.setText(p, msg || '');
+  }
+
+  function onTick(m) {
+    live.message(m.interval_ms);
+    showFilterError('');
+    data.head = m;
+    data.serverSkew = Date.now() - m.t;
+    if (m.reset) { data.events = []; data.samples = []; }
+    if (m.events) {
+      data.events.push(...m.events);
+      if (data.events.length > MAX_EVENTS) data.events.splice(0, data.events.length - MAX_EVENTS);
+    }
+    if (m.samples) {
+      data.samples.push(...m.samples);
+      if (data.samples.length > 600) data.samples.splice(0, data.samples.length - 600);
+    }
+    if (m.roles) updateRoles(m.roles);
+    renderCounts(m);
+    renderBanner(m);
+    if (m.page) { data.page = m.page; renderPage(m.page, m.t); }
+    if (m.events && m.events.length || m.reset) renderEvents(m.events_dropped || 0);
+    if (m.samples && m.samples.length || m.reset) { chartsDirty = true; requestAnimationFrame(renderCharts); }
+  }
+
+  function updateRoles(roles) {
+    const sel = $('f-role');
+    const keep = new Set(roles);
+    if (view.role) keep.add(view.role);
+    for (const o of [...sel.options]) if (o.value && !keep.has(o.value)) o.remove();
+    for (const r of roles) ensureRoleOption(r);
+    sel.value = view.role;
+  }
+
+  function renderCounts(m) {
+    const box = $('counts');
+    const chips = [['', 'all', m.total]];
+    const problems = T.STATES.filter(s => s !== 'healthy' && s !== 'gone').reduce((n, s) => n + (m.counts[s] || 0), 0);
+    chips.push(['problem', 'problems', problems]);
+    for (const s of T.STATES) chips.push([s, s, m.counts[s] || 0]);
+    if (box.childElementCount !== chips.length) {
+      box.replaceChildren(...chips.map(([val, label]) => {
+        const b = T.el('button', { className: 'chip', dataset: { state: val || 'all' }, attrs: { type: 'button' } },
+          T.el('span', { className: 'chip-n' }), T.el('span', { className: 'chip-label', text: label }));
+        b.addEventListener('click', () => { view.state = view.state === val ? '' : val; view.offset = 0; syncControls(); connect(); });
+        return b;
+      }));
+    }
+    chips.forEach(([val, , n], i) => {
+      const b = box.children[i];
+      T.setText(b.firstChild, T.fmtInt(n));
+      let cls = 'chip ' + (val && val !== 'problem' ? T.stateClass(val) : val === 'problem' ? 'st-problem' : 'st-all');
+      if (n === 0 && val) cls += ' zero';
+      if (view.state === val) cls += ' selected';
+      T.setClass(b, cls);
+      b.setAttribute('aria-pressed', String(view.state === val));
+    });
+  }
+
+  function renderBanner(m) {
+    const b = $('banner');
+    const parts = [];
+    if (m.mass_silence) parts.push('Mass silence: a large share of the fleet went quiet at once. The supervisor suspects the broker or its own link and holds agents at suspect; no recovery commands are sent until they return.');
+    T.setText(b, parts.join(' '));
+    b.hidden = parts.length === 0;
+    const rb = $('role-badge');
+    T.setText(rb, m.leader ? 'leader' : 'follower (read-only: another replica sends commands)');
+    T.setClass(rb, m.leader ? 'badge' : 'badge warn');
+  }
+
+  const COLS = ['agent', 'state', 'role', 'heard', 'rtt', 'configs', 'calls', 'reconnects', 'pending', 'reason'];
+
+  function makeRow(id) {
+    const cells = {};
+    const tr = T.el('tr', { dataset: { agent: id } });
+    for (const c of COLS) {
+      const td = T.el('td', { className: c });
+      cells[c] = td;
+      tr.append(td);
+    }
+    cells.agent.append(T.el('a', { href: T.agentHref(id), text: id }));
+    const pill = T.el('span', { className: 'pill' });
+    const since = T.el('span', { className: 'since' });
+    cells.state.append(pill, since);
+    cells.pill = pill; cells.since = since;
+    return { tr, cells };
+  }
+
+  function renderPage(p, now) {
+    const body = $('rows');
+    const seen = new Set();
+    const frag = [];
+    for (const r of p.rows) {
+      let e = rowsById.get(r.id);
+      if (!e) { e = makeRow(r.id); rowsById.set(r.id, e); }
+      seen.add(r.id);
+      fillRow(e, r, now);
+      frag.push(e.tr);
+    }
+    for (const [id, e] of rowsById) if (!seen.has(id)) { e.tr.remove(); rowsById.delete(id); }
+    // Re-order only when the order changed.
+    let same = body.childElementCount === frag.length;
+    for (let i = 0; same && i < frag.length; i++) same = body.children[i] === frag[i];
+    if (!same) body.replaceChildren(...frag);
+    $('empty').hidden = p.rows.length > 0;
+    const from = p.matched ? p.offset + 1 : 0, to = p.offset + p.rows.length;
+    T.setText($('page-info'), p.matched ? T.fmtInt(from) + '–' + T.fmtInt(to) + ' of ' + T.fmtInt(p.matched) : '0 agents');
+    $('prev').disabled = p.offset === 0;
+    $('next').disabled = to >= p.matched;
+  }
+
+  function fillRow(e, r, now) {
+    const c = e.cells;
+    T.setClass(e.tr, T.stateClass(r.state));
+    T.setText(c.pill, r.state);
+    T.setClass(c.pill, 'pill ' + T.stateClass(r.state));
+    T.setText(c.since, r.since ? 'for ' + T.fmtAge(now - r.since) : '');
+    T.setText(c.role, r.role || '—');
+    T.setText(c.heard, r.heard_ms < 0 ? 'never' : T.fmtAge(r.heard_ms) + ' ago');
+    T.setClass(c.heard, 'heard num' + (r.interval_ms && r.heard_ms > 2 * r.interval_ms ? ' late' : ''));
+    T.setText(c.rtt, r.rtt_ms ? T.fmtMs(r.rtt_ms) : '–');
+    // A silent agent's RTT is its last report, not a measurement: dim it.
+    T.setClass(c.rtt, 'rtt num' + (r.state === 'lost' || r.state === 'gone' ? ' muted' : ''));
+    const cs = T.configSummary(r.configs, r.more_configs);
+    T.setText(c.configs, cs.text);
+    T.setClass(c.configs, 'configs ' + cs.cls);
+    c.configs.title = cs.title;
+    T.setText(c.calls, T.fmtInt(r.ok) + ' · ' + T.fmtInt(r.retried) + ' · ' + T.fmtInt(r.failed));
+    T.setClass(c.calls, 'calls num' + (r.failed ? ' bad' : r.retried ? ' warn' : ''));
+    c.calls.title = r.err_class ? 'last error class: ' + r.err_class : '';
+    T.setText(c.reconnects, T.fmtInt(r.reconnects) + (r.restarts ? ' · ' + r.restarts + ' restarts' : ''));
+    T.setClass(c.reconnects, 'reconnects num');
+    const pend = [];
+    if (r.pending) pend.push(r.pending + ' cmd');
+    if (r.probes_unacked) pend.push(r.probes_unacked + ' probe');
+    T.setText(c.pending, pend.join(' · ') || '—');
+    T.setClass(c.pending, 'pending num' + (r.probes_unacked ? ' warn' : ''));
+    const flags = [];
+    if (r.duplicate) flags.push('duplicate instances under this id');
+    if (r.skewed) flags.push('clock skewed');
+    if (r.conn && r.conn !== 'connected') flags.push('conn ' + r.conn);
+    const reason = [r.reason, ...flags].filter(Boolean).join(' · ');
+    T.setText(c.reason, reason);
+    c.reason.title = reason;
+  }
+
+  function renderEvents(dropped) {
+    const list = $('events');
+    const shown = data.events.slice(-SHOWN_EVENTS).reverse();
+    list.replaceChildren(...shown.map(e => T.el('li', { className: 'event' },
+      T.el('time', { className: 'ev-time', text: T.fmtClock(e.t, true), attrs: { datetime: new Date(e.t).toISOString() } }),
+      T.el('a', { className: 'ev-agent', href: T.agentHref(e.agent), text: e.agent }),
+      T.el('span', { className: 'ev-change' },
+        e.from ? T.pill(e.from) : T.el('span', { className: 'muted', text: 'joined' }),
+        T.el('span', { className: 'arrow', text: ' → ' }),
+        e.to ? T.pill(e.to) : T.el('span', { className: 'muted', text: 'forgotten' })),
+      T.el('span', { className: 'ev-role muted', text: e.role || '' }),
+      T.el('span', { className: 'ev-reason', text: e.reason || '' }))));
+    const more = dropped ? ' (' + T.fmtInt(dropped) + ' older not sent)' : '';
+    T.setText($('ev-caption'), data.events.length ? 'latest ' + Math.min(data.events.length, SHOWN_EVENTS) + ' of ' + data.events.length + ' kept' + more : 'none yet');
+  }
+
+  function renderCharts() {
+    if (!chartsDirty) return;
+    chartsDirty = false;
+    C.timeline($('timeline'), data.samples, data.events);
+    C.latency($('latency'), data.samples);
+    const s = data.samples[data.samples.length - 1];
+    if (s) {
+      T.setText($('lat-caption'), s.live ? 'p50 ' + T.fmtMs(s.rtt_p50_ms) + ' ms · p99 ' + T.fmtMs(s.rtt_p99_ms) + ' ms · max ' + T.fmtMs(s.rtt_max_ms) + ' ms · heartbeat age p99 ' + T.fmtAge(s.age_p99_ms) + ' · ' + T.fmtInt(s.live) + ' live agents' : 'no live agents');
+      const t0 = data.samples[0].t;
+      T.setText($('tl-caption'), 'last ' + T.fmtAge(s.t - t0));
+    }
+  }
+
+  function bind() {
+    $('filters').addEventListener('submit', ev => ev.preventDefault());
+    $('f-state').addEventListener('change', ev => { view.state = ev.target.value; view.offset = 0; connect(); });
+    $('f-role').addEventListener('change', ev => { view.role = ev.target.value; view.offset = 0; connect(); });
+    $('f-sort').addEventListener('change', ev => { view.sort = ev.target.value; view.offset = 0; connect(); });
+    $('f-limit').addEventListener('change', ev => { view.limit = parseInt(ev.target.value, 10); view.offset = 0; connect(); });
+    let qTimer = 0;
+    $('f-q').addEventListener('input', ev => {
+      clearTimeout(qTimer);
+      qTimer = setTimeout(() => {
+        const v = ev.target.value.trim();
+        if (v && !T.ID_RE.test(v)) { showFilterError('Agent ids have only A-Z a-z 0-9 _ - (at most 64).'); return; }
+        view.q = v; view.offset = 0; connect();
+      }, 250);
+    });
+    $('prev').addEventListener('click', () => { view.offset = Math.max(0, view.offset - view.limit); connect(); });
+    $('next').addEventListener('click', () => { view.offset += view.limit; connect(); });
+    window.addEventListener('resize', () => { chartsDirty = true; requestAnimationFrame(renderCharts); });
+    window.addEventListener('popstate', () => { readURL(); syncControls(); connect(); });
+  }
+
+  readURL();
+  syncControls();
+  bind();
+  connect();
+})();
