@@ -1,0 +1,145 @@
+package tetherctl
+
+import (
+	"context"
+	"flag"
+	"strings"
+)
+
+// command is one subcommand: its arguments, flags, help and behaviour.
+type command struct {
+	name    string
+	args    string // positional arguments as shown in usage
+	minArgs int
+	maxArgs int // -1: any number
+	summary string
+	detail  string
+	flags   func(*flag.FlagSet, *cmdFlags)
+	run     func(*app, context.Context, []string) error
+}
+
+func (c *command) help() string {
+	var b strings.Builder
+	b.WriteString("usage: tetherctl " + c.name + " " + c.args + "\n\n" + c.summary + "\n")
+	if c.detail != "" {
+		b.WriteString("\n" + c.detail + "\n")
+	}
+	b.WriteString("\nGlobal flags (see 'tetherctl help') may come before or after the command.\n")
+	return b.String()
+}
+
+var commands []*command
+
+func init() {
+	commands = []*command{
+		{name: "validate", args: "FILE...", minArgs: 1, maxArgs: -1, run: (*app).cmdValidate,
+			summary: "Strictly decode and validate config values, as the supervisor will (- reads stdin).",
+			detail: "A FILE holding an mcpServers object is checked as 'import' would convert it.\n" +
+				"Exit 3 names the file, the field and what to fix."},
+		{name: "get", args: "SCOPE SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdGet,
+			summary: "Show the stored value of SCOPE's SERVER config, its revision and whether it is valid.",
+			detail:  "SCOPE is global, role:<role> or agent:<agent>. Exit 4 when the key is absent or deleted."},
+		{name: "put", args: "SCOPE SERVER FILE", minArgs: 3, maxArgs: 3, run: (*app).cmdPut, flags: putFlags,
+			summary: "Validate FILE, then write it to SCOPE's SERVER key with compare-and-swap and read it back.",
+			detail: "Without --revision the write expects the revision read just before it; with\n" +
+				"--revision N it expects N (0: the key must not exist). If someone else wrote the key\n" +
+				"in between, nothing is written and the exit code is 5: re-read with 'tetherctl get'.\n" +
+				"  --revision N   expected current revision of the key"},
+		{name: "import", args: "FILE --scope SCOPE", minArgs: 1, maxArgs: 1, run: (*app).cmdImport, flags: importFlags,
+			summary: "Import an mcpServers file (Claude Desktop, Cursor, VS Code) as one key per server.",
+			detail: "Every entry is validated first; if any is invalid nothing is written (exit 3).\n" +
+				"Each key is written with compare-and-swap against the revision read for the diff;\n" +
+				"unchanged keys are not written. \"type\" maps to transport (stdio, http, sse;\n" +
+				"streamable-http is http); entries with \"disabled\": true are skipped.\n" +
+				"  --scope SCOPE        global, role:<role> or agent:<agent> (required)\n" +
+				"  --dry-run            print the diff per key, write nothing\n" +
+				"  --drop-unsupported   drop fields Tether does not support (envFile, cwd, ...) instead of failing"},
+		{name: "history", args: "SCOPE SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdHistory,
+			summary: "List the kept revisions of a config key: revision, operation, time and value."},
+		{name: "rollback", args: "SCOPE SERVER REVISION", minArgs: 3, maxArgs: 3, run: (*app).cmdRollback,
+			summary: "Write the value of an older REVISION back as a new revision (compare-and-swap).",
+			detail: "Refused when REVISION is a delete, is no longer kept in history (exit 4) or is itself\n" +
+				"invalid (exit 3). The supervisor pushes the restored config to affected agents."},
+		{name: "resolve", args: "AGENT SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdResolve,
+			summary: "Ask the supervisor which config AGENT gets for SERVER: scope, key, revision, config.",
+			detail:  "Exit 4: no scope has the server; exit 3: the winning value is invalid."},
+		{name: "explain", args: "AGENT SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdExplain,
+			summary: "Ask the supervisor for every scope consulted: present, valid, revision, winner, shadowed.",
+			detail:  "The exit code follows the outcome: 0 ok, 3 the winner is invalid, 4 no scope has it."},
+		{name: "fleet", args: "[--state S] [--role R] [--agent A]", minArgs: 0, maxArgs: 0, run: (*app).cmdFleet, flags: fleetFlags,
+			summary: "List agents from the supervisor: state, role, last heard, RTT, config revisions applied/current.",
+			detail: "  --state S   only agents in state S (" + strings.Join(fleetStates, ", ") + ")\n" +
+				"  --role R    only agents with role R\n" +
+				"  --agent A   only agent A\n" +
+				"  --limit N   page size asked of the supervisor (0: its default); every page is fetched"},
+	}
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func putFlags(fs *flag.FlagSet, f *cmdFlags) {
+	fs.Var(&f.revision, "revision", "")
+}
+
+func importFlags(fs *flag.FlagSet, f *cmdFlags) {
+	fs.StringVar(&f.scope, "scope", "", "")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "")
+	fs.BoolVar(&f.dropUnsupported, "drop-unsupported", false, "")
+}
+
+func fleetFlags(fs *flag.FlagSet, f *cmdFlags) {
+	fs.StringVar(&f.state, "state", "", "")
+	fs.StringVar(&f.role, "role", "", "")
+	fs.StringVar(&f.agent, "agent", "", "")
+	fs.IntVar(&f.limit, "limit", 0, "")
+}
+
+const mainHelp = `tetherctl — operate Tether's MCP server configs and fleet over NATS.
+
+usage: tetherctl [global flags] COMMAND [flags] ARGS
+       tetherctl help [COMMAND]
+
+SCOPE is global, role:<role> or agent:<agent>. AGENT, ROLE and SERVER are
+1-64 characters of A-Z a-z 0-9 _ -. FILE may be - for standard input.
+
+Configs (KV bucket mcp_configs):
+  validate FILE...                 strictly check config values (or mcpServers files)
+  get SCOPE SERVER                 show a stored value and its revision
+  put SCOPE SERVER FILE            validate, write with compare-and-swap, read back [--revision N]
+  import FILE --scope SCOPE        import an mcpServers file, one key per server [--dry-run]
+  history SCOPE SERVER             kept revisions with operation and time
+  rollback SCOPE SERVER REVISION   write an old revision's value back as a new revision
+
+Supervisor (requests on <prefix>.v1.*):
+  resolve AGENT SERVER             the config AGENT gets: scope, key, revision, config
+  explain AGENT SERVER             every scope consulted: present, valid, revision, winner, shadowed
+  fleet [--state S] [--role R]     agents: state, role, last heard, RTT, config revisions applied/current
+
+Global flags (before or after the command):
+  --nats-url URL       NATS server URL(s), comma separated (env TETHER_NATS_URL, default nats://127.0.0.1:4222)
+  --creds FILE         NATS .creds file (env TETHER_NATS_CREDS)
+  --user U --password P  NATS user and password (env TETHER_NATS_USER, TETHER_NATS_PASSWORD)
+  --token T            NATS token (env TETHER_NATS_TOKEN)
+  --prefix P           subject prefix (env TETHER_PREFIX, default mcp)
+  --timeout D          bound on each NATS operation (env TETHER_TIMEOUT, default 5s)
+  --json               machine-readable output on stdout (secrets still masked)
+  --show-secrets       show env and header values instead of ****
+
+Exit codes:
+  0  ok
+  1  failure (anything not below)
+  2  usage error: unknown command or flag, wrong arguments, invalid identifier or scope
+  3  invalid config: a value fails strict validation (the message names the field)
+  4  not found: no such key, revision, agent or server
+  5  conflict: the key changed since it was read; nothing written — re-read and retry
+  6  unavailable: NATS, JetStream or the supervisor did not answer — retry later
+
+Errors go to standard error and say what was wrong and what to do.
+`

@@ -1,0 +1,153 @@
+package tetherctl
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/natstest"
+)
+
+// hbAgent is a minimal agent speaking the wire contract: it heartbeats,
+// reports the config revision it runs and acknowledges commands.
+type hbAgent struct {
+	id   string
+	nc   *nats.Conn
+	subj agentproto.Subjects
+
+	mu       sync.Mutex
+	revision uint64
+	probeAck string
+	acks     []string
+	got      []agentproto.Command
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startHBAgent(t *testing.T, url, id string, revision uint64) *hbAgent {
+	t.Helper()
+	a := &hbAgent{id: id, revision: revision, stop: make(chan struct{})}
+	a.nc = natstest.Connect(t, url, nats.CustomInboxPrefix(agentproto.InboxPrefix(id)))
+	for _, subject := range []string{a.subj.Command(id), agentproto.HeartbeatReply(id)} {
+		if _, err := a.nc.Subscribe(subject, a.handle); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a.wg.Add(1)
+	go a.loop()
+	t.Cleanup(func() { close(a.stop); a.wg.Wait() })
+	return a
+}
+
+func (a *hbAgent) handle(m *nats.Msg) {
+	var c agentproto.Command
+	if json.Unmarshal(m.Data, &c) != nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.got = append(a.got, c)
+	if c.Type == agentproto.CmdProbe {
+		a.probeAck = c.Nonce
+	} else {
+		a.acks = append(a.acks, c.ID)
+	}
+}
+
+func (a *hbAgent) loop() {
+	defer a.wg.Done()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for seq := uint64(1); ; seq++ {
+		a.mu.Lock()
+		hb := agentproto.Heartbeat{Agent: a.id, Instance: a.id + "-1", Seq: seq, SentAt: time.Now().UTC().Format(time.RFC3339Nano),
+			IntervalMS: 500, ProbeAck: a.probeAck, Acks: a.acks,
+			Conn:    agentproto.ConnStatus{State: agentproto.ConnConnected, RTTMS: 0.5},
+			Configs: map[string]agentproto.ConfigApplied{"github": {Revision: a.revision, Applied: true}}}
+		a.acks = nil
+		a.mu.Unlock()
+		data, _ := json.Marshal(hb)
+		_ = a.nc.PublishMsg(&nats.Msg{Subject: a.subj.Heartbeat(a.id), Reply: agentproto.HeartbeatReply(a.id), Data: data})
+		select {
+		case <-a.stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// reresolved reports whether a reresolve naming server (or every server) arrived.
+func (a *hbAgent) reresolved(server string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.got {
+		if c.Type == agentproto.CmdReresolve && (len(c.Servers) == 0 || slices.Contains(c.Servers, server)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *hbAgent) setRevision(rev uint64) {
+	a.mu.Lock()
+	a.revision = rev
+	a.mu.Unlock()
+}
+
+// TestRollbackPushedToAgentAndFleetShowsIt runs against the real
+// supervisor: an agent running revision r2 is told to re-resolve after a
+// rollback, and fleet shows applied vs current revisions before and after.
+func TestRollbackPushedToAgentAndFleetShowsIt(t *testing.T) {
+	h := newHarness(t)
+	r1 := h.putRev("global", "github", writeFile(t, "v1.json", `{"url":"https://one.example/mcp"}`))
+	r2 := h.putRev("global", "github", writeFile(t, "v2.json", `{"url":"https://two.example/mcp"}`))
+	a := startHBAgent(t, h.srv.URL(), "a7", r2)
+	h.waitFleet("a7", "healthy", fmt.Sprintf("github %d/%d", r2, r2))
+
+	h.must(ExitOK, "rollback", "global", "github", strconv.FormatUint(r1, 10))
+	r3 := h.revision("global.github")
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if !a.reresolved("github") {
+			return errors.New("agent a7 got no reresolve after the rollback")
+		}
+		return nil
+	})
+	h.waitFleet("a7", "healthy", fmt.Sprintf("github %d/%d*", r2, r3))
+	a.setRevision(r3)
+	h.waitFleet("a7", "healthy", fmt.Sprintf("github %d/%d", r3, r3))
+
+	r := h.must(ExitOK, "fleet", "--json", "--state", "healthy")
+	var st struct {
+		Counts map[string]int
+		Agents []struct{ Agent, State string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Agents) != 1 || st.Counts["healthy"] != 1 {
+		t.Errorf("fleet --json: %v\n%s", err, r)
+	}
+}
+
+// waitFleet polls tetherctl fleet until agent's row shows state and cell.
+func (h *harness) waitFleet(agent, state, cell string) {
+	h.t.Helper()
+	natstest.CheckFor(h.t, 5*time.Second, 10*time.Millisecond, func() error {
+		r := h.run("fleet", "--agent", agent)
+		for _, want := range []string{agent, state, cell, "ago", "500µs"} {
+			if !strings.Contains(r.stdout, want) {
+				return fmt.Errorf("fleet row lacks %q:\n%s", want, r)
+			}
+		}
+		return nil
+	})
+}
