@@ -30,8 +30,9 @@ const (
 	// the connection: -1 is unlimited. Past a close the watchdog rebuilds.
 	DefaultMaxReconnects = -1
 	// DefaultPingInterval and DefaultMaxPingsOut detect a black-holed link
-	// within BlackHoleBound(1 s, 2) = 3 s (nats.go's 2 min × 2 take ~6 min).
-	DefaultPingInterval = time.Second
+	// within BlackHoleBound(900 ms, 2) = 2.7 s, leaving scheduling headroom
+	// under the 3 s target (nats.go's 2 min × 2 take ~6 min).
+	DefaultPingInterval = 900 * time.Millisecond
 	DefaultMaxPingsOut  = 2
 	// DefaultReconnectBufSize bounds, in bytes, what is buffered for the
 	// server while reconnecting; publishes beyond it fail at once.

@@ -37,8 +37,9 @@ func TestBlackHoleBound(t *testing.T) {
 		maxOut   int
 		want     time.Duration
 	}{
-		{time.Second, 2, 3 * time.Second},     // our default: ≤ 3 s
-		{2 * time.Minute, 2, 6 * time.Minute}, // nats.go's default
+		{time.Second, 2, 3 * time.Second},
+		{900 * time.Millisecond, 2, 2700 * time.Millisecond}, // our default: ≤ 3 s
+		{2 * time.Minute, 2, 6 * time.Minute},                // nats.go's default
 		{100 * time.Millisecond, 1, 200 * time.Millisecond},
 	} {
 		if got := BlackHoleBound(tc.interval, tc.maxOut); got != tc.want {

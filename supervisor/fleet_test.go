@@ -47,7 +47,7 @@ func TestFleetSuspectThenLost(t *testing.T) {
 	}
 	suspect, lost := suspectAt.Sub(last), lostAt.Sub(last)
 	t.Logf("detection from last heartbeat: suspect after %s, lost after %s", inIntervals(suspect, interval), inIntervals(lost, interval))
-	slack := 4*cfg.Fleet.CheckInterval + 40*time.Millisecond // scheduling under -race
+	slack := 4*cfg.Fleet.CheckInterval + schedSlack
 	if suspect < 2*interval || suspect > 2*interval+slack {
 		t.Errorf("suspect after %v, want within [%v, %v]", suspect, 2*interval, 2*interval+slack)
 	}
@@ -71,6 +71,11 @@ func TestFleetSuspectThenLost(t *testing.T) {
 		return nil
 	})
 }
+
+// schedSlack is the scheduling delay a timing assertion tolerates on top of
+// the computed bound: tests run under -race, packages in parallel, on a
+// shared 2-core machine where 50-100 ms stalls have been seen.
+const schedSlack = 250 * time.Millisecond
 
 func TestFleetZombieGetsReconnectThroughHeartbeatReply(t *testing.T) {
 	const interval = 20 * time.Millisecond
@@ -108,7 +113,7 @@ func TestFleetZombieGetsReconnectThroughHeartbeatReply(t *testing.T) {
 	// Worst case: first unanswered probe one probe interval after the fault,
 	// ZombieAfter probes, the last one's timeout, plus sweep and scheduling.
 	f := cfg.Fleet
-	bound := time.Duration(f.ZombieAfter)*f.ProbeInterval + f.ProbeTimeout + 4*f.CheckInterval + 60*time.Millisecond
+	bound := time.Duration(f.ZombieAfter)*f.ProbeInterval + f.ProbeTimeout + 4*f.CheckInterval + schedSlack
 	if detect > bound {
 		t.Errorf("zombie detected after %v, want within %v", detect, bound)
 	}

@@ -269,8 +269,10 @@ func TestFaultBlackHole(t *testing.T) {
 	bound := agentproto.BlackHoleBound(cfg.PingInterval, cfg.MaxPingsOut)
 	t.Logf("black hole detected in %v (bound %v, nats.go defaults %v); link healed → working in %v",
 		detect, bound, agentproto.BlackHoleBound(nats.DefaultPingInterval, nats.DefaultMaxPingOut), healed)
-	if detect > bound+150*time.Millisecond { // scheduling slack over the 3 s bound
-		t.Fatalf("detected after %v > %v", detect, bound)
+	// The target is 3 s; the default bound is 2.7 s, the rest is
+	// scheduling headroom on a loaded machine.
+	if detect > 3*time.Second {
+		t.Fatalf("detected after %v > 3s (bound %v)", detect, bound)
 	}
 	if limit := agentproto.DefaultConnectTimeout + agentproto.DefaultMaxReconnectWait + time.Second; healed > limit {
 		t.Fatalf("healed after %v > %v", healed, limit)
