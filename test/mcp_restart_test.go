@@ -13,6 +13,7 @@ import (
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/demoagent"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
 	"github.com/tether-dev/tether/supervisor"
 )
 
@@ -36,21 +37,7 @@ func (s *syncBuffer) String() string {
 
 func startSupervisor(t *testing.T, srv *natstest.Server) *supervisor.Supervisor {
 	t.Helper()
-	cfg := supervisor.DefaultConfig()
-	cfg.NATSURL, cfg.HTTPAddr = srv.URL(), ""
-	cfg.WatchCheckInterval, cfg.ReconnectWait = 50*time.Millisecond, 10*time.Millisecond
-	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := supervisor.Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	if err := s.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return suptest.Start(t, suptest.Config(t, srv.URL()))
 }
 
 // TestMCPServerRestartDuringCalls is the article's rolling-deploy case: the

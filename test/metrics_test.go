@@ -10,9 +10,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/internal/natstest"
-	"github.com/tether-dev/tether/supervisor"
+	"github.com/tether-dev/tether/internal/suptest"
 )
 
 // scrape fetches /metrics and parses it with the Prometheus text parser.
@@ -69,24 +68,12 @@ next:
 // that the counters and gauges moved.
 func TestMetricsMove(t *testing.T) {
 	srv := natstest.RunServer(t)
-	cfg := supervisor.DefaultConfig()
-	cfg.NATSURL, cfg.HTTPAddr = srv.URL(), "127.0.0.1:0"
-	cfg.WatchCheckInterval, cfg.ReconnectWait = 50*time.Millisecond, 10*time.Millisecond
-	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	f := &cfg.Fleet
-	f.HeartbeatInterval, f.CheckInterval = 50*time.Millisecond, 10*time.Millisecond
-	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = 50*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
-	f.PersistInterval = 20 * time.Millisecond
+	cfg := suptest.Config(t, srv.URL())
+	cfg.HTTPAddr = "127.0.0.1:0"
+	suptest.FastFleet(&cfg)
+	sup := suptest.Start(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	sup, err := supervisor.Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sup.Close)
-	if err := sup.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	before := scrape(t, sup.HTTPAddr())
 	if v := value(before, "tether_resolutions_total", nil); v > 0 {
 		t.Fatalf("resolutions before any traffic: %v", v)

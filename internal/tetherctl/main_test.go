@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
 	"github.com/tether-dev/tether/supervisor"
 	"go.uber.org/goleak"
 )
@@ -40,21 +40,7 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	h := &harness{t: t, srv: natstest.RunServer(t)}
-	cfg := supervisor.DefaultConfig()
-	cfg.NATSURL, cfg.HTTPAddr = h.srv.URL(), ""
-	cfg.WatchCheckInterval, cfg.ReconnectWait = 50*time.Millisecond, 10*time.Millisecond
-	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := supervisor.Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	if err := s.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	h.sup = s
+	h.sup = suptest.Start(t, suptest.Config(t, h.srv.URL()))
 	return h
 }
 

@@ -1,0 +1,49 @@
+// Package suptest starts real supervisors for tests outside the supervisor
+// package (agentproto's external tests, tetherctl, test/): one place for
+// the millisecond timings and the start/wait/cleanup sequence.
+package suptest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/supervisor"
+)
+
+// Config is a supervisor config against natsURL with millisecond KV and
+// reconnect timings, no HTTP, and warnings logged through t. Fleet timings
+// stay at their defaults; FastFleet shortens them.
+func Config(t testing.TB, natsURL string) supervisor.Config {
+	cfg := supervisor.DefaultConfig()
+	cfg.NATSURL, cfg.HTTPAddr = natsURL, ""
+	cfg.WatchCheckInterval, cfg.ReconnectWait = 50*time.Millisecond, 10*time.Millisecond
+	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	return cfg
+}
+
+// FastFleet sets the fleet timings tests use: 50 ms heartbeats and probes.
+func FastFleet(cfg *supervisor.Config) {
+	f := &cfg.Fleet
+	f.HeartbeatInterval, f.CheckInterval = 50*time.Millisecond, 10*time.Millisecond
+	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = 50*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
+	f.PersistInterval = 20 * time.Millisecond
+}
+
+// Start starts a supervisor, closes it on t.Cleanup and waits until its
+// config index is ready.
+func Start(t testing.TB, cfg supervisor.Config) *supervisor.Supervisor {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := supervisor.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := s.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
