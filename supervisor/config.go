@@ -3,7 +3,10 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -52,8 +55,24 @@ type Config struct {
 	// supervisor's own NATS connection. Default DefaultReconnectWait.
 	ReconnectWait time.Duration
 	// Fleet sets heartbeat judgement, probes, command re-sends, recovery
-	// pacing and quarantine. Default DefaultFleetConfig().
+	// pacing and quarantine. Default DefaultFleetConfig(). Leave
+	// Fleet.IsLeader nil: the supervisor then commands only while it holds
+	// the leader lease (see LeaseTTL). A non-nil IsLeader replaces the
+	// lease entirely (no lease is taken); tests use that.
 	Fleet FleetConfig
+	// ReplicaID names this supervisor among the replicas sharing one NATS
+	// (cluster): it is the leader lease's value and tags leadership logs.
+	// Unique per process; up to 128 printable characters without spaces.
+	// Empty (the default): hostname-pid-random, drawn at Start.
+	ReplicaID string
+	// LeaseTTL is how long the leader lease lives without renewal, renewed
+	// every LeaseTTL/3: a crashed or cut-off leader is replaced within about
+	// LeaseTTL (a closed one at once, as it releases the lease). Every
+	// replica must use the same value; an existing lease bucket's max age
+	// wins. Zero means DefaultLeaseTTL (3 s); else at least MinLeaseTTL.
+	// Even a lone supervisor takes the lease: it wins it at its first try,
+	// before Start returns.
+	LeaseTTL time.Duration
 	// Logger receives everything; default disabled.
 	Logger zerolog.Logger
 }
@@ -70,6 +89,7 @@ func DefaultConfig() Config {
 		WatchCheckInterval: kvconfig.DefaultCheckInterval,
 		ReconnectWait:      DefaultReconnectWait,
 		Fleet:              DefaultFleetConfig(),
+		LeaseTTL:           DefaultLeaseTTL,
 		Logger:             zerolog.Nop(),
 	}
 }
@@ -115,6 +135,12 @@ func (c *Config) Validate() error {
 	if c.ReconnectWait <= 0 {
 		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))
 	}
+	if c.LeaseTTL != 0 && c.LeaseTTL < MinLeaseTTL {
+		errs = append(errs, fmt.Errorf("LeaseTTL %v is below %v (zero means %v)", c.LeaseTTL, MinLeaseTTL, DefaultLeaseTTL))
+	}
+	if err := validReplicaID(c.ReplicaID); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.Fleet.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -122,4 +148,31 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("supervisor: invalid config: %w", err)
 	}
 	return nil
+}
+
+// maxReplicaID bounds Config.ReplicaID.
+const maxReplicaID = 128
+
+// validReplicaID accepts "" (a default is drawn) or up to maxReplicaID
+// printable ASCII characters without spaces.
+func validReplicaID(id string) error {
+	if len(id) > maxReplicaID {
+		return fmt.Errorf("ReplicaID %.20q...: longer than %d characters", id, maxReplicaID)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return fmt.Errorf("ReplicaID %q: character %d is not printable ASCII without spaces", id, i)
+		}
+	}
+	return nil
+}
+
+// defaultReplicaID is hostname-pid-random.
+func defaultReplicaID() string {
+	host, err := os.Hostname()
+	if err != nil || validReplicaID(host) != nil || host == "" {
+		host = "supervisor"
+	}
+	host = truncateStr(host, 64)
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64()>>40, 36)
 }

@@ -41,6 +41,7 @@ type Fleet struct {
 	cmd  *Commander
 	push *pusher
 	sub  *nats.Subscription
+	kv   jetstream.KeyValue // mcp_fleet
 
 	dropped int // heartbeats dropped so far; sweep goroutine only
 
@@ -58,7 +59,7 @@ func newFleet(cfg Config, nc *nats.Conn, fleetKV jetstream.KeyValue, m *Metrics)
 		return nil, fmt.Errorf("supervisor: commander: %w", err)
 	}
 	t := newTracker(cfg.Fleet, cfg.Prefix, cmd, log, m)
-	return &Fleet{cfg: cfg.Fleet, log: log, nc: nc, t: t, cmd: cmd,
+	return &Fleet{cfg: cfg.Fleet, log: log, nc: nc, t: t, cmd: cmd, kv: fleetKV,
 		push: newPusher(t, cfg.Logger.With().Str("component", "push").Logger(), m)}, nil
 }
 
@@ -88,6 +89,8 @@ func (f *Fleet) start(ctx context.Context, ix *kvconfig.Index, fleetKV jetstream
 	f.wg.Go(func() { f.loop(lctx, f.cfg.CheckInterval, f.sweep) })
 	f.wg.Go(func() { f.loop(lctx, f.cfg.PersistInterval, f.t.flush) })
 	f.wg.Go(func() { f.push.run(lctx) })
+	var prev drift
+	f.wg.Go(func() { f.loop(lctx, reconcileEvery(&f.cfg), func() { f.reconcileDrift(&prev) }) })
 	return nil
 }
 

@@ -106,6 +106,11 @@ func (t *tracker) flush() {
 // were live is counted from the start of this supervisor (the grace set by
 // the caller), so no one is declared lost before a full detection window.
 func (t *tracker) load(ctx context.Context, kv jetstream.KeyValue) (int, error) {
+	return t.readFleet(ctx, kv, t.restore)
+}
+
+// readFleet calls fn for every readable record of mcp_fleet.
+func (t *tracker) readFleet(ctx context.Context, kv jetstream.KeyValue, fn func(*FleetRecord)) (int, error) {
 	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return 0, fmt.Errorf("supervisor: read %s: %w", kv.Bucket(), err)
@@ -131,7 +136,7 @@ func (t *tracker) load(ctx context.Context, kv jetstream.KeyValue) (int, error) 
 				bad++
 				continue
 			}
-			t.restore(&r)
+			fn(&r)
 			n++
 		}
 	}

@@ -53,7 +53,9 @@ func (s *Supervisor) httpHandler(dash *dashboard) http.Handler {
 		if !ok {
 			code = http.StatusServiceUnavailable
 		}
-		writeJSON(w, code, map[string]any{"ready": ok, "reason": why})
+		// Followers are ready too: they resolve and track; "leader" only
+		// says which replica commands.
+		writeJSON(w, code, map[string]any{"ready": ok, "reason": why, "leader": s.IsLeader(), "replica": s.cfg.ReplicaID})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	return mux

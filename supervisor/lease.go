@@ -20,6 +20,8 @@ const (
 	LeaderKey = "supervisor"
 	// DefaultLeaseTTL is how long a lease lives without renewal.
 	DefaultLeaseTTL = 3 * time.Second
+	// MinLeaseTTL is the shortest lease TTL accepted.
+	MinLeaseTTL = 30 * time.Millisecond
 )
 
 // LeaseConfig configures a Lease.
@@ -29,7 +31,9 @@ type LeaseConfig struct {
 	// ID names this supervisor replica; required, unique per process.
 	ID string
 	// TTL: the lease expires this long after its last renewal; renewals
-	// happen every TTL/3. Default DefaultLeaseTTL; at least 30ms.
+	// happen every TTL/3. Default DefaultLeaseTTL; at least MinLeaseTTL.
+	// When BucketLeader already exists, its max age wins (every replica
+	// must renew on the same clock), with a warning if it differs.
 	TTL time.Duration
 	// Replicas of the lease bucket when it is created. Default 1.
 	Replicas int
@@ -54,8 +58,28 @@ type Lease struct {
 	done   chan struct{}
 	once   sync.Once
 
+	first chan struct{} // closed after the first campaign
+
 	rev     uint64
 	renewed time.Time
+}
+
+// bucketTTL is the lease TTL every replica must use: the existing bucket's
+// max age. A bucket without one would never let a dead leader's key expire.
+func bucketTTL(ctx context.Context, kv jetstream.KeyValue, cfg LeaseConfig) (time.Duration, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("supervisor: lease bucket %s status: %w", BucketLeader, err)
+	}
+	ttl := st.TTL()
+	switch {
+	case ttl < MinLeaseTTL:
+		return 0, fmt.Errorf("supervisor: lease bucket %s has max age %v (below %v): a dead leader's lease would not expire in time; delete the bucket to re-create it", BucketLeader, ttl, MinLeaseTTL)
+	case ttl != cfg.TTL:
+		cfg.Logger.Warn().Dur("configured", cfg.TTL).Dur("bucket", ttl).
+			Msg("lease bucket exists with another TTL; using the bucket's so every replica renews alike")
+	}
+	return ttl, nil
 }
 
 // StartLease opens the lease bucket and starts campaigning.
@@ -66,8 +90,8 @@ func StartLease(ctx context.Context, cfg LeaseConfig) (*Lease, error) {
 	if cfg.TTL == 0 {
 		cfg.TTL = DefaultLeaseTTL
 	}
-	if cfg.TTL < 30*time.Millisecond {
-		return nil, fmt.Errorf("supervisor: LeaseConfig.TTL %v is below 30ms", cfg.TTL)
+	if cfg.TTL < MinLeaseTTL {
+		return nil, fmt.Errorf("supervisor: LeaseConfig.TTL %v is below %v", cfg.TTL, MinLeaseTTL)
 	}
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
@@ -84,8 +108,11 @@ func StartLease(ctx context.Context, cfg LeaseConfig) (*Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: lease bucket %s: %w", BucketLeader, err)
 	}
+	if cfg.TTL, err = bucketTTL(ctx, kv, cfg); err != nil {
+		return nil, err
+	}
 	lctx, cancel := context.WithCancel(context.Background())
-	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{})}
+	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{}), first: make(chan struct{})}
 	l.holder.Store("")
 	go l.run(lctx)
 	return l, nil
@@ -97,12 +124,19 @@ func (l *Lease) IsLeader() bool { return l.leader.Load() }
 // Holder is the id of the last known holder ("" if none seen).
 func (l *Lease) Holder() string { return l.holder.Load().(string) }
 
+// Campaigned is closed once the first campaign (right at start) is over:
+// by then IsLeader says whether this replica won.
+func (l *Lease) Campaigned() <-chan struct{} { return l.first }
+
 func (l *Lease) run(ctx context.Context) {
 	defer close(l.done)
 	tick := time.NewTicker(l.cfg.TTL / 3)
 	defer tick.Stop()
-	for {
+	for i := 0; ; i++ {
 		l.step(ctx)
+		if i == 0 {
+			close(l.first)
+		}
 		select {
 		case <-ctx.Done():
 			return

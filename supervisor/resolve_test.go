@@ -251,6 +251,8 @@ func TestConfigValidate(t *testing.T) {
 		"http":     func(c *Config) { c.HTTPAddr = "x" },
 		"prefix":   func(c *Config) { c.Prefix = "a.b" },
 		"interval": func(c *Config) { c.WatchCheckInterval = 0 },
+		"lease":    func(c *Config) { c.LeaseTTL = time.Millisecond },
+		"replica":  func(c *Config) { c.ReplicaID = "has space" },
 	} {
 		c := DefaultConfig()
 		mut(&c)

@@ -39,6 +39,16 @@ type Supervisor struct {
 	httpWG   sync.WaitGroup
 	fleet    atomic.Pointer[Fleet]
 
+	// Leadership (leader.go); unused when the caller set Fleet.IsLeader.
+	lease      atomic.Pointer[Lease]
+	leading    atomic.Bool // took over the fleet under the current lease
+	leadMu     sync.Mutex  // guards leadGen and writes of leading
+	leadGen    uint64      // bumped on every lease change
+	takeMu     sync.Mutex  // serialises takeLead
+	leadWake   chan struct{}
+	leadCancel context.CancelFunc
+	leadWG     sync.WaitGroup
+
 	closeOnce sync.Once
 }
 
@@ -50,7 +60,18 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.ReplicaID == "" {
+		cfg.ReplicaID = defaultReplicaID()
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	useLease := cfg.Fleet.IsLeader == nil
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics()}
+	if useLease {
+		cfg.Fleet.IsLeader = s.commanding
+		s.cfg = cfg
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -94,6 +115,11 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	}
 	if err = fleet.start(ctx, s.store.Index(), s.buckets.Fleet, cfg.Prefix); err != nil {
 		return nil, err
+	}
+	if useLease {
+		if err = s.startLease(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.HTTPAddr != "" {
 		if err = s.startHTTP(); err != nil {
@@ -234,8 +260,9 @@ func (s *Supervisor) Ready() (bool, string) {
 	return true, "ready"
 }
 
-// Drain stops taking new requests, lets in-flight ones finish and closes
-// everything, bounded by ctx.
+// Drain stops taking new requests, lets in-flight ones finish, writes the
+// fleet's last records (while still leading), releases the leader lease
+// and closes everything, bounded by ctx.
 func (s *Supervisor) Drain(ctx context.Context) error {
 	var errs []error
 	if s.svc != nil {
@@ -249,8 +276,10 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 		}
 	}
 	if f := s.fleet.Load(); f != nil {
-		f.Drain()
+		f.Drain() // its last mcp_fleet write happens while still leading
 	}
+	s.stopLeading()
+	s.releaseLease()
 	if s.nc != nil && !s.nc.IsClosed() {
 		if err := s.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			errs = append(errs, err)
@@ -263,8 +292,9 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close stops everything at once and waits for every goroutine it started.
-// Safe to call twice.
+// Close stops everything at once and waits for every goroutine it started:
+// it stops commanding first, then releases the leader lease so another
+// replica takes over at once. Safe to call twice.
 func (s *Supervisor) Close() {
 	s.closeOnce.Do(func() {
 		if s.svc != nil {
@@ -274,9 +304,11 @@ func (s *Supervisor) Close() {
 			_ = s.http.Close()
 		}
 		s.httpWG.Wait()
+		s.stopLeading() // stop commanding before the lease is released
 		if f := s.fleet.Load(); f != nil {
 			f.Close()
 		}
+		s.releaseLease()
 		if s.store != nil {
 			s.store.Close()
 		}

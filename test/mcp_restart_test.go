@@ -54,9 +54,17 @@ func TestMCPServerRestartDuringCalls(t *testing.T) {
 	}
 	t.Cleanup(echo.Stop)
 	cfg := fmt.Sprintf(`{"transport":"http","url":%q,"timeout":"2s","retry":{"max_attempts":12,"base_delay":"20ms","max_delay":"200ms","jitter":0.3}}`, echo.URL())
-	if _, err := sup.Buckets().Configs.Put(context.Background(), "global.echo", []byte(cfg)); err != nil {
+	rev, err := sup.Buckets().Configs.Put(context.Background(), "global.echo", []byte(cfg))
+	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent's first resolve must see the config: wait for the KV watch.
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if sup.Index().AsOf().Configs < rev {
+			return fmt.Errorf("index at %d, want %d", sup.Index().AsOf().Configs, rev)
+		}
+		return nil
+	})
 	var logs syncBuffer
 	log := zerolog.New(&logs)
 

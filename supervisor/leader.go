@@ -1,0 +1,153 @@
+package supervisor
+
+import (
+	"context"
+	"time"
+)
+
+// Leadership: every replica campaigns for the lease in BucketLeader. The
+// fleet commands (probes, commands, mcp_fleet writes) only while this
+// replica holds the lease AND has taken over the fleet (Fleet.TakeLead):
+// winning the lease wakes the lead goroutine, which reloads mcp_fleet off
+// the lease goroutine (renewals must never wait for it) and only then lets
+// the fleet command. Losing the lease stops commanding at once.
+
+// commanding is the FleetConfig.IsLeader the Supervisor installs: one
+// atomic load on the heartbeat path, then the lease's.
+func (s *Supervisor) commanding() bool {
+	if !s.leading.Load() {
+		return false
+	}
+	l := s.lease.Load()
+	return l != nil && l.IsLeader()
+}
+
+// IsLeader reports whether this replica commands the fleet: it holds the
+// leader lease and has taken over the fleet (or, with a caller-supplied
+// FleetConfig.IsLeader, what that says).
+func (s *Supervisor) IsLeader() bool {
+	if s.cfg.Fleet.IsLeader == nil {
+		return false
+	}
+	return s.cfg.Fleet.IsLeader()
+}
+
+// ReplicaID is this replica's id (Config.ReplicaID or the drawn default).
+func (s *Supervisor) ReplicaID() string { return s.cfg.ReplicaID }
+
+// LeaderID is the replica id last seen holding the lease ("" if unknown or
+// when the caller supplied FleetConfig.IsLeader).
+func (s *Supervisor) LeaderID() string {
+	if l := s.lease.Load(); l != nil {
+		return l.Holder()
+	}
+	return ""
+}
+
+// startLease campaigns at once and, if this replica wins the first try,
+// takes over the fleet before returning, so a lone supervisor commands
+// from the moment Start returns.
+func (s *Supervisor) startLease(ctx context.Context) error {
+	s.leadWake = make(chan struct{}, 1)
+	l, err := StartLease(ctx, LeaseConfig{
+		JS: s.js, ID: s.cfg.ReplicaID, TTL: s.cfg.LeaseTTL, Replicas: s.cfg.Buckets.Replicas,
+		OnChange: s.onLeadership,
+		Logger:   s.log.With().Str("component", "lease").Str("replica", s.cfg.ReplicaID).Logger(),
+	})
+	if err != nil {
+		return err
+	}
+	s.lease.Store(l)
+	lctx, cancel := context.WithCancel(context.Background())
+	s.leadCancel = cancel
+	s.leadWG.Go(func() { s.leadLoop(lctx) })
+	select {
+	case <-l.Campaigned():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.takeLead(ctx)
+	return nil
+}
+
+// onLeadership runs on the lease goroutine: it must not block.
+func (s *Supervisor) onLeadership(leader bool) {
+	s.leadMu.Lock()
+	s.leadGen++
+	s.leading.Store(false)
+	s.leadMu.Unlock()
+	if !leader {
+		s.log.Info().Str("replica", s.cfg.ReplicaID).Msg("leadership ended: no longer commanding the fleet")
+		return
+	}
+	select {
+	case s.leadWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Supervisor) leadLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.leadWake:
+			s.takeLead(ctx)
+		}
+	}
+}
+
+// takeLead runs Fleet.TakeLead while this replica holds the lease and
+// does not command yet, retrying every LeaseTTL/3, and then lets the fleet
+// command unless leadership changed meanwhile. Serialised by takeMu.
+func (s *Supervisor) takeLead(ctx context.Context) {
+	s.takeMu.Lock()
+	defer s.takeMu.Unlock()
+	l, f := s.lease.Load(), s.fleet.Load()
+	for ctx.Err() == nil && l.IsLeader() && !s.leading.Load() {
+		s.leadMu.Lock()
+		gen := s.leadGen
+		s.leadMu.Unlock()
+		start := time.Now()
+		tctx, cancel := context.WithTimeout(ctx, takeLeadTimeout(s.cfg.LeaseTTL))
+		records, pushes, err := f.TakeLead(tctx)
+		cancel()
+		if err == nil {
+			s.leadMu.Lock()
+			won := gen == s.leadGen && l.IsLeader()
+			s.leading.Store(won)
+			s.leadMu.Unlock()
+			if won {
+				s.log.Info().Str("replica", s.cfg.ReplicaID).Int("records", records).Int("reresolves", pushes).
+					Dur("took", time.Since(start)).Msg("leadership won: fleet taken over from mcp_fleet; commanding")
+			}
+			continue // leadership changed meanwhile: the loop re-checks
+		}
+		s.log.Warn().Err(err).Str("replica", s.cfg.ReplicaID).Msg("leader cannot read mcp_fleet yet; not commanding, retrying")
+		select {
+		case <-ctx.Done():
+		case <-time.After(s.cfg.LeaseTTL / 3):
+		}
+	}
+}
+
+// stopLeading stops commanding (at once) and the lead goroutine; the lease
+// itself is released by releaseLease, after the fleet has stopped.
+func (s *Supervisor) stopLeading() {
+	s.leadMu.Lock()
+	s.leadGen++
+	s.leading.Store(false)
+	s.leadMu.Unlock()
+	if s.leadCancel != nil {
+		s.leadCancel()
+	}
+	s.leadWG.Wait()
+}
+
+// releaseLease stops campaigning and releases the lease if held, so
+// another replica takes over at its next try instead of after the TTL.
+func (s *Supervisor) releaseLease() {
+	if l := s.lease.Load(); l != nil {
+		l.Close()
+	}
+}
