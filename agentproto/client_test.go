@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -168,9 +169,14 @@ func TestClientSubscribeDrainGoodbye(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("message not delivered")
 	}
-	if s.Handled() != 1 || s.Subject() != "work.a2" {
-		t.Errorf("handled %d", s.Handled())
-	}
+	// Handled counts completed handler calls: it moves just after the
+	// handler has sent on got.
+	natstest.CheckFor(t, time.Second, time.Millisecond, func() error {
+		if s.Handled() != 1 || s.Subject() != "work.a2" {
+			return fmt.Errorf("handled %d subject %s", s.Handled(), s.Subject())
+		}
+		return nil
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := c.Drain(ctx); err != nil {
