@@ -58,7 +58,22 @@ func (s Subjects) Wildcard(verb string) string { return s.base() + verb + ".>" }
 // <prefix>.v1.<verb>. It returns ok=false when the subject does not start
 // with that prefix.
 func (s Subjects) Tokens(verb, subject string) ([]string, bool) {
-	rest, ok := strings.CutPrefix(subject, s.base()+verb+".")
+	p := s.Prefix
+	if p == "" {
+		p = DefaultPrefix
+	}
+	// Cut the pieces one by one instead of building the prefix: the
+	// supervisor calls this for every request.
+	rest, ok := strings.CutPrefix(subject, p)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, "."+Version+".")
+	}
+	if ok {
+		rest, ok = strings.CutPrefix(rest, verb)
+	}
+	if ok {
+		rest, ok = strings.CutPrefix(rest, ".")
+	}
 	if !ok {
 		return nil, false
 	}
@@ -186,4 +201,12 @@ type FleetStatusRequest struct {
 	Role  string `json:"role,omitempty"`
 	After string `json:"after,omitempty"`
 	Limit int    `json:"limit,omitempty"`
+}
+
+// IsHeartbeatReply reports whether subject is agent's heartbeat reply
+// subject, without building it (the supervisor checks every heartbeat).
+func IsHeartbeatReply(agent, subject string) bool {
+	const pre, suf = "_INBOX_", ".hb"
+	return len(subject) == len(pre)+len(agent)+len(suf) &&
+		subject[:len(pre)] == pre && subject[len(pre):len(pre)+len(agent)] == agent && subject[len(pre)+len(agent):] == suf
 }

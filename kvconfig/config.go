@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -149,6 +150,15 @@ func DecodeConfig(data []byte) (*ServerConfig, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, decodeError(err)
 	}
+	if err := exactKeys(data, "", configFields); err != nil {
+		return nil, err
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) == nil && c.Retry != nil {
+		if err := exactKeys(top["retry"], "retry.", retryFields); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, &ConfigError{Err: errors.New("trailing data after the JSON object")}
 	}
@@ -178,6 +188,29 @@ func decodeError(err error) error {
 		return &ConfigError{Field: strings.Trim(f, `"`), Err: errors.New("unknown field (check the spelling; fields are transport, command, args, env, url, headers, timeout, retry)")}
 	}
 	return &ConfigError{Err: err}
+}
+
+// The exact field names of a config value. encoding/json matches names
+// case-insensitively; a value must not, or {"ENV":{...}} would be stored
+// and then escape masking that looks for "env".
+var (
+	configFields = []string{"transport", "command", "args", "env", "url", "headers", "timeout", "retry"}
+	retryFields  = []string{"max_attempts", "base_delay", "max_delay", "jitter"}
+)
+
+// exactKeys fails on an object key that is not spelled exactly as one of
+// fields.
+func exactKeys(obj []byte, prefix string, fields []string) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(obj, &m); err != nil {
+		return nil // not an object: the typed decode reports it
+	}
+	for k := range m {
+		if !slices.Contains(fields, k) {
+			return &ConfigError{Field: prefix + truncate(k, 64), Err: fmt.Errorf("unknown field (names are case-sensitive; fields are %s)", strings.Join(fields, ", "))}
+		}
+	}
+	return nil
 }
 
 var (
@@ -223,7 +256,7 @@ func (c *ServerConfig) Validate() error {
 		}
 		u, err := url.Parse(c.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fail("url", "%q is not an absolute http:// or https:// URL", truncate(c.URL, 200))
+			return fail("url", "%s is not an absolute http:// or https:// URL", redactURL(c.URL))
 		}
 	default:
 		return fail("transport", "%q is not one of stdio, http, sse", truncate(c.Transport, 40))
@@ -266,6 +299,22 @@ func (c *ServerConfig) Validate() error {
 		}
 	}
 	return nil
+}
+
+// redactURL quotes a URL for an error message without the secrets URLs
+// often carry: user info and the query are masked.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Sprintf("a %d-byte value that does not parse as a URL", len(s))
+	}
+	if u.User != nil {
+		u.User = url.User(Masked)
+	}
+	if u.RawQuery != "" {
+		u.RawQuery = Masked
+	}
+	return strconv.Quote(truncate(u.String(), 200))
 }
 
 func checkMap(field string, m map[string]string, name *regexp.Regexp, what string) error {

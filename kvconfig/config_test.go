@@ -43,6 +43,9 @@ func TestDecodeConfigInvalid(t *testing.T) {
 		{`{"transport":"http","url":"https://x","retry":{"max_attempts":-1}}`, "retry.max_attempts", "outside"},
 		{`{"transport":"http","url":"https://x","retry":{"base_delay":"2s","max_delay":"1s"}}`, "retry.max_delay", "shorter"},
 		{`{"transport":"http","url":"https://x","retry":{"tries":3}}`, "tries", "unknown field"},
+		{`{"transport":"stdio","command":"x","ENV":{"TOKEN":"t"}}`, "ENV", "case-sensitive"},
+		{`{"transport":"http","URL":"https://x"}`, "URL", "case-sensitive"},
+		{`{"transport":"http","url":"https://x","retry":{"Max_Attempts":3}}`, "retry.Max_Attempts", "case-sensitive"},
 		{`{"transport":"stdio","command":"x","env":{"BAD NAME":"v"}}`, "env.BAD NAME", "environment"},
 		{`{"transport":"http","url":"https://x","headers":{"Bad:Header":"v"}}`, "headers.Bad:Header", "header"},
 		{`{"transport":"stdio","command":"x","args":"y"}`, "args", "wrong type"},
@@ -61,6 +64,13 @@ func TestDecodeConfigInvalid(t *testing.T) {
 		if ce.Field != tc.field || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("DecodeConfig(%.60s): field %q error %q; want field %q containing %q", tc.in, ce.Field, err, tc.field, tc.msg)
 		}
+	}
+}
+
+func TestBadURLErrorHidesSecrets(t *testing.T) {
+	_, err := DecodeConfig([]byte(`{"transport":"http","url":"ftp://user:s3cret@host/x?api_key=k3y"}`))
+	if err == nil || strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "k3y") || !strings.Contains(err.Error(), "ftp://") {
+		t.Fatalf("error leaks or says nothing: %v", err)
 	}
 }
 

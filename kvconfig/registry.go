@@ -26,6 +26,13 @@ func DecodeAgentRecord(data []byte) (AgentRecord, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return r, &ConfigError{Bucket: BucketAgents, Err: errors.New("trailing data after the JSON object")}
 	}
+	if err := exactKeys(data, "", []string{"role"}); err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			ce.Bucket = BucketAgents
+		}
+		return r, err
+	}
 	if err := ValidateID(KindRole, r.Role); err != nil {
 		return r, &ConfigError{Bucket: BucketAgents, Field: "role", Err: err}
 	}

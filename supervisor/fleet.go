@@ -43,6 +43,11 @@ type Fleet struct {
 	sub  *nats.Subscription
 	kv   jetstream.KeyValue // mcp_fleet
 
+	// hbGate lets Close wait for a heartbeat handler already running: each
+	// handler holds it shared, Close takes it exclusively and sets hbClosed.
+	hbGate   sync.RWMutex
+	hbClosed bool
+
 	dropped int // heartbeats dropped so far; sweep goroutine only
 
 	cancel    context.CancelFunc
@@ -76,7 +81,7 @@ func (f *Fleet) start(ctx context.Context, ix *kvconfig.Index, fleetKV jetstream
 		f.log.Info().Int("agents", n).Dur("grace", f.cfg.LostWindow()).
 			Msg("fleet rebuilt from mcp_fleet; no agent is declared lost before one detection window")
 	}
-	sub, err := f.nc.Subscribe(agentproto.Subjects{Prefix: prefix}.Wildcard("hb"), f.t.handleHeartbeat)
+	sub, err := f.nc.Subscribe(agentproto.Subjects{Prefix: prefix}.Wildcard("hb"), f.handleHeartbeat)
 	if err != nil {
 		return fmt.Errorf("supervisor: subscribe to heartbeats: %w", err)
 	}
@@ -148,6 +153,9 @@ func (f *Fleet) Close() {
 		if f.sub != nil {
 			_ = f.sub.Unsubscribe()
 		}
+		f.hbGate.Lock() // waits for a handler already running
+		f.hbClosed = true
+		f.hbGate.Unlock()
 		if f.cancel != nil {
 			f.cancel()
 		}
@@ -159,7 +167,13 @@ func (f *Fleet) Close() {
 // and closes.
 func (f *Fleet) Drain() {
 	if f.sub != nil {
-		_ = f.sub.Drain()
+		// Let the heartbeats already queued be handled before the last write.
+		if f.sub.Drain() == nil {
+			deadline := time.Now().Add(drainWait)
+			for f.sub.IsValid() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
 	}
 	if f.cancel != nil {
 		f.cancel()
@@ -167,6 +181,19 @@ func (f *Fleet) Drain() {
 	f.wg.Wait()
 	f.t.flush()
 	f.Close()
+}
+
+// drainWait bounds Drain's wait for queued heartbeats.
+const drainWait = 2 * time.Second
+
+// handleHeartbeat passes a heartbeat to the tracker unless the fleet closed.
+func (f *Fleet) handleHeartbeat(msg *nats.Msg) {
+	f.hbGate.RLock()
+	defer f.hbGate.RUnlock()
+	if f.hbClosed {
+		return
+	}
+	f.t.handleHeartbeat(msg)
 }
 
 // linkDown and linkUp are told about the supervisor's own NATS link: while

@@ -62,6 +62,10 @@ type Lease struct {
 
 	rev     uint64
 	renewed time.Time
+	// renewedAt is renewed as monotonic nanoseconds since epoch, for
+	// IsLeader's expiry check.
+	epoch     time.Time
+	renewedAt atomic.Int64
 }
 
 // bucketTTL is the lease TTL every replica must use: the existing bucket's
@@ -112,14 +116,19 @@ func StartLease(ctx context.Context, cfg LeaseConfig) (*Lease, error) {
 		return nil, err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{}), first: make(chan struct{})}
+	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{}), first: make(chan struct{}), epoch: time.Now()}
 	l.holder.Store("")
 	go l.run(lctx)
 	return l, nil
 }
 
 // IsLeader reports whether this replica holds an unexpired lease.
-func (l *Lease) IsLeader() bool { return l.leader.Load() }
+// It is false once two thirds of the TTL have passed since the last
+// successful renewal, even before the renewal loop notices: another replica
+// can take the lease only after the full TTL.
+func (l *Lease) IsLeader() bool {
+	return l.leader.Load() && time.Since(l.epoch)-time.Duration(l.renewedAt.Load()) < l.cfg.TTL*2/3
+}
 
 // Holder is the id of the last known holder ("" if none seen).
 func (l *Lease) Holder() string { return l.holder.Load().(string) }
@@ -154,6 +163,7 @@ func (l *Lease) step(ctx context.Context) {
 		rev, err := l.kv.Update(cctx, LeaderKey, []byte(l.cfg.ID), l.rev)
 		if err == nil {
 			l.rev, l.renewed = rev, now
+			l.renewedAt.Store(int64(now.Sub(l.epoch)))
 			return
 		}
 		// Keep leading only while the last renewal is surely unexpired.
@@ -166,6 +176,7 @@ func (l *Lease) step(ctx context.Context) {
 	rev, err := l.kv.Create(cctx, LeaderKey, []byte(l.cfg.ID))
 	if err == nil {
 		l.rev, l.renewed = rev, now
+		l.renewedAt.Store(int64(now.Sub(l.epoch)))
 		l.set(true, l.cfg.ID, nil)
 		return
 	}

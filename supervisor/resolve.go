@@ -25,17 +25,21 @@ type resolver struct {
 // errorReply maps an error to its contract code and answers the request.
 func (r *resolver) errorReply(req micro.Request, err error) int {
 	code, msg := classifyResolveError(err)
-	body := agentproto.ErrorBody{Error: agentproto.ErrorDetail{
-		Code: agentproto.ErrorName(code), Status: code, Message: msg, Retryable: code == agentproto.CodeUnavailable,
-	}}
-	if code == agentproto.CodeUnavailable {
-		body.Error.RetryAfterMS = r.retryAfter.Milliseconds()
-	}
-	data, _ := json.Marshal(body)
+	data, _ := json.Marshal(agentproto.ErrorBody{Error: *r.detail(code, msg)})
 	if rerr := req.Error(strconv.Itoa(code), msg, data); rerr != nil {
 		r.log.Warn().Err(rerr).Str("subject", req.Subject()).Msg("cannot send error reply")
 	}
 	return code
+}
+
+// detail is the error body of the contract: retryable only for 503, which
+// also carries the retry_after hint.
+func (r *resolver) detail(code int, msg string) *agentproto.ErrorDetail {
+	d := &agentproto.ErrorDetail{Code: agentproto.ErrorName(code), Status: code, Message: msg, Retryable: code == agentproto.CodeUnavailable}
+	if d.Retryable {
+		d.RetryAfterMS = r.retryAfter.Milliseconds()
+	}
+	return d
 }
 
 func classifyResolveError(err error) (int, string) {
@@ -188,7 +192,7 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 			code, msg := classifyResolveError(it.Err)
 			failed++
 			reply.Servers[it.Server] = agentproto.ResolveResult{Scope: it.Scope, Key: it.Key, Revision: it.Revision,
-				Error: &agentproto.ErrorDetail{Code: agentproto.ErrorName(code), Status: code, Message: msg}}
+				Error: r.detail(code, msg)}
 			r.log.Error().Str("agent", toks[0]).Str("server", it.Server).Str("scope", it.Scope).Str("key", it.Key).
 				Uint64("revision", it.Revision).Err(it.Err).Msg("resolveall: server failed")
 			continue

@@ -281,7 +281,9 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 		sh.add(a)
 		out.created = true
 	}
-	t.ingest(a, &hb, now, wall, msg.Reply != "", &out)
+	// Commands go back only to the agent's own heartbeat inbox: a reply
+	// subject naming anything else could aim them at another agent.
+	t.ingest(a, &hb, now, wall, agentproto.IsHeartbeatReply(id, msg.Reply), &out)
 	sh.mu.Unlock()
 	t.afterIngest(id, &hb, msg.Reply, &out)
 }
