@@ -146,7 +146,8 @@ func TestMaskJSON(t *testing.T) {
 		`{"command":"x","env":{"A":"s1","B":"s2"}}`:                  `{"command":"x","env":{"A":"****","B":"****"}}`,
 		`{"url":"https://x","headers":{"Authorization":"Bearer s"}}`: `{"headers":{"Authorization":"****"},"url":"https://x"}`,
 		`{"env":"not-an-object","timout":"1s"}`:                      `{"env":"****","timout":"1s"}`,
-		`not json s3cret`:                                            unreadableValue,
+		`{"ENV":{"T":"s3"},"Headers":{"X":"s4"}}`:                    `{"ENV":{"T":"****"},"Headers":{"X":"****"}}`,
+		`not json s3cret`: unreadableValue,
 	} {
 		if got := string(maskJSON([]byte(in))); got != want {
 			t.Errorf("maskJSON(%s) = %s, want %s", in, got, want)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -42,9 +43,9 @@ func maskJSON(raw []byte) json.RawMessage {
 	if err := dec.Decode(&m); err != nil {
 		return json.RawMessage(unreadableValue)
 	}
-	for _, f := range secretFields {
-		v, ok := m[f]
-		if !ok {
+	for f, v := range m {
+		// Any spelling: an invalid value may say "ENV" or "Headers".
+		if !slices.ContainsFunc(secretFields, func(s string) bool { return strings.EqualFold(s, f) }) {
 			continue
 		}
 		if obj, isObj := v.(map[string]any); isObj {
