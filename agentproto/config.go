@@ -138,6 +138,10 @@ type Config struct {
 	// SkipInitialResolve stops Connect from starting a background
 	// ResolveAll. By default it does, so heartbeats carry configs.
 	SkipInitialResolve bool
+	// ConfigCache, if set, is a file where the last known good configs are
+	// kept (mode 0600), so a restart while the supervisor is down still
+	// starts with them, marked stale. Default: memory only.
+	ConfigCache string
 	// CallStats counts the agent's tool calls for heartbeats; pass it as
 	// Policy.Stats. Nil means the Client makes one (see Client.CallStats).
 	CallStats *CallStats

@@ -57,7 +57,11 @@ type ResolverConfig struct {
 	// RequestTimeout bounds one request when Policy.AttemptTimeout is zero.
 	// Default DefaultRequestTimeout.
 	RequestTimeout time.Duration
-	Logger         zerolog.Logger
+	// CacheFile, if set, keeps the last known good configs on disk (mode
+	// 0600, written atomically on every change), so an agent restarted
+	// while the supervisor is down starts with them, marked Stale.
+	CacheFile string
+	Logger    zerolog.Logger
 }
 
 // Resolver is the agent's resolve client. It keeps the last known good
@@ -77,6 +81,10 @@ type held struct {
 	res     Resolved
 	applied bool
 	errMsg  string
+	// fromCache: loaded from CacheFile and not yet confirmed; the first
+	// answer from the supervisor replaces it whatever its revision (the
+	// buckets may have been re-created since).
+	fromCache bool
 }
 
 // NewResolver checks the config and returns a Resolver.
@@ -102,7 +110,11 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
-	return &Resolver{cfg: cfg, log: log, lkg: map[string]*held{}}, nil
+	r := &Resolver{cfg: cfg, log: log, lkg: map[string]*held{}}
+	if err := r.loadCache(); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // Subscribe registers fn to be called, in the caller's goroutine of the
@@ -179,7 +191,7 @@ func (r *Resolver) Resolve(ctx context.Context, server string) (Resolved, error)
 func (r *Resolver) accept(res Resolved) Resolved {
 	r.mu.Lock()
 	h := r.lkg[res.Server]
-	if h != nil && !res.AsOf.Covers(h.res.AsOf) || h != nil && h.res.Key == res.Key && res.Revision < h.res.Revision {
+	if h != nil && !h.fromCache && (!res.AsOf.Covers(h.res.AsOf) || h.res.Key == res.Key && res.Revision < h.res.Revision) {
 		old := h.res
 		r.mu.Unlock()
 		r.log.Warn().Str("server", res.Server).Uint64("revision", res.Revision).Uint64("held_revision", old.Revision).
@@ -190,6 +202,9 @@ func (r *Resolver) accept(res Resolved) Resolved {
 	res.Changed = h != nil && (h.res.Revision != res.Revision || h.res.Key != res.Key)
 	isNew := h == nil || res.Changed || h.res.Stale
 	r.lkg[res.Server] = &held{res: res, applied: true}
+	if isNew {
+		r.saveCacheLocked()
+	}
 	subs := r.subs
 	r.mu.Unlock()
 	r.log.Info().Str("server", res.Server).Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
@@ -227,6 +242,7 @@ func (r *Resolver) failed(server string, err error) (Resolved, error) {
 	switch {
 	case isSE && se.Code == CodeNotFound:
 		delete(r.lkg, server)
+		r.saveCacheLocked()
 		r.log.Error().Err(err).Str("server", server).Msg("config no longer exists; dropped the held one")
 		return Resolved{Server: server, Err: err}, err
 	case h == nil:
@@ -282,10 +298,15 @@ func (r *Resolver) ResolveAll(ctx context.Context) (map[string]Resolved, error) 
 		out[server] = r.accept(res)
 	}
 	r.mu.Lock()
+	dropped := false
 	for server := range r.lkg {
 		if _, ok := rep.Servers[server]; !ok {
 			delete(r.lkg, server)
+			dropped = true
 		}
+	}
+	if dropped {
+		r.saveCacheLocked()
 	}
 	r.mu.Unlock()
 	return out, nil

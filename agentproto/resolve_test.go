@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -176,5 +178,48 @@ func TestResolverNeverTakesOlder(t *testing.T) {
 	res, err = r.Resolve(ctx, "github")
 	if err != nil || res.Key != "role.coder.github" || !res.Changed {
 		t.Fatalf("fallback after delete not taken: %+v %v", res, err)
+	}
+}
+
+// TestResolverCacheSurvivesRestart: an agent restarted while the
+// supervisor is down starts with its last known good configs from disk,
+// marked stale; the file is private to the owner.
+func TestResolverCacheSurvivesRestart(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, srv)
+	rev := putWait(t, s, "global.github", `{"url":"https://one.example/mcp","headers":{"Authorization":"Bearer t"}}`)
+	nc := srv.Connect()
+	cache := filepath.Join(t.TempDir(), "configs.json")
+	mk := func() *agentproto.Resolver {
+		r, err := agentproto.NewResolver(agentproto.ResolverConfig{Agent: "a7", Conn: func() *nats.Conn { return nc },
+			Policy: fastPolicy(t), CacheFile: cache, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	ctx := context.Background()
+	if _, err := mk().Resolve(ctx, "github"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(cache)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("cache file: %v %v", st, err)
+	}
+	s.Close() // the supervisor is down when the agent restarts
+	r := mk()
+	res, err := r.Resolve(ctx, "github")
+	if err != nil || !res.Stale || res.Revision != rev || res.Config.Headers["Authorization"] != "Bearer t" {
+		t.Fatalf("restarted agent: %+v %v", res, err)
+	}
+	// Back up: the first answer confirms it.
+	startSupervisor(t, srv)
+	res, err = r.Resolve(ctx, "github")
+	if err != nil || res.Stale || res.Revision != rev {
+		t.Fatalf("confirmed: %+v %v", res, err)
+	}
+	// A cache of another agent is refused loudly.
+	if _, err := agentproto.NewResolver(agentproto.ResolverConfig{Agent: "b1", Conn: func() *nats.Conn { return nc }, CacheFile: cache}); err == nil {
+		t.Fatal("another agent's cache accepted")
 	}
 }
