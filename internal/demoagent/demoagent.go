@@ -58,7 +58,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
 	ccfg := agentproto.DefaultConfig(cfg.Agent)
-	ccfg.URLs, ccfg.Name, ccfg.Logger = cfg.NATSURL, "tether-demo-agent "+cfg.Agent, log
+	ccfg.URLs, ccfg.Name, ccfg.Logger = cfg.NATSURL, "tether-demo-agent "+cfg.Agent, cfg.Logger // the client adds the agent id itself
 	if cfg.Client != nil {
 		cfg.Client(&ccfg)
 	}
