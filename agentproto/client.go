@@ -115,7 +115,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	c.log = cfg.Logger.With().Str(logKeyAgent, cfg.Agent).Str(logKeyInstance, c.instance).Logger()
 	r, err := NewResolver(ResolverConfig{
 		Agent: cfg.Agent, Subjects: cfg.Subjects, Conn: c.Conn, Policy: cfg.ResolvePolicy,
-		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, Logger: c.log.With().Str("component", "resolver").Logger(),
+		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, Logger: cfg.Logger.With().Str(logKeyInstance, c.instance).Str("component", "resolver").Logger(), // the resolver adds the agent id
 	})
 	if err != nil {
 		return nil, err
