@@ -128,7 +128,9 @@ func holdSilence(t *testing.T, s *Supervisor, f *simFleet, d time.Duration) {
 	sent, _ := f.since(mark)
 	late := 0
 	for _, c := range sent {
-		if c.at.Sub(detected) > 20*time.Millisecond { // in flight at detection is fine
+		// What was in flight when mass silence was detected may still land:
+		// a sweep's batch for 1,000 agents under -race, on a loaded machine.
+		if c.at.Sub(detected) > schedSlack {
 			late++
 		}
 	}
