@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
@@ -250,31 +249,10 @@ func screenshot(t *testing.T, ctx context.Context, name string) string {
 	return abs
 }
 
-// jsPermissionServer is permissionServer with JetStream: users "agent"
-// (may be denied subscribing to subject after deny(true)) and "sup" (all),
-// password "pw"; deny reloads the permissions in place, as an operator's
-// config reload does.
+// jsPermissionServer is natstest.RunPermissionServer with JetStream.
 func jsPermissionServer(t *testing.T, subject string) (url string, deny func(bool)) {
-	users := func(deny bool) []*server.User {
-		p := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}},
-			Subscribe: &server.SubjectPermission{Allow: []string{">"}}}
-		if deny {
-			p.Subscribe.Deny = []string{subject}
-		}
-		return []*server.User{{Username: "agent", Password: "pw", Permissions: p}, {Username: "sup", Password: "pw"}}
-	}
-	var base server.Options
-	srv := natstest.RunServer(t, natstest.WithOptions(func(o *server.Options) {
-		o.Users = users(false)
-		base = *o
-	}))
-	return srv.URL(), func(d bool) {
-		o := base
-		o.Users = users(d)
-		if err := srv.NATS().ReloadOptions(&o); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, deny := natstest.RunPermissionServer(t, subject)
+	return s.URL(), deny
 }
 
 // startHostileAgent speaks the heartbeat contract on a plain connection

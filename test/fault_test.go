@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -325,31 +324,10 @@ func TestFaultZombieSubscription(t *testing.T) {
 	}
 }
 
-// permissionServer runs a server with users "agent" (may be denied
-// subscribing to subject after reload(true)) and "sup" (all), password
-// "pw"; reload changes the agent's permissions in place, as an operator's
-// config reload does.
+// permissionServer is natstest.RunPermissionServer without JetStream.
 func permissionServer(t *testing.T, subject string) (url string, reload func(deny bool)) {
-	users := func(deny bool) []*server.User {
-		p := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}},
-			Subscribe: &server.SubjectPermission{Allow: []string{">"}}}
-		if deny {
-			p.Subscribe.Deny = []string{subject}
-		}
-		return []*server.User{{Username: "agent", Password: "pw", Permissions: p}, {Username: "sup", Password: "pw"}}
-	}
-	var base server.Options
-	srv := natstest.RunServer(t, natstest.WithoutJetStream(), natstest.WithOptions(func(o *server.Options) {
-		o.Users = users(false)
-		base = *o
-	}))
-	return srv.URL(), func(deny bool) {
-		o := base
-		o.Users = users(deny)
-		if err := srv.NATS().ReloadOptions(&o); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, reload := natstest.RunPermissionServer(t, subject, natstest.WithoutJetStream())
+	return s.URL(), reload
 }
 
 // 5. A KV watcher killed by a server restart is re-created from its last

@@ -250,3 +250,33 @@ func CheckFor(t testing.TB, total, sleep time.Duration, fn func() error) {
 		time.Sleep(sleep)
 	}
 }
+
+// RunPermissionServer runs a server with two users, password "pw": "sup"
+// may do anything, "agent" may publish and subscribe anywhere until
+// deny(true) reloads the server's config to forbid it subscribing to
+// subject — the way an operator's permission change makes the server drop
+// a live subscription. deny(false) allows it again.
+func RunPermissionServer(t testing.TB, subject string, opts ...Option) (s *Server, deny func(bool)) {
+	t.Helper()
+	users := func(deny bool) []*server.User {
+		p := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}}}
+		if deny {
+			p.Subscribe.Deny = []string{subject}
+		}
+		return []*server.User{{Username: "agent", Password: "pw", Permissions: p}, {Username: "sup", Password: "pw"}}
+	}
+	var base server.Options
+	opts = append(opts, WithOptions(func(o *server.Options) {
+		o.Users = users(false)
+		base = *o
+	}))
+	s = RunServer(t, opts...)
+	return s, func(d bool) {
+		o := base
+		o.Users = users(d)
+		if err := s.NATS().ReloadOptions(&o); err != nil {
+			t.Fatalf("natstest: reload permissions: %v", err)
+		}
+	}
+}
