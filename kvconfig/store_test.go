@@ -106,19 +106,11 @@ func TestStoreSurvivesServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2; i++ {
-		srv.Restart()
-		natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-			if !nc.IsConnected() {
-				return errors.New("not reconnected")
-			}
-			return nil
-		})
-		var rev uint64
-		natstest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-			var err error
-			rev, err = b.Configs.Put(ctx, "global.github", []byte(fmt.Sprintf(`{"url":"https://after%d.example"}`, i)))
-			return err
-		})
+		srv.RestartAwait(nc)
+		rev, err := b.Configs.Put(ctx, "global.github", []byte(fmt.Sprintf(`{"url":"https://after%d.example"}`, i)))
+		if err != nil {
+			t.Fatalf("first put after restart %d: %v", i, err)
+		}
 		natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 			r, err := s.Index().Resolve("a7", "github")
 			if err != nil || r.Revision != rev {

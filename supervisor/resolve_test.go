@@ -220,13 +220,11 @@ func TestServiceSurvivesServerRestart(t *testing.T) {
 	s := startSupervisor(t, testConfig(t, srv))
 	put(t, s, kvconfig.BucketConfigs, "global.github", `{"url":"https://g.example"}`)
 	nc := srv.Connect(nats.MaxReconnects(-1), nats.ReconnectWait(10*time.Millisecond))
-	srv.Restart()
-	var rev uint64
-	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		var err error
-		rev, err = s.Buckets().Configs.Put(context.Background(), "global.github", []byte(`{"url":"https://after.example"}`))
-		return err
-	})
+	srv.RestartAwait(nc, s.Conn())
+	rev, err := s.Buckets().Configs.Put(context.Background(), "global.github", []byte(`{"url":"https://after.example"}`))
+	if err != nil {
+		t.Fatalf("first put after the restart: %v", err)
+	}
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		msg, err := nc.Request(subj.Resolve("a7", "github"), nil, 500*time.Millisecond)
 		if err != nil {

@@ -337,7 +337,8 @@ func TestFaultKVWatcherAcrossRestart(t *testing.T) {
 	srv := natstest.RunServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js, err := jetstream.New(observer(t, srv.URL()))
+	writer := observer(t, srv.URL())
+	js, err := jetstream.New(writer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +366,10 @@ func TestFaultKVWatcherAcrossRestart(t *testing.T) {
 	rec.wait(t, next-1)
 	var took []time.Duration
 	for range 2 {
-		srv.Restart()
+		// The writer must be on the new process before it puts: a put
+		// written into the socket the old one closed is lost and would
+		// wait out ctx (natstest.Server.RestartAwait).
+		srv.RestartAwait(writer)
 		ready := time.Now()
 		put(10) // written as soon as JetStream is back, before the watcher is
 		rec.wait(t, next-1)

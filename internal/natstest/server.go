@@ -132,6 +132,33 @@ func (s *Server) Restart() {
 	s.Start()
 }
 
+// RestartAwait restarts the server like Restart and then waits until every
+// given client has reconnected to the new process.
+//
+// Restart alone is not enough before a client writes: the server closes each
+// client socket at shutdown, but a client notices only when its read loop
+// sees the close. A request or publish written in between still reports
+// CONNECTED, goes into the dead socket and is lost — core NATS is at most
+// once — so a JetStream call made then waits out its whole timeout. Product
+// code bounds every attempt and retries; a test that means "write right
+// after the restart" waits for its writers here first.
+func (s *Server) RestartAwait(conns ...*nats.Conn) {
+	s.t.Helper()
+	before := make([]uint64, len(conns))
+	for i, nc := range conns {
+		before[i] = nc.Stats().Reconnects
+	}
+	s.Restart()
+	CheckFor(s.t, readyTimeout, 2*time.Millisecond, func() error {
+		for i, nc := range conns {
+			if nc.Stats().Reconnects == before[i] || !nc.IsConnected() {
+				return fmt.Errorf("client %d not reconnected yet (%v, %d reconnects)", i, nc.Status(), nc.Stats().Reconnects)
+			}
+		}
+		return nil
+	})
+}
+
 // Connect opens a client connection closed on t.Cleanup.
 func (s *Server) Connect(opts ...nats.Option) *nats.Conn {
 	return Connect(s.t, s.URL(), opts...)

@@ -25,20 +25,37 @@ func TestRestartSamePortKeepsStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := s.Port
-	s.Restart()
+	s.RestartAwait(nc)
 	if s.Port != port {
 		t.Fatalf("port changed: %d -> %d", port, s.Port)
 	}
-	CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		e, err := kv.Get("k")
-		if err != nil {
-			return err
+	// One read, no retry: the client is on the new process, so a lost
+	// request here would be a real bug, not the shutdown window.
+	e, err := kv.Get("k")
+	if err != nil {
+		t.Fatalf("first read after the restart: %v", err)
+	}
+	if string(e.Value()) != "v" {
+		t.Fatalf("value %q", e.Value())
+	}
+}
+
+// TestRestartAwaitWaitsForEveryClient: RestartAwait returns only once each
+// client has reconnected to the new process, however slowly it retries.
+func TestRestartAwaitWaitsForEveryClient(t *testing.T) {
+	s := RunServer(t)
+	fast := s.Connect(nats.MaxReconnects(-1), nats.ReconnectWait(5*time.Millisecond), nats.ReconnectJitter(0, 0))
+	slow := s.Connect(nats.MaxReconnects(-1), nats.ReconnectWait(300*time.Millisecond), nats.ReconnectJitter(0, 0))
+	for range 2 {
+		fr, sr := fast.Stats().Reconnects, slow.Stats().Reconnects
+		s.RestartAwait(fast, slow)
+		if !fast.IsConnected() || !slow.IsConnected() {
+			t.Fatalf("after RestartAwait: fast %v, slow %v", fast.Status(), slow.Status())
 		}
-		if string(e.Value()) != "v" {
-			t.Fatalf("value %q", e.Value())
+		if fast.Stats().Reconnects != fr+1 || slow.Stats().Reconnects != sr+1 {
+			t.Fatalf("reconnects: fast %d→%d, slow %d→%d", fr, fast.Stats().Reconnects, sr, slow.Stats().Reconnects)
 		}
-		return nil
-	})
+	}
 }
 
 func TestCluster(t *testing.T) {
