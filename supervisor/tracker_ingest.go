@@ -221,7 +221,9 @@ func (t *tracker) recovery(a *agent, now int64, why string, out *ingestOut) {
 }
 
 // noteRecovery appends a recovery event and reports whether it just
-// quarantined the agent.
+// quarantined the agent. The quarantine is counted here, under the shard
+// lock with the state change, so whoever can see the quarantined state also
+// sees it counted.
 func (t *tracker) noteRecovery(a *agent, now int64, why string) bool {
 	a.recoveries = append(a.recoveries, now)
 	ev, over := intensity(a.recoveries, now, t.cfg.QuarantinePeriod, t.cfg.QuarantineAfter)
@@ -233,6 +235,7 @@ func (t *tracker) noteRecovery(a *agent, now int64, why string) bool {
 		return false
 	}
 	a.quarantined = true
+	t.metrics.quarantine()
 	a.reason = "quarantined: needed recovery " + itoa(len(ev)) + " times within " + t.cfg.QuarantinePeriod.String() + "; last: " + why
 	kept := a.pending[:0]
 	for _, p := range a.pending {
@@ -314,7 +317,6 @@ func (t *tracker) afterIngest(id string, hb *hbIn, reply string, out *ingestOut)
 		t.log.Warn().Str("agent", id).Str("sent_at", hb.SentAt).Msg("agent clock skewed beyond MaxClockSkew (judgement uses the supervisor's clock only)")
 	}
 	if out.quarantined {
-		t.metrics.quarantine()
 		t.log.Error().Str("agent", id).Msg("agent quarantined: restart intensity exceeded; no more recovery commands until it settles")
 	}
 	if out.changed {

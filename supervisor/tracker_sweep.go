@@ -303,7 +303,6 @@ func (t *tracker) act() {
 		t.cmd.send(s.sends[i].agent, &s.sends[i].cmd, s.sends[i].resend)
 	}
 	for _, id := range s.quar {
-		t.metrics.quarantine()
 		t.log.Error().Str("agent", id).Msg("agent quarantined: restart intensity exceeded; no more recovery commands until it settles")
 	}
 	for _, tr := range s.trans {
