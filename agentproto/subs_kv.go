@@ -2,44 +2,39 @@ package agentproto
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"github.com/tether-dev/tether/kvconfig"
+	"math/rand/v2"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // KVHandler receives a watched bucket's entries in revision order. A nil
-// entry, sent once, means the initial values are all delivered (as in
-// jetstream.KeyWatcher). Entries are never repeated: after a restart the
+// entry means the initial values are all delivered (as in
+// jetstream.KeyWatcher): once after the start, and once more if the bucket
+// is deleted and re-created, after which entries start over from the new
+// bucket's first revision. Entries are never repeated: after a restart the
 // watcher resumes from the revision after the last one delivered.
 type KVHandler func(jetstream.KeyValueEntry)
 
 // KVWatch is a KV watcher registered with a Client. It is re-created from
 // its last revision after every reconnect and rebuild, when its updates
-// stop (the watcher died), and when it stalls behind its bucket, so no
-// update is missed: the failure of nats.go#1777 and nats.c#988.
+// stop (the watcher died), and when it stalls behind its keys, so no
+// update is missed: the failure of nats.go#1777 and nats.c#988. It runs on
+// kvconfig.Watcher, the one KV-watcher implementation, on the client's
+// current connection.
 type KVWatch struct {
 	c       *Client
 	bucket  string
-	keys    []string
 	handler KVHandler
 	log     zerolog.Logger
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
-	kick   chan struct{}
-	once   sync.Once
-
-	rev      atomic.Uint64 // last revision delivered
-	restarts atomic.Uint64
-	ready    bool // the nil entry was delivered; watcher goroutine only
+	w       *kvconfig.Watcher
+	cancel  context.CancelFunc
+	once    sync.Once
 }
 
 // WatchKV watches keys (NATS wildcards allowed; none means every key) of
@@ -57,177 +52,76 @@ func (c *Client) WatchKV(bucket string, keys []string, handler KVHandler) (*KVWa
 	if handler == nil {
 		return nil, fmt.Errorf("%w: nil KV handler for bucket %q", ErrInvalidSubject, bucket)
 	}
-	w := &KVWatch{
-		c: c, bucket: bucket, keys: slices0(keys), handler: handler,
-		log:  c.log.With().Str(logKeyBucket, bucket).Logger(),
-		done: make(chan struct{}), kick: make(chan struct{}, 1),
-	}
+	kw := &KVWatch{c: c, bucket: bucket, handler: handler, log: c.log.With().Str(logKeyBucket, bucket).Logger()}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
 		return nil, ErrClosed
 	}
-	w.ctx, w.cancel = context.WithCancel(c.ctx)
-	c.kvs[w] = struct{}{}
-	c.goFn(w.run)
-	return w, nil
+	w, err := kvconfig.StartWatcher(kvconfig.WatcherConfig{
+		Bucket:    bucket,
+		Keys:      keys,
+		JetStream: kw.jetStream,
+		Handle:    kw.call,
+		Reset: func() {
+			kw.log.Warn().Msg("agentproto: KV bucket re-created; delivering it again from its first revision")
+		},
+		Restarted:      kw.restarted,
+		CheckInterval:  c.cfg.KVCheckInterval,
+		RequestTimeout: c.cfg.RequestTimeout,
+		RetryDelay: func(n int) time.Duration {
+			return ReconnectDelay(n, c.cfg.ReconnectWait, c.cfg.MaxReconnectWait, c.cfg.jitter(), rand.Float64())
+		},
+		Logger: &kw.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agentproto: watch %s: %w", bucket, err)
+	}
+	kw.w = w
+	var ctx context.Context
+	ctx, kw.cancel = context.WithCancel(c.ctx)
+	c.kvs[kw] = struct{}{}
+	c.goFn(func() { // the client's Close waits for the watcher through this
+		<-ctx.Done()
+		w.Close()
+	})
+	return kw, nil
 }
 
-func slices0(s []string) []string { return append([]string(nil), s...) }
-
 // Revision is the last revision delivered to the handler.
-func (w *KVWatch) Revision() uint64 { return w.rev.Load() }
+func (w *KVWatch) Revision() uint64 { return w.w.Revision() }
 
 // Restarts counts re-creations of the underlying watcher.
-func (w *KVWatch) Restarts() uint64 { return w.restarts.Load() }
+func (w *KVWatch) Restarts() uint64 { return w.w.Restarts() }
 
-// Stop stops the watcher and waits for its goroutine. Safe to call twice;
-// not from the watcher's own handler.
+// Stop stops the watcher and waits for it. Safe to call twice; not from
+// the watcher's own handler.
 func (w *KVWatch) Stop() {
 	w.c.mu.Lock()
 	delete(w.c.kvs, w)
 	w.c.mu.Unlock()
 	w.once.Do(w.cancel)
-	<-w.done
+	w.w.Close()
 }
 
-// restart asks the watcher to re-create itself from its last revision.
-func (w *KVWatch) restart() {
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
-}
+// restart re-creates the watcher from its last revision on the current
+// connection.
+func (w *KVWatch) restart() { w.w.Restart("reconnected or rebuilt") }
 
-// kvSession is one open underlying watcher.
-type kvSession struct {
-	kw     jetstream.KeyWatcher
-	stream jetstream.Stream
-	cancel context.CancelFunc
-}
-
-func (s *kvSession) stop() {
-	if s != nil {
-		kvconfig.StopWatcher(s.kw)
-		s.cancel()
-	}
-}
-
-// run keeps one underlying watcher open and feeds the handler.
-func (w *KVWatch) run() {
-	defer close(w.done)
-	check := time.NewTicker(w.c.cfg.KVCheckInterval)
-	defer check.Stop()
-	b := &delayBackOff{base: w.c.cfg.ReconnectWait, max: w.c.cfg.MaxReconnectWait, jitter: w.c.cfg.jitter()}
-	retry := time.NewTimer(0)
-	defer retry.Stop()
-	var (
-		sess    *kvSession
-		updates <-chan jetstream.KeyValueEntry
-		lag     kvLag
-		opened  int
-	)
-	defer func() { sess.stop() }()
-	reopen := func(reason string, level zerolog.Level) {
-		sess.stop()
-		sess, updates, lag = nil, nil, kvLag{}
-		w.log.WithLevel(level).Str("reason", reason).Uint64(logKeyRevision, w.rev.Load()).Msg("agentproto: KV watcher restarting")
-		retry.Reset(0)
-	}
-	for {
-		select {
-		case <-w.ctx.Done():
-			return
-		case <-retry.C:
-			var err error
-			if sess, err = w.open(); err != nil {
-				w.log.Warn().Err(err).Msg("agentproto: KV watcher cannot open; retrying")
-				retry.Reset(b.NextBackOff())
-				continue
-			}
-			updates, lag = sess.kw.Updates(), kvLag{}
-			b.Reset()
-			if opened++; opened > 1 {
-				w.restarts.Add(1)
-				w.c.emit(Event{Kind: EventKVRestarted, Subject: w.bucket, Reason: "re-created from revision"})
-			}
-		case <-w.kick:
-			reopen("reconnected or rebuilt", zerolog.InfoLevel)
-		case e, ok := <-updates:
-			if !ok {
-				reopen("updates stopped: the watcher died", zerolog.WarnLevel)
-				continue
-			}
-			w.deliver(e)
-		case <-check.C:
-			if sess == nil {
-				continue
-			}
-			var why string
-			if lag, why = w.check(sess, lag); why != "" {
-				reopen(why, zerolog.WarnLevel)
-			}
-		}
-	}
-}
-
-// open creates an underlying watcher on the current connection, resuming
-// after the last revision delivered.
-func (w *KVWatch) open() (*kvSession, error) {
+// jetStream is the client's current connection's JetStream.
+func (w *KVWatch) jetStream() (jetstream.JetStream, error) {
 	nc, _ := w.c.conn()
 	if nc == nil {
 		return nil, ErrNoConnection
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	rctx, rcancel := context.WithTimeout(w.ctx, w.c.cfg.RequestTimeout)
-	defer rcancel()
-	kv, err := js.KeyValue(rctx, w.bucket)
-	if err != nil {
-		return nil, fmt.Errorf("agentproto: KV bucket %s: %w", w.bucket, err)
-	}
-	stream, err := js.Stream(rctx, "KV_"+w.bucket)
-	if err != nil {
-		return nil, fmt.Errorf("agentproto: KV bucket %s stream: %w", w.bucket, err)
-	}
-	var opts []jetstream.WatchOpt
-	if rev := w.rev.Load(); rev > 0 {
-		opts = append(opts, jetstream.ResumeFromRevision(rev+1))
-	}
-	// The watch context lives as long as the watcher (cancelling it
-	// unsubscribes); a timer bounds only its creation.
-	wctx, wcancel := context.WithCancel(w.ctx)
-	t := time.AfterFunc(w.c.cfg.RequestTimeout, wcancel)
-	kw, err := kv.WatchFiltered(wctx, slices0(w.keys), opts...)
-	if !t.Stop() || err != nil {
-		wcancel()
-		if err == nil {
-			_ = kw.Stop()
-			err = context.DeadlineExceeded
-		}
-		return nil, fmt.Errorf("agentproto: KV watch %s: %w", w.bucket, err)
-	}
-	return &kvSession{kw: kw, stream: stream, cancel: wcancel}, nil
+	return jetstream.New(nc)
 }
 
-// deliver hands e to the handler unless it was delivered already.
-func (w *KVWatch) deliver(e jetstream.KeyValueEntry) {
-	if e == nil {
-		if !w.ready {
-			w.ready = true
-			w.call(nil)
-		}
-		return
-	}
-	if e.Revision() <= w.rev.Load() {
-		return // redelivered after a resume
-	}
-	w.call(e)
-	w.rev.Store(e.Revision())
+func (w *KVWatch) restarted(reason string) {
+	w.c.emit(Event{Kind: EventKVRestarted, Subject: w.bucket, Reason: reason})
 }
 
+// call runs the handler, recovering a panic.
 func (w *KVWatch) call(e jetstream.KeyValueEntry) {
 	if !w.c.handlers.enter() {
 		return
@@ -240,52 +134,4 @@ func (w *KVWatch) call(e jetstream.KeyValueEntry) {
 		}
 	}()
 	w.handler(e)
-}
-
-// kvLag remembers whether the watcher was behind its bucket at the last
-// check, and at which revision.
-type kvLag struct {
-	behind bool
-	at     uint64
-}
-
-// check compares the last revision delivered with the bucket's latest
-// revision for the watched keys; behind at the same revision on two checks
-// in a row means the watcher is dead. It returns why to restart, or "".
-func (w *KVWatch) check(sess *kvSession, prev kvLag) (kvLag, string) {
-	ctx, cancel := context.WithTimeout(w.ctx, w.c.cfg.RequestTimeout)
-	defer cancel()
-	latest, err := w.latest(ctx, sess.stream)
-	if err != nil {
-		w.log.Debug().Err(err).Msg("agentproto: KV progress check unavailable")
-		return prev, ""
-	}
-	rev := w.rev.Load()
-	switch {
-	case latest <= rev:
-		return kvLag{}, ""
-	case prev.behind && prev.at == rev:
-		return kvLag{}, fmt.Sprintf("stalled at revision %d while the bucket is at %d", rev, latest)
-	}
-	return kvLag{behind: true, at: rev}, ""
-}
-
-// latest is the highest revision stored for the watched keys.
-func (w *KVWatch) latest(ctx context.Context, stream jetstream.Stream) (uint64, error) {
-	filters := w.keys
-	if len(filters) == 0 {
-		filters = []string{">"}
-	}
-	var top uint64
-	for _, k := range filters {
-		m, err := stream.GetLastMsgForSubject(ctx, "$KV."+w.bucket+"."+k)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			continue
-		case err != nil:
-			return 0, err
-		}
-		top = max(top, m.Sequence)
-	}
-	return top, nil
 }

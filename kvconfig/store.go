@@ -89,6 +89,9 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfg BucketConfig
 
 // StoreConfig configures a Store.
 type StoreConfig struct {
+	// JetStream is the context the watchers open on. Required.
+	JetStream jetstream.JetStream
+	// Buckets are the configs and agents buckets to watch. Required.
 	Buckets Buckets
 	// OnChange is called after every applied change, from the watcher's
 	// goroutine (keep it short). Optional.
@@ -111,8 +114,8 @@ type Store struct {
 // OpenStore starts the watchers. The index becomes ready when both
 // buckets' initial values are loaded (see WaitReady). Close stops them.
 func OpenStore(cfg StoreConfig) (*Store, error) {
-	if cfg.Buckets.Configs == nil || cfg.Buckets.Agents == nil {
-		return nil, errors.New("kvconfig: StoreConfig needs the configs and agents buckets")
+	if cfg.JetStream == nil || cfg.Buckets.Configs == nil || cfg.Buckets.Agents == nil {
+		return nil, errors.New("kvconfig: StoreConfig needs JetStream and the configs and agents buckets")
 	}
 	s := &Store{index: NewIndex(), ready: make(chan struct{})}
 	log := zerolog.Nop()
@@ -127,23 +130,32 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 		{cfg.Buckets.Agents, s.index.ApplyAgent},
 	} {
 		bucket, apply := b.kv.Bucket(), b.apply
+		ready := func() {
+			s.index.MarkReady(bucket)
+			if s.index.Ready() {
+				select {
+				case <-s.ready:
+				default:
+					close(s.ready)
+				}
+			}
+		}
 		w, err := StartWatcher(WatcherConfig{
-			KV: b.kv,
-			Apply: func(key string, rev uint64, op Op, value []byte) {
-				ch := apply(key, rev, op, value)
+			Bucket:    bucket,
+			JetStream: func() (jetstream.JetStream, error) { return cfg.JetStream, nil },
+			Handle: func(e jetstream.KeyValueEntry) {
+				if e == nil {
+					ready()
+					return
+				}
+				op := OpPut
+				if e.Operation() != jetstream.KeyValuePut {
+					op = OpDelete
+				}
+				ch := apply(e.Key(), e.Revision(), op, e.Value())
 				logChange(log, ch)
 				if cfg.OnChange != nil {
 					cfg.OnChange(ch)
-				}
-			},
-			Ready: func() {
-				s.index.MarkReady(bucket)
-				if s.index.Ready() {
-					select {
-					case <-s.ready:
-					default:
-						close(s.ready)
-					}
 				}
 			},
 			Reset: func() { s.index.ResetBucket(bucket) },

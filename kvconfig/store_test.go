@@ -27,7 +27,7 @@ func openStore(t *testing.T, nc *nats.Conn, onChange func(Change)) (*Store, Buck
 		t.Fatal(err)
 	}
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	s, err := OpenStore(StoreConfig{Buckets: b, OnChange: onChange, CheckInterval: 50 * time.Millisecond, Logger: &log})
+	s, err := OpenStore(StoreConfig{JetStream: js, Buckets: b, OnChange: onChange, CheckInterval: 50 * time.Millisecond, Logger: &log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,4 +170,92 @@ func TestWatcherRecreatedWhenConsumerDies(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestWatcherQuietAfterCompaction: `nats kv compact` (PurgeDeletes) removes
+// delete markers, so the stream's last sequence stays above the newest
+// revision any watcher can deliver. A freshly started watcher must not take
+// that for a stall: no re-creation, healthy at every check.
+func TestWatcherQuietAfterCompaction(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := srv.Connect()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	b, err := EnsureBuckets(ctx, js, BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"global.a", "global.b", "global.c"} {
+		if _, err := b.Configs.Put(ctx, k, []byte(`{"url":"https://x.example"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"global.b", "global.c"} {
+		if err := b.Configs.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Configs.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := openStore(t, nc, nil) // checks every 50 ms
+	for i := range 20 {           // 1 s: ten stall-check pairs
+		if !s.Healthy() || s.Restarts() != 0 {
+			t.Fatalf("after %d ms: healthy %v, restarts %d", i*50, s.Healthy(), s.Restarts())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := s.Index().Resolve("x", "a"); err != nil {
+		t.Fatalf("global.a: %v", err)
+	}
+}
+
+// TestWatcherFollowsRecreatedBucket: a bucket deleted and re-created is a
+// new epoch. Once the new bucket has passed the old one's revision the index
+// must hold exactly the new bucket's keys — none of the dead bucket's, and
+// the new bucket's first keys too.
+func TestWatcherFollowsRecreatedBucket(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := srv.Connect()
+	s, b := openStore(t, nc, nil)
+	ctx := context.Background()
+	js, _ := jetstream.New(nc)
+	for i := range 3 {
+		if _, err := b.Configs.Put(ctx, fmt.Sprint("global.old", i), []byte(`{"url":"https://old.example"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		_, err := s.Index().Resolve("x", "old2")
+		return err
+	})
+	if err := js.DeleteKeyValue(ctx, BucketConfigs); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := EnsureBuckets(ctx, js, BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := range 5 { // past the old bucket's revision 3
+		if last, err = b2.Configs.Put(ctx, fmt.Sprint("global.new", i), []byte(`{"url":"https://new.example"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		for i := range 5 {
+			if r, err := s.Index().Resolve("x", fmt.Sprint("new", i)); err != nil || r.Revision != uint64(i+1) {
+				return fmt.Errorf("new%d: %+v %v", i, r, err)
+			}
+		}
+		for i := range 3 {
+			if _, err := s.Index().Resolve("x", fmt.Sprint("old", i)); !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("old%d from the deleted bucket still resolves (%v)", i, err)
+			}
+		}
+		return nil
+	})
+	if last != 5 {
+		t.Fatalf("new bucket at revision %d", last)
+	}
 }

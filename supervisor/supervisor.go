@@ -101,6 +101,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	s.fleet.Store(fleet)
 	log := s.log.With().Str("component", "kvconfig").Logger()
 	s.store, err = kvconfig.OpenStore(kvconfig.StoreConfig{
+		JetStream:     s.js,
 		Buckets:       s.buckets,
 		OnChange:      s.onChange,
 		OnRestart:     func(bucket, _ string) { s.metrics.watcherRestarted(bucket) },
