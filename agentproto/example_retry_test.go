@@ -125,14 +125,3 @@ func ExampleParseRetryAfter() {
 	// 30s true
 	// 0s false
 }
-
-// Without jitter, 1,000 agents that failed together all come back in the
-// same 100 ms window.
-func ExampleSimulateFleet() {
-	p := agentproto.DefaultPolicy()
-	p.MaxAttempts = -1 // keep retrying
-	p.JitterMode = agentproto.JitterNone
-	r, err := agentproto.SimulateFleet(agentproto.FleetSimConfig{Policy: p, Outage: 10 * time.Second})
-	fmt.Println(r.PeakAfterOutage, r.AllDone, r.Attempts, err)
-	// Output: 1000 15.5s 6000 <nil>
-}

@@ -30,7 +30,7 @@ const (
 	// wait of d becomes d + U[0, 0.3·d].
 	DefaultJitter = 0.3
 	// DefaultJitterMode is DefaultPolicy's jitter mode: the article's
-	// additive jitter. SimulateFleet compares it with the other modes.
+	// additive jitter. internal/fleetsim compares it with the other modes.
 	DefaultJitterMode = JitterAdditive
 	// DefaultOp names a call in logs and errors when Policy.Op is empty.
 	DefaultOp = "call"

@@ -110,26 +110,3 @@ func BenchmarkClassify(b *testing.B) {
 		_ = Classify(err)
 	}
 }
-
-// BenchmarkFleetSim runs the fleet simulation (1,000 agents, 10 s outage,
-// no attempt cap) for each jitter mode and reports its results as metrics:
-// peak retries per 100 ms window, peak calls per window after the outage,
-// seconds until all succeeded, total attempts. See TestFleetSimTable for
-// more scenarios.
-func BenchmarkFleetSim(b *testing.B) {
-	for _, p := range simPolicies(-1, DefaultMaxDelay) {
-		b.Run(p.JitterMode.String(), func(b *testing.B) {
-			var r FleetSimResult
-			for b.Loop() {
-				var err error
-				if r, err = SimulateFleet(FleetSimConfig{Policy: p, Seed: 1}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(r.PeakRetries), "peak-retries/100ms")
-			b.ReportMetric(float64(r.PeakAfterOutage), "peak-after-outage/100ms")
-			b.ReportMetric(r.AllDone.Seconds(), "all-done-s")
-			b.ReportMetric(float64(r.Attempts), "attempts")
-		})
-	}
-}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/fleetsim"
 )
 
 func main() {
@@ -28,7 +29,7 @@ func main() {
 	maxDelay := fs.Duration("max-delay", agentproto.DefaultMaxDelay, "cap on a single wait")
 	seed := fs.Uint64("seed", 1, "random seed")
 	_ = fs.Parse(os.Args[1:])
-	if err := run(os.Stdout, agentproto.FleetSimConfig{
+	if err := run(os.Stdout, fleetsim.Config{
 		Agents: *agents, Outage: *outage, Spread: *spread, Capacity: *capacity, Window: *window, Seed: *seed,
 	}, *attempts, *maxDelay); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetsim:", err)
@@ -37,7 +38,7 @@ func main() {
 }
 
 // run prints one row per jitter mode.
-func run(w io.Writer, cfg agentproto.FleetSimConfig, attempts int, maxDelay time.Duration) error {
+func run(w io.Writer, cfg fleetsim.Config, attempts int, maxDelay time.Duration) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "jitter\tpeak retries/window\tpeak calls/window after outage\tall done\tattempts\trejected\tgave up\t\n")
 	for _, m := range []agentproto.JitterMode{agentproto.JitterNone, agentproto.JitterAdditive, agentproto.JitterFull, agentproto.JitterDecorrelated} {
@@ -45,7 +46,7 @@ func run(w io.Writer, cfg agentproto.FleetSimConfig, attempts int, maxDelay time
 		p.JitterMode, p.MaxAttempts, p.MaxDelay, p.MaxElapsed = m, attempts, maxDelay, 0
 		c := cfg
 		c.Policy = p
-		r, err := agentproto.SimulateFleet(c)
+		r, err := fleetsim.Simulate(c)
 		if err != nil {
 			return err
 		}

@@ -5,12 +5,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/fleetsim"
 )
 
 func TestRunPrintsEveryMode(t *testing.T) {
 	var b strings.Builder
-	if err := run(&b, agentproto.FleetSimConfig{Agents: 200, Outage: 2 * time.Second, Seed: 1}, -1, 5*time.Second); err != nil {
+	if err := run(&b, fleetsim.Config{Agents: 200, Outage: 2 * time.Second, Seed: 1}, -1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()

@@ -1,30 +1,41 @@
-package agentproto
+// Package fleetsim simulates a fleet of agents retrying with an
+// agentproto.Policy against a server that is down for a while, on a fake
+// clock: the peak load each jitter mode puts on the server when the fleet
+// comes back. It owns nothing else; cmd/fleetsim prints its results and
+// BENCHMARKS.md quotes them. It is not linked into agents.
+package fleetsim
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/tether-dev/tether/agentproto"
 )
 
-// Defaults of FleetSimConfig.
+// ErrInvalidConfig reports a Config with a negative field or an invalid
+// Policy (which also wraps agentproto.ErrInvalidConfig).
+var ErrInvalidConfig = errors.New("fleetsim: invalid config")
+
+// Defaults of Config.
 const (
-	DefaultSimAgents  = 1000
-	DefaultSimOutage  = 10 * time.Second
-	DefaultSimWindow  = 100 * time.Millisecond
-	DefaultSimHorizon = 10 * time.Minute
+	DefaultAgents  = 1000
+	DefaultOutage  = 10 * time.Second
+	DefaultWindow  = 100 * time.Millisecond
+	DefaultHorizon = 10 * time.Minute
 )
 
-// FleetSimConfig describes one simulated shared outage: every agent calls
+// Config describes one simulated shared outage: every agent calls
 // one server at about the same moment, the server is down for Outage, and
 // each agent retries with Policy on a fake clock. Zero fields take the
 // defaults named.
-type FleetSimConfig struct {
-	// Agents is the fleet size. Zero means DefaultSimAgents.
+type Config struct {
+	// Agents is the fleet size. Zero means DefaultAgents.
 	Agents int
 	// Outage is how long the server refuses every call, from t = 0. Zero
-	// means DefaultSimOutage.
+	// means DefaultOutage.
 	Outage time.Duration
 	// Spread spreads the agents' first calls uniformly over [0, Spread).
 	// Zero means all call at t = 0, the worst case.
@@ -34,24 +45,24 @@ type FleetSimConfig struct {
 	// Zero means no limit.
 	Capacity int
 	// Window is the width of the windows peak load is counted in. Zero
-	// means DefaultSimWindow.
+	// means DefaultWindow.
 	Window time.Duration
 	// Horizon ends the simulation; an agent still retrying then counts as
-	// not done. Zero means DefaultSimHorizon.
+	// not done. Zero means DefaultHorizon.
 	Horizon time.Duration
 	// Policy is the policy every agent retries with: its schedule
 	// (MaxAttempts, delays, jitter) and MaxElapsed are used; Rand, Now,
 	// Sleep, Logger and Stats are ignored.
-	Policy Policy
+	Policy agentproto.Policy
 	// Seed seeds the simulation's random source (PCG); the same config
 	// gives the same result.
 	Seed uint64
 }
 
-// FleetSimResult is what SimulateFleet measured.
-type FleetSimResult struct {
+// Result is what Simulate measured.
+type Result struct {
 	// Mode is the policy's jitter mode.
-	Mode JitterMode
+	Mode agentproto.JitterMode
 	// PeakRetries is the most retries (attempts after an agent's first) in
 	// one window, and PeakAt the start of that window.
 	PeakRetries int
@@ -69,20 +80,20 @@ type FleetSimResult struct {
 	Attempts, Rejected int
 }
 
-// SimulateFleet runs the simulation described by cfg: a single-threaded
+// Simulate runs the simulation described by cfg: a single-threaded
 // event loop on a fake clock, no goroutines, a few hundred microseconds for
-// 1,000 agents. It uses the same schedule code as Retry. cmd/fleetsim and
-// the tests call it.
-func SimulateFleet(cfg FleetSimConfig) (FleetSimResult, error) {
+// 1,000 agents. It uses the same schedule code as agentproto.Retry (the
+// policy's BackOff). cmd/fleetsim and the tests call it.
+func Simulate(cfg Config) (Result, error) {
 	if err := cfg.Policy.Validate(); err != nil {
-		return FleetSimResult{}, err
+		return Result{}, fmt.Errorf("%w: Policy: %w", ErrInvalidConfig, err)
 	}
-	agents := orDefaultInt(cfg.Agents, DefaultSimAgents)
-	outage := orDefault(cfg.Outage, DefaultSimOutage)
-	window := orDefault(cfg.Window, DefaultSimWindow)
-	horizon := orDefault(cfg.Horizon, DefaultSimHorizon)
+	agents := orDefaultInt(cfg.Agents, DefaultAgents)
+	outage := orDefaultDur(cfg.Outage, DefaultOutage)
+	window := orDefaultDur(cfg.Window, DefaultWindow)
+	horizon := orDefaultDur(cfg.Horizon, DefaultHorizon)
 	if agents < 0 || outage < 0 || window < 0 || horizon < 0 || cfg.Spread < 0 || cfg.Capacity < 0 {
-		return FleetSimResult{}, fmt.Errorf("%w: fleet sim: negative field in %+v", ErrInvalidConfig, cfg)
+		return Result{}, fmt.Errorf("%w: negative field in %+v", ErrInvalidConfig, cfg)
 	}
 
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x7e7e7e7e))
@@ -90,20 +101,20 @@ func SimulateFleet(cfg FleetSimConfig) (FleetSimResult, error) {
 	p.Rand = rng.Float64
 
 	type agent struct {
-		sched schedule
+		sched backoff.BackOff
 		start time.Duration
 	}
 	fleet := make([]agent, agents)
 	var q simQueue
 	for i := range fleet {
-		fleet[i].sched = newSchedule(&p)
+		fleet[i].sched = p.BackOff()
 		if cfg.Spread > 0 {
 			fleet[i].start = time.Duration(rng.Int64N(int64(cfg.Spread)))
 		}
 		q.push(simEvent{at: fleet[i].start, agent: i, first: true})
 	}
 
-	res := FleetSimResult{Mode: p.JitterMode, AllDone: -1}
+	res := Result{Mode: p.JitterMode, AllDone: -1}
 	var retries, served []int // per window
 	bump := func(s *[]int, w int) int {
 		for len(*s) <= w {
@@ -147,6 +158,13 @@ func SimulateFleet(cfg FleetSimConfig) (FleetSimResult, error) {
 		res.AllDone = last
 	}
 	return res, nil
+}
+
+func orDefaultDur(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 func orDefaultInt(v, def int) int {
