@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/lease"
 )
 
 // Defaults of Config.
@@ -69,7 +70,7 @@ type Config struct {
 	// every LeaseTTL/3: a crashed or cut-off leader is replaced within about
 	// LeaseTTL (a closed one at once, as it releases the lease). Every
 	// replica must use the same value; an existing lease bucket's max age
-	// wins. Zero means DefaultLeaseTTL (3 s); else at least MinLeaseTTL.
+	// wins. Zero means lease.DefaultTTL (3 s); else at least lease.MinTTL.
 	// Even a lone supervisor takes the lease: it wins it at its first try,
 	// before Start returns.
 	LeaseTTL time.Duration
@@ -89,7 +90,7 @@ func DefaultConfig() Config {
 		WatchCheckInterval: kvconfig.DefaultCheckInterval,
 		ReconnectWait:      DefaultReconnectWait,
 		Fleet:              DefaultFleetConfig(),
-		LeaseTTL:           DefaultLeaseTTL,
+		LeaseTTL:           lease.DefaultTTL,
 		Logger:             zerolog.Nop(),
 	}
 }
@@ -135,8 +136,8 @@ func (c *Config) Validate() error {
 	if c.ReconnectWait <= 0 {
 		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))
 	}
-	if c.LeaseTTL != 0 && c.LeaseTTL < MinLeaseTTL {
-		errs = append(errs, fmt.Errorf("LeaseTTL %v is below %v (zero means %v)", c.LeaseTTL, MinLeaseTTL, DefaultLeaseTTL))
+	if c.LeaseTTL != 0 && c.LeaseTTL < lease.MinTTL {
+		errs = append(errs, fmt.Errorf("LeaseTTL %v is below %v (zero means %v)", c.LeaseTTL, lease.MinTTL, lease.DefaultTTL))
 	}
 	if err := validReplicaID(c.ReplicaID); err != nil {
 		errs = append(errs, err)

@@ -3,9 +3,11 @@ package supervisor
 import (
 	"context"
 	"time"
+
+	"github.com/tether-dev/tether/supervisor/lease"
 )
 
-// Leadership: every replica campaigns for the lease in BucketLeader. The
+// Leadership: every replica campaigns for the lease in lease.Bucket. The
 // fleet commands (probes, commands, mcp_fleet writes) only while this
 // replica holds the lease AND has taken over the fleet (Fleet.TakeLead):
 // winning the lease wakes the lead goroutine, which reloads mcp_fleet off
@@ -49,7 +51,7 @@ func (s *Supervisor) LeaderID() string {
 // from the moment Start returns.
 func (s *Supervisor) startLease(ctx context.Context) error {
 	s.leadWake = make(chan struct{}, 1)
-	l, err := StartLease(ctx, LeaseConfig{
+	l, err := lease.Start(ctx, lease.Config{
 		JS: s.js, ID: s.cfg.ReplicaID, TTL: s.cfg.LeaseTTL, Replicas: s.cfg.Buckets.Replicas,
 		OnChange: s.onLeadership,
 		Logger:   s.log.With().Str("component", "lease").Str("replica", s.cfg.ReplicaID).Logger(),

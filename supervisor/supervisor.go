@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/lease"
 )
 
 // Version is reported by the micro service.
@@ -40,7 +41,7 @@ type Supervisor struct {
 	fleet    atomic.Pointer[Fleet]
 
 	// Leadership (leader.go); unused when the caller set Fleet.IsLeader.
-	lease      atomic.Pointer[Lease]
+	lease      atomic.Pointer[lease.Lease]
 	leading    atomic.Bool // took over the fleet under the current lease
 	leadMu     sync.Mutex  // guards leadGen and writes of leading
 	leadGen    uint64      // bumped on every lease change
@@ -64,7 +65,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		cfg.ReplicaID = defaultReplicaID()
 	}
 	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = DefaultLeaseTTL
+		cfg.LeaseTTL = lease.DefaultTTL
 	}
 	useLease := cfg.Fleet.IsLeader == nil
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics()}

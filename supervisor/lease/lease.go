@@ -1,4 +1,8 @@
-package supervisor
+// Package lease elects one leader among supervisor replicas with a
+// JetStream KV key whose bucket's max age is the lease TTL. It owns the
+// lease bucket (mcp_leader) and nothing else: what a leader does is the
+// caller's business (the supervisor gates its fleet commander on IsLeader).
+package lease
 
 import (
 	"context"
@@ -12,27 +16,27 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Lease defaults.
+// Names and defaults.
 const (
-	// BucketLeader holds the leader lease: key LeaderKey → the holder's id.
-	BucketLeader = "mcp_leader"
-	// LeaderKey is the lease key.
-	LeaderKey = "supervisor"
-	// DefaultLeaseTTL is how long a lease lives without renewal.
-	DefaultLeaseTTL = 3 * time.Second
-	// MinLeaseTTL is the shortest lease TTL accepted.
-	MinLeaseTTL = 30 * time.Millisecond
+	// Bucket holds the leader lease: key Key → the holder's id.
+	Bucket = "mcp_leader"
+	// Key is the lease key.
+	Key = "supervisor"
+	// DefaultTTL is how long a lease lives without renewal.
+	DefaultTTL = 3 * time.Second
+	// MinTTL is the shortest lease TTL accepted.
+	MinTTL = 30 * time.Millisecond
 )
 
-// LeaseConfig configures a Lease.
-type LeaseConfig struct {
-	// JS is the JetStream context used to open or create BucketLeader.
+// Config configures a Lease.
+type Config struct {
+	// JS is the JetStream context used to open or create Bucket.
 	JS jetstream.JetStream
 	// ID names this supervisor replica; required, unique per process.
 	ID string
 	// TTL: the lease expires this long after its last renewal; renewals
-	// happen every TTL/3. Default DefaultLeaseTTL; at least MinLeaseTTL.
-	// When BucketLeader already exists, its max age wins (every replica
+	// happen every TTL/3. Default DefaultTTL; at least MinTTL.
+	// When Bucket already exists, its max age wins (every replica
 	// must renew on the same clock), with a warning if it differs.
 	TTL time.Duration
 	// Replicas of the lease bucket when it is created. Default 1.
@@ -50,7 +54,7 @@ type LeaseConfig struct {
 // renew within the TTL stops calling itself leader before anyone else can
 // take over.
 type Lease struct {
-	cfg    LeaseConfig
+	cfg    Config
 	kv     jetstream.KeyValue
 	leader atomic.Bool
 	holder atomic.Value // string
@@ -70,15 +74,15 @@ type Lease struct {
 
 // bucketTTL is the lease TTL every replica must use: the existing bucket's
 // max age. A bucket without one would never let a dead leader's key expire.
-func bucketTTL(ctx context.Context, kv jetstream.KeyValue, cfg LeaseConfig) (time.Duration, error) {
+func bucketTTL(ctx context.Context, kv jetstream.KeyValue, cfg Config) (time.Duration, error) {
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("supervisor: lease bucket %s status: %w", BucketLeader, err)
+		return 0, fmt.Errorf("lease: lease bucket %s status: %w", Bucket, err)
 	}
 	ttl := st.TTL()
 	switch {
-	case ttl < MinLeaseTTL:
-		return 0, fmt.Errorf("supervisor: lease bucket %s has max age %v (below %v): a dead leader's lease would not expire in time; delete the bucket to re-create it", BucketLeader, ttl, MinLeaseTTL)
+	case ttl < MinTTL:
+		return 0, fmt.Errorf("lease: lease bucket %s has max age %v (below %v): a dead leader's lease would not expire in time; delete the bucket to re-create it", Bucket, ttl, MinTTL)
 	case ttl != cfg.TTL:
 		cfg.Logger.Warn().Dur("configured", cfg.TTL).Dur("bucket", ttl).
 			Msg("lease bucket exists with another TTL; using the bucket's so every replica renews alike")
@@ -86,31 +90,31 @@ func bucketTTL(ctx context.Context, kv jetstream.KeyValue, cfg LeaseConfig) (tim
 	return ttl, nil
 }
 
-// StartLease opens the lease bucket and starts campaigning.
-func StartLease(ctx context.Context, cfg LeaseConfig) (*Lease, error) {
+// Start opens the lease bucket and starts campaigning.
+func Start(ctx context.Context, cfg Config) (*Lease, error) {
 	if cfg.ID == "" || cfg.JS == nil {
-		return nil, errors.New("supervisor: LeaseConfig needs JS and ID")
+		return nil, errors.New("lease: Config needs JS and ID")
 	}
 	if cfg.TTL == 0 {
-		cfg.TTL = DefaultLeaseTTL
+		cfg.TTL = DefaultTTL
 	}
-	if cfg.TTL < MinLeaseTTL {
-		return nil, fmt.Errorf("supervisor: LeaseConfig.TTL %v is below %v", cfg.TTL, MinLeaseTTL)
+	if cfg.TTL < MinTTL {
+		return nil, fmt.Errorf("lease: Config.TTL %v is below %v", cfg.TTL, MinTTL)
 	}
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
 	}
-	kv, err := cfg.JS.KeyValue(ctx, BucketLeader)
+	kv, err := cfg.JS.KeyValue(ctx, Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = cfg.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: BucketLeader, Description: "Tether supervisor leader lease", History: 1, TTL: cfg.TTL, Replicas: cfg.Replicas,
+			Bucket: Bucket, Description: "Tether supervisor leader lease", History: 1, TTL: cfg.TTL, Replicas: cfg.Replicas,
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = cfg.JS.KeyValue(ctx, BucketLeader)
+			kv, err = cfg.JS.KeyValue(ctx, Bucket)
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("supervisor: lease bucket %s: %w", BucketLeader, err)
+		return nil, fmt.Errorf("lease: lease bucket %s: %w", Bucket, err)
 	}
 	if cfg.TTL, err = bucketTTL(ctx, kv, cfg); err != nil {
 		return nil, err
@@ -160,7 +164,7 @@ func (l *Lease) step(ctx context.Context) {
 	defer cancel()
 	now := time.Now()
 	if l.leader.Load() {
-		rev, err := l.kv.Update(cctx, LeaderKey, []byte(l.cfg.ID), l.rev)
+		rev, err := l.kv.Update(cctx, Key, []byte(l.cfg.ID), l.rev)
 		if err == nil {
 			l.rev, l.renewed = rev, now
 			l.renewedAt.Store(int64(now.Sub(l.epoch)))
@@ -173,14 +177,14 @@ func (l *Lease) step(ctx context.Context) {
 		}
 		l.set(false, "", err)
 	}
-	rev, err := l.kv.Create(cctx, LeaderKey, []byte(l.cfg.ID))
+	rev, err := l.kv.Create(cctx, Key, []byte(l.cfg.ID))
 	if err == nil {
 		l.rev, l.renewed = rev, now
 		l.renewedAt.Store(int64(now.Sub(l.epoch)))
 		l.set(true, l.cfg.ID, nil)
 		return
 	}
-	if e, gerr := l.kv.Get(cctx, LeaderKey); gerr == nil {
+	if e, gerr := l.kv.Get(cctx, Key); gerr == nil {
 		l.holder.Store(string(e.Value()))
 	}
 }
@@ -211,7 +215,7 @@ func (l *Lease) Close() {
 		if l.leader.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), l.cfg.TTL/3)
 			defer cancel()
-			_ = l.kv.Delete(ctx, LeaderKey, jetstream.LastRevision(l.rev))
+			_ = l.kv.Delete(ctx, Key, jetstream.LastRevision(l.rev))
 			l.set(false, "", nil)
 		}
 	})

@@ -1,4 +1,4 @@
-package supervisor
+package lease
 
 import (
 	"context"
@@ -15,7 +15,7 @@ func startLeases(t *testing.T, js []jetstream.JetStream, ttl time.Duration) []*L
 	t.Helper()
 	var out []*Lease
 	for i, j := range js {
-		l, err := StartLease(context.Background(), LeaseConfig{JS: j, ID: fmt.Sprintf("sup-%d", i), TTL: ttl, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+		l, err := Start(context.Background(), Config{JS: j, ID: fmt.Sprintf("sup-%d", i), TTL: ttl, Logger: zerolog.New(zerolog.NewTestWriter(t))})
 		if err != nil {
 			t.Fatal(err)
 		}
