@@ -14,7 +14,6 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/nats-io/nats.go"
 )
 
@@ -114,7 +113,8 @@ func ClassRules() []Rule {
 //	18  nats.ErrPermissionViolation, ErrAuthorization, ErrAuthExpired,   permanent
 //	    ErrAuthRevoked, ErrAccountAuthExpired, ErrBadSubject,
 //	    ErrMaxPayload, ErrConnectionDraining, ErrHeadersNotSupported
-//	19  mcp.ErrConnectionClosed, mcp.ErrSessionMissing                   transient
+//	19  ErrMCPSessionLost (agentproto/mcp wraps the SDK's                 transient
+//	    ErrConnectionClosed and ErrSessionMissing in it)
 //	20  net.Error whose Timeout() is true (os.ErrDeadlineExceeded too)   transient
 //	21  syscall.ECONNRESET, ECONNREFUSED, ECONNABORTED, EPIPE            transient
 //	22  io.ErrUnexpectedEOF                                              transient
@@ -146,6 +146,17 @@ func Classify(err error) Class {
 	return c
 }
 
+// ClassifyRule returns the row of the table that classifies err (the
+// zero Rule, class ClassNone, for nil): its Name is what log lines call
+// the rule.
+func ClassifyRule(err error) Rule {
+	_, row := classify(err)
+	if row < 0 {
+		return Rule{}
+	}
+	return classTable[row]
+}
+
 // classify returns the class of err and the index of the row that matched
 // (-1 for nil).
 func classify(err error) (Class, int) {
@@ -160,6 +171,16 @@ func classify(err error) (Class, int) {
 	// Unreachable: the last row matches everything.
 	return ClassUnknown, len(classTable) - 1
 }
+
+// MCP's JSON-RPC error codes (the spec's; the SDK's mcp package names them
+// too, but agentproto does not link it).
+const (
+	mcpCodeResourceNotFound           = -32002 // old SDKs
+	mcpCodeHeaderMismatch             = -32020
+	mcpCodeMissingClientCapabilities  = -32021
+	mcpCodeUnsupportedProtocolVersion = -32022
+	mcpCodeURLElicitationRequired     = -32042
+)
 
 // classTable is the table documented on Classify; keep the two in step.
 var classTable = []Rule{
@@ -177,11 +198,11 @@ var classTable = []Rule{
 	{"JSON-RPC -32603 internal error", ClassTransient, rpcCode(-32603)},
 	{"JSON-RPC -32004/-32005 server closing, rejected by transport", ClassTransient, rpcCode(-32004, -32005)},
 	{"JSON-RPC -32700/-32600/-32601/-32602 invalid request", ClassPermanent, rpcCode(jsonrpc.CodeParseError, jsonrpc.CodeInvalidRequest, jsonrpc.CodeMethodNotFound, jsonrpc.CodeInvalidParams)},
-	{"JSON-RPC MCP -32002/-32020/-32021/-32022/-32042", ClassPermanent, rpcCode(-32002, mcp.CodeHeaderMismatch, mcp.CodeMissingRequiredClientCapabilities, mcp.CodeUnsupportedProtocolVersion, mcp.CodeURLElicitationRequired)},
+	{"JSON-RPC MCP -32002/-32020/-32021/-32022/-32042", ClassPermanent, rpcCode(mcpCodeResourceNotFound, mcpCodeHeaderMismatch, mcpCodeMissingClientCapabilities, mcpCodeUnsupportedProtocolVersion, mcpCodeURLElicitationRequired)},
 	{"JSON-RPC other code", ClassUnknown, isType[*jsonrpc.Error]},
 	{"NATS transient", ClassTransient, isAny(nats.ErrTimeout, nats.ErrNoResponders, nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrStaleConnection, nats.ErrNoServers, nats.ErrReconnectBufExceeded, nats.ErrConnectionClosed)},
 	{"NATS permanent", ClassPermanent, isAny(nats.ErrPermissionViolation, nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired, nats.ErrBadSubject, nats.ErrMaxPayload, nats.ErrConnectionDraining, nats.ErrHeadersNotSupported)},
-	{"MCP connection closed, session missing", ClassTransient, isAny(mcp.ErrConnectionClosed, mcp.ErrSessionMissing)},
+	{"MCP connection closed, session missing", ClassTransient, isAny(ErrMCPSessionLost)},
 	{"net.Error timeout", ClassTransient, isNetTimeout},
 	{"connection reset/refused/aborted, broken pipe", ClassTransient, isAny(syscall.ECONNRESET, syscall.ECONNREFUSED, syscall.ECONNABORTED, syscall.EPIPE)},
 	{"io.ErrUnexpectedEOF", ClassTransient, isAny(io.ErrUnexpectedEOF)},

@@ -20,7 +20,6 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/nats-io/nats.go"
 )
 
@@ -82,10 +81,10 @@ var classifyCases = []struct {
 	// response's error, then ErrRejected; the first (the server's) wins.
 	{"JSON-RPC -32602 before ErrRejected", fmt.Errorf("calling: %w: %w: Bad Request", rpcErr(-32602), rpcErr(-32005)), "JSON-RPC -32700/-32600/-32601/-32602 invalid request"},
 	{"JSON-RPC -32002", rpcErr(-32002), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
-	{"JSON-RPC -32020", rpcErr(mcp.CodeHeaderMismatch), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
-	{"JSON-RPC -32021", rpcErr(mcp.CodeMissingRequiredClientCapabilities), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
-	{"JSON-RPC -32022", rpcErr(mcp.CodeUnsupportedProtocolVersion), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
-	{"JSON-RPC -32042", mcp.URLElicitationRequiredError(nil), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
+	{"JSON-RPC -32020", rpcErr(-32020), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
+	{"JSON-RPC -32021", rpcErr(-32021), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
+	{"JSON-RPC -32022", rpcErr(-32022), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
+	{"JSON-RPC -32042", rpcErr(-32042), "JSON-RPC MCP -32002/-32020/-32021/-32022/-32042"},
 	{"JSON-RPC -32000", rpcErr(-32000), "JSON-RPC other code"},
 	{"JSON-RPC -32099", rpcErr(-32099), "JSON-RPC other code"},
 	{"JSON-RPC 0", rpcErr(0), "JSON-RPC other code"},
@@ -107,9 +106,9 @@ var classifyCases = []struct {
 	{"nats max payload", nats.ErrMaxPayload, "NATS permanent"},
 	{"nats draining", nats.ErrConnectionDraining, "NATS permanent"},
 	{"nats no headers", nats.ErrHeadersNotSupported, "NATS permanent"},
-	// How the SDK's call() reports a closed connection.
-	{"mcp connection closed", fmt.Errorf("%w: calling %q: %v", mcp.ErrConnectionClosed, "tools/call", "server is closing"), "MCP connection closed, session missing"},
-	{"mcp session missing", fmt.Errorf("POST: failed to connect (session ID: x): %w", mcp.ErrSessionMissing), "MCP connection closed, session missing"},
+	// How agentproto/mcp reports the SDK's closed connection or missing
+	// session (its tests check the wrapping against the SDK's sentinels).
+	{"mcp session lost", fmt.Errorf("mcp: connect to MCP server x: %w", fmt.Errorf("%w: %w", ErrMCPSessionLost, errors.New("connection closed"))), "MCP connection closed, session missing"},
 	{"net timeout", &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}, "net.Error timeout"},
 	{"url.Error timeout", &url.Error{Op: "Get", URL: "http://x", Err: timeoutErr{}}, "net.Error timeout"},
 	{"ECONNRESET", connErr(syscall.ECONNRESET), "connection reset/refused/aborted, broken pipe"},

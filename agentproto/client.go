@@ -186,7 +186,7 @@ func (c *Client) conn() (*nats.Conn, uint64) {
 func (c *Client) Resolver() *Resolver { return c.resolver }
 
 // CallStats counts the agent's tool calls for heartbeats: set it as
-// Policy.Stats (or pass it to ToolCallerOptions.Stats).
+// Policy.Stats (or pass it to agentproto/mcp Options.Stats).
 func (c *Client) CallStats() *CallStats { return c.calls }
 
 // Resolve resolves one server's config (see Resolver.Resolve).

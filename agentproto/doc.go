@@ -12,6 +12,11 @@
 // The resolve client (resolve.go): a Resolver asks the supervisor for the
 // agent's MCP server configs and keeps the last known good ones.
 //
+// MCP tool calls are not here: agentproto/mcp wraps the official MCP SDK
+// (sessions, transports) around Retry and this package's classification,
+// so an agent that calls no MCP server does not link the SDK's session
+// code. The fleet simulation behind cmd/fleetsim is internal/fleetsim.
+//
 // The Client (client.go and the watchdog, subs, heartbeat and commands
 // files) is the seed article's "Pattern 2: Connection Watchdog" made
 // NATS-native. Connect opens a connection with the agent's private inbox
@@ -33,7 +38,8 @@
 //   - a single dead subscription (refused or dropped by the server, auto-
 //     unsubscribed, or with a wedged handler that swallows its probes) is
 //     re-created on its own, and a KV watcher that dies or stalls is
-//     re-created from its last revision;
+//     re-created from its last revision (kvconfig.Watcher, the one KV-watcher
+//     implementation, also behind the supervisor's index);
 //   - heartbeats go out on <prefix>.v1.hb.<agent> with reply subject
 //     _INBOX_<agent>.hb, carrying the probe nonce, command acks, the
 //     connection state, the configs applied and the call counters;

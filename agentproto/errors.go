@@ -93,4 +93,9 @@ var (
 	ErrClosed = errors.New("agentproto: client closed")
 	// ErrInvalidConfig reports a Config that fails Validate.
 	ErrInvalidConfig = errors.New("agentproto: invalid config")
+	// ErrMCPSessionLost marks an MCP session that closed or that the
+	// server no longer knows (agentproto/mcp wraps the SDK's
+	// ErrConnectionClosed and ErrSessionMissing in it): transient, the
+	// next attempt opens a new session.
+	ErrMCPSessionLost = errors.New("agentproto: MCP session lost")
 )

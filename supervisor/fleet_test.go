@@ -232,8 +232,10 @@ func TestFleetRestartedSupervisorWaitsOneDetectionWindow(t *testing.T) {
 		_, err := fleetRecordOf(t, s1, "g1")
 		return err
 	})
-	last := a.pause(true)
+	// Close first: a supervisor still running while the agent is silent
+	// would rightly judge it lost (and persist that) if Close is slow.
 	s1.Close()
+	last := a.pause(true)
 	// Let the agent be silent well past a lost window: a supervisor that
 	// trusted the old last-heard time would declare it lost at once.
 	natstest.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {

@@ -80,8 +80,17 @@ func TestMetricsMove(t *testing.T) {
 	}
 
 	b := sup.Buckets()
-	b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://g.example/mcp"}`))
+	rev, _ := b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://g.example/mcp"}`))
 	b.Configs.Put(ctx, "global.broken", []byte(`{"url":"https://g.example/mcp","timout":"1s"}`))
+	// A put is visible once the supervisor's watch delivers it (there is no
+	// read-your-writes promise), and a change is pushed to the agents the
+	// supervisor knows: wait for both before relying on them.
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if r, err := sup.Index().Resolve("m1", "github"); err != nil || r.Revision != rev {
+			return fmt.Errorf("index: %+v %v", r, err)
+		}
+		return nil
+	})
 	agentCfg := faultConfig(t, srv.URL(), "m1")
 	agentCfg.SkipInitialResolve = false
 	agent := startAgent(t, agentCfg)
@@ -90,6 +99,12 @@ func TestMetricsMove(t *testing.T) {
 	}
 	nc := observer(t, srv.URL())
 	nc.Request(subj.Resolve("m1", "nothing"), nil, time.Second)
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if _, ok := sup.Fleet().Agent("m1"); !ok {
+			return fmt.Errorf("m1 not tracked yet")
+		}
+		return nil
+	})
 	b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://g2.example/mcp"}`)) // pushed to m1
 
 	checks := []struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	agentmcp "github.com/tether-dev/tether/agentproto/mcp"
 )
 
 // Config configures the demo agent.
@@ -76,7 +77,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("demoagent: resolve %s: %w", cfg.Server, err)
 	}
-	caller, err := agentproto.NewToolCaller(res, agentproto.ToolCallerOptions{Policy: cfg.Policy, Stats: stats, Logger: log})
+	caller, err := agentmcp.NewToolCaller(res, agentmcp.Options{Policy: cfg.Policy, Stats: stats, Logger: log})
 	if err != nil {
 		return Result{}, err
 	}

@@ -1,4 +1,4 @@
-package agentproto
+package mcp
 
 import (
 	"context"
@@ -10,20 +10,21 @@ import (
 	"sync"
 	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/mcp"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
 )
 
-// ToolCallerOptions configures a ToolCaller.
-type ToolCallerOptions struct {
+// Options configures a ToolCaller.
+type Options struct {
 	// Client names this agent to MCP servers. Default "tether-agent".
-	Client *mcp.Implementation
+	Client *sdk.Implementation
 	// Policy is used when the server's config has no retry block. Default
 	// DefaultPolicy.
-	Policy *Policy
+	Policy *agentproto.Policy
 	// Stats counts calls for heartbeats. Optional.
-	Stats *CallStats
+	Stats *agentproto.CallStats
 	// Logger receives one line per retry and per session (re)connect.
 	Logger zerolog.Logger
 }
@@ -34,20 +35,20 @@ type ToolCallerOptions struct {
 // deploy is picked up again without the caller noticing more than the
 // retries. Swap replaces the config in place.
 type ToolCaller struct {
-	opts ToolCallerOptions
+	opts Options
 	log  zerolog.Logger
 
 	mu      sync.Mutex
-	res     Resolved
-	policy  Policy
-	session *mcp.ClientSession
+	res     agentproto.Resolved
+	policy  agentproto.Policy
+	session *sdk.ClientSession
 }
 
 // NewToolCaller returns a caller for res's server. It connects lazily, on
 // the first call.
-func NewToolCaller(res Resolved, opts ToolCallerOptions) (*ToolCaller, error) {
+func NewToolCaller(res agentproto.Resolved, opts Options) (*ToolCaller, error) {
 	if opts.Client == nil {
-		opts.Client = &mcp.Implementation{Name: "tether-agent", Version: "0.1.0"}
+		opts.Client = &sdk.Implementation{Name: "tether-agent", Version: "0.1.0"}
 	}
 	t := &ToolCaller{opts: opts, log: opts.Logger.With().Str("server", res.Server).Logger()}
 	if err := t.Swap(res); err != nil {
@@ -56,46 +57,20 @@ func NewToolCaller(res Resolved, opts ToolCallerOptions) (*ToolCaller, error) {
 	return t, nil
 }
 
-// PolicyFor maps a config's retry and timeout to a Policy, starting from base.
-func PolicyFor(cfg *kvconfig.ServerConfig, base Policy) (Policy, error) {
-	p := base
-	if r := cfg.Retry; r != nil {
-		if r.MaxAttempts != 0 {
-			p.MaxAttempts = r.MaxAttempts
-		}
-		if r.BaseDelay != 0 {
-			p.BaseDelay = r.BaseDelay.D()
-		}
-		if r.MaxDelay != 0 {
-			p.MaxDelay = r.MaxDelay.D()
-		}
-		if r.Jitter != nil {
-			p.Jitter = *r.Jitter
-		}
-	}
-	if cfg.Timeout != 0 {
-		p.AttemptTimeout = cfg.Timeout.D()
-	}
-	if err := p.Validate(); err != nil {
-		return Policy{}, err
-	}
-	return p, nil
-}
-
 // Swap installs a new config (e.g. after a reresolve). The current session
 // is closed; the next call connects with the new config.
-func (t *ToolCaller) Swap(res Resolved) error {
+func (t *ToolCaller) Swap(res agentproto.Resolved) error {
 	if res.Config == nil {
-		return fmt.Errorf("agentproto: tool caller for %s: no config", res.Server)
+		return fmt.Errorf("mcp: tool caller for %s: no config", res.Server)
 	}
-	base := DefaultPolicy()
+	base := agentproto.DefaultPolicy()
 	if t.opts.Policy != nil {
 		base = *t.opts.Policy
 	}
 	base.Logger, base.Stats = t.opts.Logger, t.opts.Stats
-	p, err := PolicyFor(res.Config, base)
+	p, err := agentproto.PolicyFor(res.Config, base)
 	if err != nil {
-		return fmt.Errorf("agentproto: tool caller for %s (%s revision %d): %w", res.Server, res.Key, res.Revision, err)
+		return fmt.Errorf("mcp: tool caller for %s (%s revision %d): %w", res.Server, res.Key, res.Revision, err)
 	}
 	t.mu.Lock()
 	old := t.session
@@ -110,25 +85,26 @@ func (t *ToolCaller) Swap(res Resolved) error {
 // Call calls tool with args, retrying transient failures per the policy.
 // A tool that reports an error in its result (IsError) is a successful
 // call: the result says what went wrong.
-func (t *ToolCaller) Call(ctx context.Context, tool string, args any) (*mcp.CallToolResult, error) {
+func (t *ToolCaller) Call(ctx context.Context, tool string, args any) (*sdk.CallToolResult, error) {
 	t.mu.Lock()
 	p := t.policy
 	t.mu.Unlock()
 	p.Op = "tool " + tool
-	return RetryValue(ctx, p, func(ctx context.Context) (*mcp.CallToolResult, error) {
+	return agentproto.RetryValue(ctx, p, func(ctx context.Context) (*sdk.CallToolResult, error) {
 		s, err := t.connect(ctx)
 		if err != nil {
 			return nil, err
 		}
-		res, err := s.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: args})
-		if err != nil && Classify(err) != ClassPermanent {
+		res, err := s.CallTool(ctx, &sdk.CallToolParams{Name: tool, Arguments: args})
+		err = SessionError(err)
+		if err != nil && agentproto.Classify(err) != agentproto.ClassPermanent {
 			t.drop(s)
 		}
 		return res, err
 	})
 }
 
-func (t *ToolCaller) connect(ctx context.Context) (*mcp.ClientSession, error) {
+func (t *ToolCaller) connect(ctx context.Context) (*sdk.ClientSession, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.session != nil {
@@ -136,18 +112,18 @@ func (t *ToolCaller) connect(ctx context.Context) (*mcp.ClientSession, error) {
 	}
 	tr, err := transport(t.res.Config)
 	if err != nil {
-		return nil, MarkPermanent(err)
+		return nil, agentproto.MarkPermanent(err)
 	}
-	s, err := mcp.NewClient(t.opts.Client, nil).Connect(ctx, tr, nil)
+	s, err := sdk.NewClient(t.opts.Client, nil).Connect(ctx, tr, nil)
 	if err != nil {
-		return nil, fmt.Errorf("agentproto: connect to MCP server %s: %w", t.res.Server, err)
+		return nil, fmt.Errorf("mcp: connect to MCP server %s: %w", t.res.Server, SessionError(err))
 	}
 	t.log.Info().Str("key", t.res.Key).Uint64("revision", t.res.Revision).Msg("mcp session connected")
 	t.session = s
 	return s, nil
 }
 
-func (t *ToolCaller) drop(s *mcp.ClientSession) {
+func (t *ToolCaller) drop(s *sdk.ClientSession) {
 	t.mu.Lock()
 	if t.session == s {
 		t.session = nil
@@ -168,22 +144,32 @@ func (t *ToolCaller) Close() error {
 	return nil
 }
 
-func transport(cfg *kvconfig.ServerConfig) (mcp.Transport, error) {
+func transport(cfg *kvconfig.ServerConfig) (sdk.Transport, error) {
 	hc := &http.Client{Transport: headerTransport{headers: cfg.Headers, next: http.DefaultTransport}}
 	switch cfg.Transport {
 	case kvconfig.TransportHTTP:
-		return &mcp.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
+		return &sdk.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
 	case kvconfig.TransportSSE:
-		return &mcp.SSEClientTransport{Endpoint: cfg.URL, HTTPClient: hc}, nil
+		return &sdk.SSEClientTransport{Endpoint: cfg.URL, HTTPClient: hc}, nil
 	case kvconfig.TransportStdio:
 		cmd := exec.Command(cfg.Command, cfg.Args...)
 		cmd.Env = os.Environ()
 		for k, v := range cfg.Env {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
-		return &mcp.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}, nil
+		return &sdk.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}, nil
 	}
-	return nil, errors.New("agentproto: unknown transport " + cfg.Transport)
+	return nil, errors.New("mcp: unknown transport " + cfg.Transport)
+}
+
+// sessionError marks the SDK's "connection closed" and "session missing"
+// errors with agentproto.ErrMCPSessionLost, the classification table's
+// transient row for them (agentproto does not link the SDK's session code).
+func SessionError(err error) error {
+	if errors.Is(err, sdk.ErrConnectionClosed) || errors.Is(err, sdk.ErrSessionMissing) {
+		return fmt.Errorf("%w: %w", agentproto.ErrMCPSessionLost, err)
+	}
+	return err
 }
 
 // headerTransport adds the config's headers to every request.
