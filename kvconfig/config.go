@@ -79,11 +79,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	// A *json.UnmarshalTypeError lets the decoder add the field's path.
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return &json.UnmarshalTypeError{Value: truncate(string(b), 40), Type: durationType}
+		return &json.UnmarshalTypeError{Value: Truncate(string(b), 40), Type: durationType}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return &json.UnmarshalTypeError{Value: strconv.Quote(truncate(s, 40)), Type: durationType}
+		return &json.UnmarshalTypeError{Value: strconv.Quote(Truncate(s, 40)), Type: durationType}
 	}
 	*d = Duration(v)
 	return nil
@@ -207,7 +207,7 @@ func exactKeys(obj []byte, prefix string, fields []string) error {
 	}
 	for k := range m {
 		if !slices.Contains(fields, k) {
-			return &ConfigError{Field: prefix + truncate(k, 64), Err: fmt.Errorf("unknown field (names are case-sensitive; fields are %s)", strings.Join(fields, ", "))}
+			return &ConfigError{Field: prefix + Truncate(k, 64), Err: fmt.Errorf("unknown field (names are case-sensitive; fields are %s)", strings.Join(fields, ", "))}
 		}
 	}
 	return nil
@@ -259,7 +259,7 @@ func (c *ServerConfig) Validate() error {
 			return fail("url", "%s is not an absolute http:// or https:// URL", redactURL(c.URL))
 		}
 	default:
-		return fail("transport", "%q is not one of stdio, http, sse", truncate(c.Transport, 40))
+		return fail("transport", "%q is not one of stdio, http, sse", Truncate(c.Transport, 40))
 	}
 	if len(c.Command) > MaxStringLen || len(c.URL) > MaxStringLen {
 		return fail("command", "longer than %d bytes", MaxStringLen)
@@ -314,7 +314,7 @@ func redactURL(s string) string {
 	if u.RawQuery != "" {
 		u.RawQuery = Masked
 	}
-	return strconv.Quote(truncate(u.String(), 200))
+	return strconv.Quote(Truncate(u.String(), 200))
 }
 
 func checkMap(field string, m map[string]string, name *regexp.Regexp, what string) error {
@@ -323,7 +323,7 @@ func checkMap(field string, m map[string]string, name *regexp.Regexp, what strin
 	}
 	for k, v := range m {
 		if !name.MatchString(k) || len(k) > 256 {
-			return &ConfigError{Field: field + "." + truncate(k, 64), Err: fmt.Errorf("%q is not %s", truncate(k, 64), what)}
+			return &ConfigError{Field: field + "." + Truncate(k, 64), Err: fmt.Errorf("%q is not %s", Truncate(k, 64), what)}
 		}
 		if len(v) > MaxStringLen {
 			return &ConfigError{Field: field + "." + k, Err: fmt.Errorf("value longer than %d bytes", MaxStringLen)}

@@ -2,6 +2,7 @@ package kvconfig
 
 import (
 	"fmt"
+	"unicode/utf8"
 )
 
 // MaxIDLen is the longest agent id, role or server name accepted.
@@ -32,7 +33,7 @@ func ValidateID(kind, s string) error {
 		return &IDError{Kind: kind, Value: s, Reason: "empty"}
 	}
 	if len(s) > MaxIDLen {
-		return &IDError{Kind: kind, Value: truncate(s, 80), Reason: fmt.Sprintf("%d characters, longer than %d", len(s), MaxIDLen)}
+		return &IDError{Kind: kind, Value: Truncate(s, 80), Reason: fmt.Sprintf("%d characters, longer than %d", len(s), MaxIDLen)}
 	}
 	for i := 0; i < len(s); i++ {
 		if !idChar(s[i]) {
@@ -59,9 +60,15 @@ func idChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
 
-func truncate(s string, n int) string {
+// Truncate shortens s to at most n bytes (cut at a UTF-8 boundary) plus
+// "...", for quoting input in logs and errors without letting its size
+// through.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "..."
 }

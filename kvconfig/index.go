@@ -194,7 +194,7 @@ func delNested(m map[string]map[string]*Entry, owner, server string) {
 func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Change {
 	ch := Change{Bucket: BucketAgents, KeyName: agent, Revision: rev, Op: op}
 	if err := ValidateID(KindAgent, agent); err != nil {
-		ch.Err = fmt.Errorf("%w %q in bucket %s: %w", ErrUnrecognisedKey, truncate(agent, 80), BucketAgents, err)
+		ch.Err = fmt.Errorf("%w %q in bucket %s: %w", ErrUnrecognisedKey, Truncate(agent, 80), BucketAgents, err)
 		return ch
 	}
 	ix.mu.Lock()

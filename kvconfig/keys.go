@@ -115,7 +115,7 @@ func (k Key) Scope() string {
 func ParseKey(s string) (Key, error) {
 	parts := strings.Split(s, ".")
 	bad := func(why string) (Key, error) {
-		return Key{}, fmt.Errorf("%w %q: %s; expected global.<server>, role.<role>.<server> or agent.<agent>.<server>", ErrUnrecognisedKey, truncate(s, 200), why)
+		return Key{}, fmt.Errorf("%w %q: %s; expected global.<server>, role.<role>.<server> or agent.<agent>.<server>", ErrUnrecognisedKey, Truncate(s, 200), why)
 	}
 	switch parts[0] {
 	case "global":
@@ -134,7 +134,7 @@ func ParseKey(s string) (Key, error) {
 		}
 		return AgentKey(parts[1], parts[2])
 	}
-	return bad(fmt.Sprintf("unknown scope %q", truncate(parts[0], 64)))
+	return bad(fmt.Sprintf("unknown scope %q", Truncate(parts[0], 64)))
 }
 
 // ParseScope parses a scope as operators type it: "global", "role:<role>",
@@ -155,7 +155,7 @@ func ParseScope(s string) (kind ScopeKind, owner string, err error) {
 			return ScopeAgent, owner, ValidateID(KindAgent, owner)
 		}
 	}
-	return 0, "", fmt.Errorf("kvconfig: unrecognised scope %q: use global, role:<role> or agent:<agent>", truncate(s, 100))
+	return 0, "", fmt.Errorf("kvconfig: unrecognised scope %q: use global, role:<role> or agent:<agent>", Truncate(s, 100))
 }
 
 // KeyFor builds the key of server at a parsed scope.

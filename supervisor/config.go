@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/fleet"
 	"github.com/tether-dev/tether/supervisor/lease"
 )
 
@@ -56,11 +57,11 @@ type Config struct {
 	// supervisor's own NATS connection. Default DefaultReconnectWait.
 	ReconnectWait time.Duration
 	// Fleet sets heartbeat judgement, probes, command re-sends, recovery
-	// pacing and quarantine. Default DefaultFleetConfig(). Leave
+	// pacing and quarantine. Default fleet.DefaultConfig(). Leave
 	// Fleet.IsLeader nil: the supervisor then commands only while it holds
 	// the leader lease (see LeaseTTL). A non-nil IsLeader replaces the
 	// lease entirely (no lease is taken); tests use that.
-	Fleet FleetConfig
+	Fleet fleet.Config
 	// ReplicaID names this supervisor among the replicas sharing one NATS
 	// (cluster): it is the leader lease's value and tags leadership logs.
 	// Unique per process; up to 128 printable characters without spaces.
@@ -89,7 +90,7 @@ func DefaultConfig() Config {
 		Buckets:            kvconfig.BucketConfig{Replicas: 1, History: kvconfig.DefaultHistory},
 		WatchCheckInterval: kvconfig.DefaultCheckInterval,
 		ReconnectWait:      DefaultReconnectWait,
-		Fleet:              DefaultFleetConfig(),
+		Fleet:              fleet.DefaultConfig(),
 		LeaseTTL:           lease.DefaultTTL,
 		Logger:             zerolog.Nop(),
 	}
@@ -174,6 +175,6 @@ func defaultReplicaID() string {
 	if err != nil || validReplicaID(host) != nil || host == "" {
 		host = "supervisor"
 	}
-	host = truncateStr(host, 64)
+	host = kvconfig.Truncate(host, 64)
 	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64()>>40, 36)
 }

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tether-dev/tether/supervisor/dashboard"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -17,11 +19,12 @@ func (s *Supervisor) startHTTP() error {
 		return fmt.Errorf("supervisor: HTTP listen on %s (try --http with another port): %w", s.cfg.HTTPAddr, err)
 	}
 	s.httpAddr = ln.Addr().String()
-	dash := newDashboard(dashConfigFor(s.cfg), fleetView{s.Fleet}, s.Index, s.log.With().Str("component", "dashboard").Logger())
+	dash := dashboard.New(dashboard.ConfigFor(s.cfg.Fleet.HeartbeatInterval), dashboard.FromFleet(s.Fleet), s.Index,
+		s.log.With().Str("component", "dashboard").Logger())
 	s.http = &http.Server{Handler: s.httpHandler(dash), ReadHeaderTimeout: 5 * time.Second}
 	// Shutdown waits for idle connections: event streams must end first.
-	s.http.RegisterOnShutdown(dash.stopStreams)
-	dash.start()
+	s.http.RegisterOnShutdown(dash.StopStreams)
+	dash.Start()
 	s.httpWG.Add(1)
 	go func() {
 		defer s.httpWG.Done()
@@ -41,9 +44,9 @@ func (s *Supervisor) HTTPAddr() string {
 	return s.httpAddr
 }
 
-func (s *Supervisor) httpHandler(dash *dashboard) http.Handler {
+func (s *Supervisor) httpHandler(dash *dashboard.Dashboard) http.Handler {
 	mux := http.NewServeMux()
-	dash.routes(mux) // /, /agent/{id}, /static/, /api/…, /events
+	dash.Routes(mux) // /, /agent/{id}, /static/, /api/…, /events
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

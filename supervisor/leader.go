@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/tether-dev/tether/supervisor/fleet"
 	"github.com/tether-dev/tether/supervisor/lease"
 )
 
@@ -14,7 +15,7 @@ import (
 // the lease goroutine (renewals must never wait for it) and only then lets
 // the fleet command. Losing the lease stops commanding at once.
 
-// commanding is the FleetConfig.IsLeader the Supervisor installs: one
+// commanding is the fleet.Config.IsLeader the Supervisor installs: one
 // atomic load on the heartbeat path, then the lease's.
 func (s *Supervisor) commanding() bool {
 	if !s.leading.Load() {
@@ -26,7 +27,7 @@ func (s *Supervisor) commanding() bool {
 
 // IsLeader reports whether this replica commands the fleet: it holds the
 // leader lease and has taken over the fleet (or, with a caller-supplied
-// FleetConfig.IsLeader, what that says).
+// fleet.Config.IsLeader, what that says).
 func (s *Supervisor) IsLeader() bool {
 	if s.cfg.Fleet.IsLeader == nil {
 		return false
@@ -38,7 +39,7 @@ func (s *Supervisor) IsLeader() bool {
 func (s *Supervisor) ReplicaID() string { return s.cfg.ReplicaID }
 
 // LeaderID is the replica id last seen holding the lease ("" if unknown or
-// when the caller supplied FleetConfig.IsLeader).
+// when the caller supplied fleet.Config.IsLeader).
 func (s *Supervisor) LeaderID() string {
 	if l := s.lease.Load(); l != nil {
 		return l.Holder()
@@ -111,7 +112,7 @@ func (s *Supervisor) takeLead(ctx context.Context) {
 		gen := s.leadGen
 		s.leadMu.Unlock()
 		start := time.Now()
-		tctx, cancel := context.WithTimeout(ctx, takeLeadTimeout(s.cfg.LeaseTTL))
+		tctx, cancel := context.WithTimeout(ctx, fleet.TakeLeadTimeout(s.cfg.LeaseTTL))
 		records, pushes, err := f.TakeLead(tctx)
 		cancel()
 		if err == nil {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
 // Metrics are the supervisor's Prometheus metrics, registered on their own
@@ -20,7 +21,8 @@ type Metrics struct {
 	watcherRestart *prometheus.CounterVec
 	natsReconnects prometheus.Counter
 
-	fleetMetrics
+	// Fleet are the fleet's metrics, registered in Registry.
+	Fleet *fleet.Metrics
 }
 
 // NewMetrics creates and registers the metrics.
@@ -52,10 +54,10 @@ func NewMetrics() *Metrics {
 	m.natsReconnects = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tether_nats_reconnects_total", Help: "Reconnects of the supervisor's own NATS connection.",
 	})
-	m.registerFleet()
 	m.Registry.MustRegister(m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
 		m.watcherRestart, m.natsReconnects,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.Fleet = fleet.NewMetrics(m.Registry, m.spoofedTotal)
 	return m
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/internal/natstest"
 )
 
 // loadResult is one load run: throughput and latency percentiles.
@@ -53,7 +54,7 @@ func load(b *testing.B, nc *nats.Conn, subject string, n, workers int) loadResul
 //
 //	go test -run '^$' -bench ResolveVsEcho -benchtime 20000x ./supervisor/
 func BenchmarkResolveVsEcho(b *testing.B) {
-	srv := benchServer(b)
+	srv := natstest.RunServer(b, natstest.WithSyncAlways())
 	cfg := testConfig(b, srv)
 	cfg.HTTPAddr = ""
 	cfg.Logger = zerolog.New(io.Discard)

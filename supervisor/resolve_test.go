@@ -46,28 +46,22 @@ func waitRev(t testing.TB, s *Supervisor, agent, server string, rev uint64) {
 }
 
 type errReply struct {
-	code   string
-	status int
-	body   agentproto.ErrorBody
+	code string
+	body agentproto.ErrorBody
 }
 
+// request is natstest.Request with the error body decoded.
 func request(t testing.TB, nc *nats.Conn, subject string, body []byte) (*nats.Msg, *errReply) {
 	t.Helper()
-	msg, err := nc.Request(subject, body, 2*time.Second)
-	if err != nil {
-		t.Fatalf("request %s: %v", subject, err)
+	msg, se := natstest.Request(t, nc, subject, body)
+	if se == nil {
+		return msg, nil
 	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		e := &errReply{code: code}
-		if err := json.Unmarshal(msg.Data, &e.body); err != nil {
-			t.Fatalf("error body %q: %v", msg.Data, err)
-		}
-		if msg.Header.Get(micro.ErrorHeader) == "" {
-			t.Fatalf("error reply without %s header", micro.ErrorHeader)
-		}
-		return msg, e
+	e := &errReply{code: se.Code}
+	if err := json.Unmarshal(se.Body, &e.body); err != nil {
+		t.Fatalf("error body %q: %v", se.Body, err)
 	}
-	return msg, nil
+	return msg, e
 }
 
 func TestResolveEndToEnd(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/fleet"
 	"github.com/tether-dev/tether/supervisor/lease"
 )
 
@@ -38,7 +39,7 @@ type Supervisor struct {
 	http     *http.Server
 	httpAddr string
 	httpWG   sync.WaitGroup
-	fleet    atomic.Pointer[Fleet]
+	fleet    atomic.Pointer[fleet.Fleet]
 
 	// Leadership (leader.go); unused when the caller set Fleet.IsLeader.
 	lease      atomic.Pointer[lease.Lease]
@@ -95,11 +96,12 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	if s.buckets, err = kvconfig.EnsureBuckets(ctx, s.js, cfg.Buckets); err != nil {
 		return nil, err
 	}
-	fleet, err := newFleet(cfg, s.nc, s.buckets.Fleet, s.metrics)
+	fl, err := fleet.New(fleet.Options{Config: cfg.Fleet, Prefix: cfg.Prefix, Conn: s.nc, KV: s.buckets.Fleet,
+		Metrics: s.metrics.Fleet, Logger: cfg.Logger})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("supervisor: %w", err)
 	}
-	s.fleet.Store(fleet)
+	s.fleet.Store(fl)
 	log := s.log.With().Str("component", "kvconfig").Logger()
 	s.store, err = kvconfig.OpenStore(kvconfig.StoreConfig{
 		JetStream:     s.js,
@@ -115,7 +117,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	if err = s.startService(); err != nil {
 		return nil, err
 	}
-	if err = fleet.start(ctx, s.store.Index(), s.buckets.Fleet, cfg.Prefix); err != nil {
+	if err = fl.Start(ctx, s.store.Index()); err != nil {
 		return nil, err
 	}
 	if useLease {
@@ -143,13 +145,13 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			s.log.Warn().Err(err).Msg("nats disconnected")
 			if f := s.fleet.Load(); f != nil {
-				f.linkDown()
+				f.LinkDown()
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			s.metrics.reconnected()
 			if f := s.fleet.Load(); f != nil {
-				f.linkUp()
+				f.LinkUp()
 			}
 			s.log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
 			if s.store != nil {
@@ -181,7 +183,7 @@ func (s *Supervisor) natsOptions() []nats.Option {
 func (s *Supervisor) onChange(ch kvconfig.Change) {
 	s.metrics.kvChange(ch.Bucket, ch.Op.String(), ch.Err != nil)
 	if f := s.fleet.Load(); f != nil {
-		f.push.enqueue(ch)
+		f.ConfigChanged(ch)
 	}
 }
 
@@ -216,14 +218,14 @@ func (s *Supervisor) startService() error {
 		}
 	}
 	f := s.fleet.Load()
-	if err := svc.AddEndpoint("fleet-status", micro.HandlerFunc(f.handleStatus), micro.WithEndpointSubject(r.subj.FleetStatus())); err != nil {
+	if err := svc.AddEndpoint("fleet-status", micro.HandlerFunc(f.HandleStatus), micro.WithEndpointSubject(r.subj.FleetStatus())); err != nil {
 		return fmt.Errorf("supervisor: add endpoint fleet-status: %w", err)
 	}
 	return nil
 }
 
 // Fleet is the supervisor's fleet tracker.
-func (s *Supervisor) Fleet() *Fleet { return s.fleet.Load() }
+func (s *Supervisor) Fleet() *fleet.Fleet { return s.fleet.Load() }
 
 // Index is the supervisor's config index.
 func (s *Supervisor) Index() *kvconfig.Index { return s.store.Index() }

@@ -15,6 +15,7 @@ import (
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
 	"github.com/tether-dev/tether/supervisor"
+	"github.com/tether-dev/tether/supervisor/fleet"
 
 	"github.com/nats-io/nats.go"
 )
@@ -82,7 +83,7 @@ func healthyEverywhere(sups []*supervisor.Supervisor, skip int, agent string) er
 			continue
 		}
 		st, ok := s.Fleet().Agent(agent)
-		if !ok || st.State != supervisor.StateHealthy {
+		if !ok || st.State != fleet.StateHealthy {
 			return fmt.Errorf("replica %d: agent %s is %v (known %v)", i, agent, st.State, ok)
 		}
 	}

@@ -34,6 +34,11 @@ func WithPingInterval(d time.Duration) Option {
 	return func(o *server.Options) { o.PingInterval = d; o.MaxPingsOut = 2 }
 }
 
+// WithSyncAlways fsyncs every JetStream write before acknowledging it, as
+// the supervisor's embedded server does in production: benchmarks of
+// anything that writes a bucket use it.
+func WithSyncAlways() Option { return func(o *server.Options) { o.SyncAlways = true } }
+
 // WithoutJetStream runs a core-NATS-only server.
 func WithoutJetStream() Option { return func(o *server.Options) { o.JetStream = false } }
 

@@ -1,0 +1,221 @@
+package fleet
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Defaults of Config.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultSuspectAfter      = 2
+	DefaultLostAfter         = 3
+	DefaultProbeInterval     = 5 * time.Second
+	DefaultProbeTimeout      = 10 * time.Second
+	DefaultZombieAfter       = 3
+	DefaultGoneAfter         = time.Hour
+	DefaultForgetAfter       = 7 * 24 * time.Hour
+	DefaultCheckInterval     = 500 * time.Millisecond
+	DefaultResendInterval    = 5 * time.Second
+	DefaultRecoveryRate      = 200.0
+	DefaultRecoveryBurst     = 20
+	DefaultMaxSpread         = 30 * time.Second
+	DefaultPushSpreadRate    = 10000.0
+	DefaultQuarantineAfter   = 3
+	DefaultQuarantinePeriod  = 10 * time.Minute
+	DefaultMassSilenceShare  = 0.5
+	DefaultMassSilenceMin    = 20
+	DefaultMassSilenceHold   = time.Minute
+	DefaultMaxClockSkew      = time.Minute
+	DefaultMaxPending        = 32
+	DefaultPersistInterval   = time.Second
+
+	// MaxZombieAfter bounds Config.ZombieAfter.
+	MaxZombieAfter = 8
+)
+
+// Clock is the time source of the fleet tracker; nil means the real clock.
+// Only differences of Now values are used, so a real clock's monotonic
+// reading makes every judgement immune to wall-clock steps.
+type Clock interface{ Now() time.Time }
+
+// Config sets how the supervisor judges and recovers agents. Every
+// duration is measured on the supervisor's own monotonic clock.
+type Config struct {
+	// HeartbeatInterval is the agents' heartbeat period. An agent that
+	// announces interval_ms is judged by that, clamped to [1/10, 10x] this.
+	// Default DefaultHeartbeatInterval (5 s).
+	HeartbeatInterval time.Duration
+	// SuspectAfter is how many missed intervals make an agent suspect.
+	// Default DefaultSuspectAfter (2).
+	SuspectAfter int
+	// LostAfter is how many missed intervals make it lost; > SuspectAfter.
+	// Default DefaultLostAfter (3).
+	LostAfter int
+	// ProbeInterval is how often each live agent is probed on its command
+	// subject. Default DefaultProbeInterval (5 s).
+	ProbeInterval time.Duration
+	// ProbeTimeout is how long a probe may wait for a heartbeat naming it;
+	// at least HeartbeatInterval, since only a heartbeat can answer it.
+	// Default DefaultProbeTimeout (10 s).
+	ProbeTimeout time.Duration
+	// ZombieAfter is how many unanswered, overdue probes make an agent that
+	// still heartbeats a zombie. 1..MaxZombieAfter. Default 3.
+	ZombieAfter int
+	// GoneAfter is the silence after which a lost agent is gone. Default
+	// DefaultGoneAfter (1 h); must exceed LostAfter intervals.
+	GoneAfter time.Duration
+	// ForgetAfter is how long a gone agent is kept (in memory and in
+	// mcp_fleet) before it is forgotten. Zero keeps it forever. Default
+	// DefaultForgetAfter (7 days).
+	ForgetAfter time.Duration
+	// CheckInterval is how often every agent is judged, probed and its
+	// pending commands re-sent: the resolution of every detection time.
+	// At most HeartbeatInterval. Default DefaultCheckInterval (500 ms).
+	CheckInterval time.Duration
+	// ResendInterval is how long an unacknowledged command waits before it
+	// is sent again. At least HeartbeatInterval (an ack rides on the next
+	// heartbeat). Default DefaultResendInterval (5 s).
+	ResendInterval time.Duration
+	// RecoveryRate is the fleet-wide rate of recovery commands (reconnect,
+	// re-resolve after an outage), per second, with bursts of
+	// RecoveryBurst. Defaults DefaultRecoveryRate (200/s) and 20.
+	RecoveryRate  float64
+	RecoveryBurst int
+	// MaxSpread caps the window over which not_before is spread by a hash
+	// of the agent id. Default DefaultMaxSpread (30 s).
+	MaxSpread time.Duration
+	// PushSpreadRate spreads a config push's not_before so that affected
+	// agents re-resolve at about this many per second: 1,000 agents at the
+	// default 10,000/s over 100 ms. Zero sends every push for immediate use.
+	PushSpreadRate float64
+	// QuarantineAfter and QuarantinePeriod are the restart intensity: an
+	// agent needing recovery (restart, zombie, return from lost) more than
+	// QuarantineAfter times within QuarantinePeriod is quarantined and gets
+	// no more recovery commands until a whole period passes without one.
+	// Defaults 3 and 10 min.
+	QuarantineAfter  int
+	QuarantinePeriod time.Duration
+	// MassSilenceShare is the share (0..1] of live agents that, silent at
+	// once, makes the supervisor blame the broker or its own link: agents
+	// are held at suspect, nothing is sent, until they return or
+	// MassSilenceHold passes. Only with at least MassSilenceMin live agents.
+	// Defaults 0.5, 20 and 1 min.
+	MassSilenceShare float64
+	MassSilenceMin   int
+	MassSilenceHold  time.Duration
+	// MaxClockSkew flags agents whose sent_at differs from the supervisor's
+	// wall clock by more than this (informational: judgements never use
+	// sent_at). Default DefaultMaxClockSkew (1 min).
+	MaxClockSkew time.Duration
+	// MaxPending bounds pending commands per agent; past it, config pushes
+	// collapse into one re-resolve of every server. Default 32.
+	MaxPending int
+	// PersistInterval is how often changed agent records are written to
+	// mcp_fleet (state changes and pending commands only, never per
+	// heartbeat). Default DefaultPersistInterval (1 s).
+	PersistInterval time.Duration
+	// IsLeader gates everything that sends probes and commands or writes
+	// mcp_fleet; every replica tracks heartbeats regardless. It is called
+	// on the heartbeat path, so it must be cheap (an atomic load). Nil: this
+	// supervisor is the leader.
+	IsLeader func() bool
+	// Clock is the time source; nil is the real clock.
+	Clock Clock
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		HeartbeatInterval: DefaultHeartbeatInterval,
+		SuspectAfter:      DefaultSuspectAfter,
+		LostAfter:         DefaultLostAfter,
+		ProbeInterval:     DefaultProbeInterval,
+		ProbeTimeout:      DefaultProbeTimeout,
+		ZombieAfter:       DefaultZombieAfter,
+		GoneAfter:         DefaultGoneAfter,
+		ForgetAfter:       DefaultForgetAfter,
+		CheckInterval:     DefaultCheckInterval,
+		ResendInterval:    DefaultResendInterval,
+		RecoveryRate:      DefaultRecoveryRate,
+		RecoveryBurst:     DefaultRecoveryBurst,
+		MaxSpread:         DefaultMaxSpread,
+		PushSpreadRate:    DefaultPushSpreadRate,
+		QuarantineAfter:   DefaultQuarantineAfter,
+		QuarantinePeriod:  DefaultQuarantinePeriod,
+		MassSilenceShare:  DefaultMassSilenceShare,
+		MassSilenceMin:    DefaultMassSilenceMin,
+		MassSilenceHold:   DefaultMassSilenceHold,
+		MaxClockSkew:      DefaultMaxClockSkew,
+		MaxPending:        DefaultMaxPending,
+		PersistInterval:   DefaultPersistInterval,
+	}
+}
+
+// LostWindow is how long silence takes to make an agent lost.
+func (c *Config) LostWindow() time.Duration {
+	return time.Duration(c.LostAfter) * c.HeartbeatInterval
+}
+
+// Validate rejects impossible combinations, naming the field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("Fleet."+format, a...)) }
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"HeartbeatInterval", c.HeartbeatInterval}, {"ProbeInterval", c.ProbeInterval},
+		{"CheckInterval", c.CheckInterval}, {"ResendInterval", c.ResendInterval},
+		{"QuarantinePeriod", c.QuarantinePeriod}, {"PersistInterval", c.PersistInterval},
+		{"MassSilenceHold", c.MassSilenceHold}, {"MaxClockSkew", c.MaxClockSkew},
+	} {
+		if f.d <= 0 {
+			bad("%s %v must be positive", f.name, f.d)
+		}
+	}
+	if c.SuspectAfter < 1 {
+		bad("SuspectAfter %d must be at least 1 interval", c.SuspectAfter)
+	}
+	if c.LostAfter <= c.SuspectAfter {
+		bad("LostAfter %d must exceed SuspectAfter %d", c.LostAfter, c.SuspectAfter)
+	}
+	if c.ZombieAfter < 1 || c.ZombieAfter > MaxZombieAfter {
+		bad("ZombieAfter %d outside 1..%d", c.ZombieAfter, MaxZombieAfter)
+	}
+	if c.ProbeTimeout < c.HeartbeatInterval {
+		bad("ProbeTimeout %v is shorter than HeartbeatInterval %v: only a heartbeat can answer a probe, so every agent would look like a zombie", c.ProbeTimeout, c.HeartbeatInterval)
+	}
+	if c.GoneAfter <= c.LostWindow() {
+		bad("GoneAfter %v must exceed LostAfter x HeartbeatInterval = %v", c.GoneAfter, c.LostWindow())
+	}
+	if c.ForgetAfter != 0 && c.ForgetAfter < c.GoneAfter {
+		bad("ForgetAfter %v is shorter than GoneAfter %v (zero keeps gone agents forever)", c.ForgetAfter, c.GoneAfter)
+	}
+	if c.CheckInterval > c.HeartbeatInterval {
+		bad("CheckInterval %v exceeds HeartbeatInterval %v: detection would be coarser than an interval", c.CheckInterval, c.HeartbeatInterval)
+	}
+	if c.ResendInterval < c.HeartbeatInterval {
+		bad("ResendInterval %v is shorter than HeartbeatInterval %v: an ack rides on a heartbeat, so every command would be sent twice", c.ResendInterval, c.HeartbeatInterval)
+	}
+	if c.RecoveryRate <= 0 || c.RecoveryBurst < 1 {
+		bad("RecoveryRate %v/s and RecoveryBurst %d must be positive", c.RecoveryRate, c.RecoveryBurst)
+	}
+	if c.MaxSpread < 0 || c.PushSpreadRate < 0 {
+		bad("MaxSpread %v and PushSpreadRate %v must not be negative", c.MaxSpread, c.PushSpreadRate)
+	}
+	if c.QuarantineAfter < 1 {
+		bad("QuarantineAfter %d must be at least 1", c.QuarantineAfter)
+	}
+	if c.MassSilenceShare <= 0 || c.MassSilenceShare > 1 {
+		bad("MassSilenceShare %v outside (0, 1]", c.MassSilenceShare)
+	}
+	if c.MassSilenceMin < 1 {
+		bad("MassSilenceMin %d must be at least 1", c.MassSilenceMin)
+	}
+	if c.MaxPending < 1 {
+		bad("MaxPending %d must be at least 1", c.MaxPending)
+	}
+	return errors.Join(errs...)
+}

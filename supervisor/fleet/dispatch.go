@@ -1,0 +1,198 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+)
+
+// Command delivery routes, as tether_commands_sent_total labels them.
+const (
+	RouteSubject = "subject" // mcp.v1.cmd.<agent>
+	RouteReply   = "reply"   // the reply subject of the agent's heartbeat
+)
+
+// writeTimeout bounds one batch of mcp_fleet writes.
+const writeTimeout = 5 * time.Second
+
+// dispatcher is the one component that sends probes and commands to agents
+// and writes mcp_fleet. Every method checks IsLeader first, so when several
+// supervisor replicas run, a lease can make exactly one of them act while
+// all of them track heartbeats. Command ids and probe nonces start with an
+// epoch drawn at each start, so a restarted supervisor never reuses an id
+// an agent may already have handled.
+type dispatcher struct {
+	nc          *nats.Conn
+	js          jetstream.JetStream // its own instance: async publishes are awaited per batch
+	kv          jetstream.KeyValue  // mcp_fleet
+	kvPrefix    string
+	subj        agentproto.Subjects
+	isLeader    func() bool
+	log         zerolog.Logger
+	metrics     *Metrics
+	epoch       string
+	noncePrefix string
+	seq         atomic.Uint64
+}
+
+func newDispatcher(nc *nats.Conn, kv jetstream.KeyValue, prefix string, isLeader func() bool, log zerolog.Logger, m *Metrics) (*dispatcher, error) {
+	c := &dispatcher{nc: nc, kv: kv, subj: agentproto.Subjects{Prefix: prefix}, isLeader: isLeader, log: log, metrics: m}
+	c.epoch = strconv.FormatUint(rand.Uint64()>>16, 36)
+	c.noncePrefix = c.epoch + "-p"
+	if nc != nil {
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+		if err != nil {
+			return nil, err
+		}
+		c.js = js
+	}
+	if kv != nil {
+		c.kvPrefix = "$KV." + kv.Bucket() + "."
+	}
+	return c, nil
+}
+
+// Leader reports whether this supervisor may send and write.
+func (c *dispatcher) Leader() bool { return c.isLeader == nil || c.isLeader() }
+
+// newID returns a fresh command id.
+func (c *dispatcher) newID() string {
+	return c.epoch + "-" + strconv.FormatUint(c.seq.Add(1), 36)
+}
+
+// newNonce returns a fresh probe nonce and its sequence; later probes have
+// larger sequences, so an ack naming one answers every earlier one.
+func (c *dispatcher) newNonce() (string, uint64) {
+	n := c.seq.Add(1)
+	return c.noncePrefix + strconv.FormatUint(n, 36), n
+}
+
+// parseNonce returns the sequence of one of this epoch's nonces.
+func (c *dispatcher) parseNonce(s string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(s, c.noncePrefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 36, 64)
+	return n, err == nil
+}
+
+// probe sends a probe on the agent's command subject (the only route: a
+// zombie must not be able to answer it).
+func (c *dispatcher) probe(agent, nonce string) {
+	if !c.Leader() {
+		return
+	}
+	b := make([]byte, 0, 64+2*len(nonce))
+	b = append(b, `{"id":"`...)
+	b = append(b, nonce...)
+	b = append(b, `","type":"probe","nonce":"`...)
+	b = append(b, nonce...)
+	b = append(b, `"}`...)
+	if err := c.nc.Publish(c.subj.Command(agent), b); err != nil {
+		c.log.Warn().Err(err).Str("agent", agent).Msg("probe not sent")
+		return
+	}
+	c.metrics.probeSent()
+}
+
+// send publishes a command on the agent's command subject.
+func (c *dispatcher) send(agent string, cmd *agentproto.Command, resend bool) {
+	c.deliver(agent, c.subj.Command(agent), RouteSubject, cmd, resend)
+}
+
+// reply sends a command as the reply to the agent's heartbeat, the route
+// that does not need its (broken) command subscription.
+func (c *dispatcher) reply(agent, subject string, cmd *agentproto.Command, resend bool) {
+	c.deliver(agent, subject, RouteReply, cmd, resend)
+}
+
+func (c *dispatcher) deliver(agent, subject, route string, cmd *agentproto.Command, resend bool) {
+	if !c.Leader() {
+		return
+	}
+	data, err := json.Marshal(cmd)
+	if err == nil {
+		err = c.nc.Publish(subject, data)
+	}
+	if err != nil {
+		c.log.Warn().Err(err).Str("agent", agent).Str("id", cmd.ID).Str("type", cmd.Type).Msg("command not sent; stays pending")
+		return
+	}
+	c.metrics.commandSent(cmd.Type, route, resend)
+	ev := c.log.Debug()
+	if !resend && cmd.Type != agentproto.CmdReresolve {
+		ev = c.log.Info()
+	}
+	ev.Str("agent", agent).Str("id", cmd.ID).Str("type", cmd.Type).Str("route", route).Bool("resend", resend).
+		Strs("servers", cmd.Servers).Str("not_before", cmd.NotBefore).Str("reason", cmd.Reason).Msg("command sent")
+}
+
+// fleetWrite is one mcp_fleet record to write.
+type fleetWrite struct {
+	agent string
+	data  []byte
+}
+
+// write puts records into mcp_fleet with asynchronous publishes awaited as
+// a batch. It returns the agents whose write failed (to retry later).
+func (c *dispatcher) write(recs []fleetWrite) []string {
+	if !c.Leader() || len(recs) == 0 || c.js == nil {
+		return nil
+	}
+	var failed []string
+	futures := make([]jetstream.PubAckFuture, 0, len(recs))
+	sent := make([]string, 0, len(recs))
+	for _, r := range recs {
+		f, err := c.js.PublishAsync(c.kvPrefix+r.agent, r.data)
+		if err != nil {
+			failed = append(failed, r.agent)
+			continue
+		}
+		futures, sent = append(futures, f), append(sent, r.agent)
+	}
+	select {
+	case <-c.js.PublishAsyncComplete():
+	case <-time.After(writeTimeout):
+	}
+	var lastErr error
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+			continue
+		case err := <-f.Err():
+			lastErr = err
+		default:
+			lastErr = errors.New("no ack within " + writeTimeout.String())
+		}
+		failed = append(failed, sent[i])
+	}
+	c.metrics.fleetWrites(len(recs)-len(failed), len(failed))
+	if len(failed) > 0 {
+		c.log.Warn().Err(lastErr).Int("failed", len(failed)).Int("written", len(recs)-len(failed)).
+			Msg("mcp_fleet writes failed; retrying next round")
+	}
+	return failed
+}
+
+// forget deletes a long-gone agent's mcp_fleet record.
+func (c *dispatcher) forget(agent string) {
+	if !c.Leader() || c.kv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	if err := c.kv.Delete(ctx, agent); err != nil {
+		c.log.Warn().Err(err).Str("agent", agent).Msg("cannot delete mcp_fleet record")
+	}
+}

@@ -1,0 +1,188 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// Record is the mcp_fleet value of one agent (key: the agent id): its
+// status as fleet.status shows it, plus what a restarted supervisor needs
+// to carry on — liveness, flags, recovery history and pending commands.
+// It is written when the state, the pending commands, the instance or a
+// flag changes, never per heartbeat.
+type Record struct {
+	AgentStatus
+	PrevInstance string `json:"prev_instance,omitempty"`
+	// Liveness is what silence alone says: healthy, suspect, lost or gone.
+	Liveness    State `json:"liveness"`
+	Zombie      bool  `json:"zombie,omitempty"`
+	Quarantined bool  `json:"quarantined,omitempty"`
+	Goodbye     bool  `json:"goodbye,omitempty"`
+	// RecoveryTimes are the recovery events within the quarantine period.
+	RecoveryTimes []time.Time `json:"recovery_times,omitempty"`
+	// PendingCommands are sent until the agent acks their id.
+	PendingCommands []PendingCommand `json:"pending_commands,omitempty"`
+	Updated         time.Time        `json:"updated"`
+}
+
+// PendingCommand is a command waiting for the agent's ack.
+type PendingCommand struct {
+	agentproto.Command
+	Created time.Time `json:"created"`
+	Sends   uint32    `json:"sends,omitempty"`
+	// Queued: a recovery command still waiting for the fleet-wide rate.
+	Queued   bool `json:"queued,omitempty"`
+	Recovery bool `json:"recovery,omitempty"`
+}
+
+// record builds an agent's Record; the shard lock is held.
+func (t *tracker) record(a *agent, now int64, wall time.Time) Record {
+	r := Record{AgentStatus: t.snapshot(a, now, wall), PrevInstance: a.prevInst, Liveness: a.live,
+		Zombie: a.zombie, Quarantined: a.quarantined, Goodbye: a.goodbye, Updated: wall.UTC()}
+	for _, ev := range a.recoveries {
+		r.RecoveryTimes = append(r.RecoveryTimes, wall.Add(time.Duration(ev-now)).UTC())
+	}
+	for _, p := range a.pending {
+		r.PendingCommands = append(r.PendingCommands, PendingCommand{Command: p.cmd,
+			Created: time.Unix(0, p.created).UTC(), Sends: p.sends, Queued: p.queued, Recovery: p.recovery})
+	}
+	return r
+}
+
+// flush writes changed records to mcp_fleet (leader only; not during mass
+// silence, when the broker is the suspect). A failed write stays dirty.
+func (t *tracker) flush() {
+	if !t.cmd.Leader() || t.mass.Load() {
+		return
+	}
+	now, wall := t.times()
+	var recs []Record
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for _, a := range sh.list {
+			if a.dirty == 0 {
+				continue
+			}
+			if a.dirty == dirtyState && a.state == a.persisted {
+				a.dirty = 0 // flapped and came back: nothing to write
+				continue
+			}
+			recs = append(recs, t.record(a, now, wall))
+			a.dirty, a.persisted = 0, a.state
+		}
+		sh.mu.Unlock()
+	}
+	if len(recs) == 0 {
+		return
+	}
+	writes := make([]fleetWrite, 0, len(recs))
+	for i := range recs {
+		data, err := json.Marshal(&recs[i])
+		if err != nil {
+			t.log.Error().Err(err).Str("agent", recs[i].Agent).Msg("cannot encode fleet record")
+			continue
+		}
+		writes = append(writes, fleetWrite{agent: recs[i].Agent, data: data})
+	}
+	for _, id := range t.cmd.write(writes) {
+		sh := t.shard(id)
+		sh.mu.Lock()
+		if a := sh.m[id]; a != nil {
+			a.dirty |= dirtyOther
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// load rebuilds the fleet picture from mcp_fleet. Silence of agents that
+// were live is counted from the start of this supervisor (the grace set by
+// the caller), so no one is declared lost before a full detection window.
+func (t *tracker) load(ctx context.Context, kv jetstream.KeyValue) (int, error) {
+	return t.readFleet(ctx, kv, t.restore)
+}
+
+// readFleet calls fn for every readable record of mcp_fleet.
+func (t *tracker) readFleet(ctx context.Context, kv jetstream.KeyValue, fn func(*Record)) (int, error) {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return 0, fmt.Errorf("fleet: read %s: %w", kv.Bucket(), err)
+	}
+	defer kvconfig.StopWatcher(w)
+	n, bad := 0, 0
+	for {
+		select {
+		case <-ctx.Done():
+			return n, fmt.Errorf("fleet: read %s: %w", kv.Bucket(), ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return n, errors.New("fleet: read " + kv.Bucket() + ": watcher closed")
+			}
+			if e == nil {
+				if bad > 0 {
+					t.log.Warn().Int("unreadable", bad).Msg("some mcp_fleet records could not be read; those agents start afresh")
+				}
+				return n, nil
+			}
+			var r Record
+			if json.Unmarshal(e.Value(), &r) != nil || r.Agent != e.Key() || !kvconfig.ValidID(r.Agent) {
+				bad++
+				continue
+			}
+			fn(&r)
+			n++
+		}
+	}
+}
+
+// restore adds one loaded record to the fleet.
+func (t *tracker) restore(r *Record) {
+	now, wall := t.times()
+	mono := func(at time.Time) int64 { return now - int64(wall.Sub(at)) }
+	a := &agent{id: r.Agent, instance: r.Instance, prevInst: r.PrevInstance, seq: r.Seq,
+		live: r.Liveness, zombie: r.Zombie, quarantined: r.Quarantined, goodbye: r.Goodbye,
+		duplicate: r.Duplicate, restarts: r.Restarts, spoofed: r.Spoofed, intervalMS: r.IntervalMS,
+		conn: r.Conn, calls: r.Calls, skewMS: r.ClockSkewMS, skewed: r.ClockSkewed, reason: r.Reason}
+	if a.live < StateHealthy || a.live > StateGone {
+		a.live = StateHealthy
+	}
+	if !r.LastHeard.IsZero() {
+		a.heard, a.heardWall = mono(r.LastHeard), r.LastHeard.UnixNano()
+	}
+	a.dupAt = now
+	for _, ev := range r.RecoveryTimes {
+		a.recoveries = append(a.recoveries, mono(ev))
+	}
+	for s, c := range r.Configs {
+		if kvconfig.ValidID(s) {
+			a.configs = append(a.configs, serverApplied{server: internSmall("", s),
+				appliedConfig: appliedConfig{Revision: c.Revision, Applied: c.Applied, Error: c.Error, Stale: c.Stale}})
+		}
+	}
+	queued := false
+	for _, p := range r.PendingCommands {
+		a.pending = append(a.pending, &pendingCmd{cmd: p.Command, created: p.Created.UnixNano(),
+			sends: p.Sends, queued: p.Queued, recovery: p.Recovery})
+		queued = queued || p.Queued
+	}
+	sh := t.shard(a.id)
+	sh.mu.Lock()
+	if old := sh.m[a.id]; old != nil {
+		t.counts[old.state].Add(-1)
+	}
+	sh.add(a)
+	t.setState(a, deriveState(a.live, a.zombie, a.quarantined), now)
+	a.since, a.persisted, a.dirty = mono(r.Since), a.state, 0
+	sh.mu.Unlock()
+	t.idsGen.Add(1)
+	if queued {
+		t.enqueueRecovery(a.id)
+	}
+}
