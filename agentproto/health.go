@@ -1,100 +1,169 @@
 package agentproto
 
 import (
-	"math/rand/v2"
+	"context"
+	"fmt"
+	"strconv"
+	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
-// Timing maths of the watchdog: small pure functions, table-tested.
+// probeSeq numbers self-probes across the process.
+var probeSeq atomic.Uint64
 
-// ReconnectDelay is the wait before reconnect attempt n (from 1): the
-// exponential d = min(base·2^(n−1), maxDelay), less a random share of it,
-// d − jitter·u·d, with u in [0, 1) and jitter in [0, 1]. Taking jitter off
-// (rather than adding it) keeps every wait within maxDelay.
-func ReconnectDelay(n int, base, maxDelay time.Duration, jitter, u float64) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	d := maxDelay
-	if n-1 < 62 && base <= maxDelay>>(n-1) {
-		d = base << (n - 1)
-	}
-	d = min(d, maxDelay)
-	return d - time.Duration(jitter*u*float64(d))
+// healthSubject is the client's private probe subject,
+// _INBOX_<agent>.probe.<instance>.
+func (c *Client) healthSubject() string {
+	return InboxPrefix(c.cfg.Agent) + ".probe." + c.instance
 }
 
-// BlackHoleBound is the longest a silently dead link goes unnoticed with
-// nats.go's client pings: a PING is sent every interval and the link is
-// declared stale at the first tick that finds maxOut PINGs unanswered, so
-// at most (maxOut+1)·interval after the last PONG.
-func BlackHoleBound(interval time.Duration, maxOut int) time.Duration {
-	return time.Duration(maxOut+1) * interval
+// kickHealth asks for a health round now.
+func (c *Client) kickHealth() {
+	select {
+	case c.healthKick <- struct{}{}:
+	default:
+	}
 }
 
-// subVerdict is the outcome of one probe of one subscription.
-type subVerdict int
+// healthLoop proves the data path every HealthInterval: a server round
+// trip and a self-probe through every probed subscription. A connection
+// failing HealthFailures rounds in a row, closed for good, or reconnecting
+// for RebuildAfter is rebuilt; a single dead subscription is re-created.
+func (c *Client) healthLoop() {
+	t := time.NewTicker(c.cfg.HealthInterval)
+	defer t.Stop()
+	fails := 0
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		case <-c.healthKick:
+		}
+		fails = c.healthRound(fails)
+	}
+}
 
-const (
-	probeOK   subVerdict = iota // the probe came back
-	probeBusy                   // not back, but the handler made progress
-	probeLost                   // not back and no progress: a failed round
-)
+// roundResult is what one health round measured.
+type roundResult struct {
+	rtt      time.Duration
+	flushErr error
+	probed   []*Subscription
+	back     []bool
+}
 
-// judgeProbe says what a probe that did or did not come back means. A
-// subscription whose handler handled messages while the probe was out is
-// slow, not dead: its probe is queued behind real work.
-func judgeProbe(back bool, handledAtSend, handledNow uint64) subVerdict {
+// healthRound runs one round and returns the connection's failed rounds
+// in a row.
+func (c *Client) healthRound(fails int) int {
+	nc, gen := c.conn()
 	switch {
-	case back:
-		return probeOK
-	case handledNow != handledAtSend:
-		return probeBusy
-	}
-	return probeLost
-}
-
-// nextFailures counts failed rounds in a row: a failure adds one, a
-// success resets, a busy (inconclusive) round keeps the count.
-func nextFailures(n int, v subVerdict) int {
-	switch v {
-	case probeOK:
+	case nc == nil:
+		return 0 // rebuilding
+	case nc.IsClosed():
+		c.requestRebuild(gen, "connection closed (found by the health loop)")
 		return 0
-	case probeLost:
-		return n + 1
+	case !nc.IsConnected():
+		since := c.reconnSince.Load()
+		if since != 0 && reconnectingTooLong(time.Unix(0, since), time.Now(), c.cfg.RebuildAfter) {
+			c.requestRebuild(gen, fmt.Sprintf("reconnecting for more than %v", c.cfg.RebuildAfter))
+		}
+		return 0 // nats.go is on it; pings found the fault
 	}
-	return n
-}
-
-// reconnectingTooLong reports whether a connection nats.go has been
-// reconnecting since `since` (zero: it is not) should be rebuilt at now.
-// A negative limit never rebuilds.
-func reconnectingTooLong(since, now time.Time, limit time.Duration) bool {
-	return limit > 0 && !since.IsZero() && now.Sub(since) >= limit
-}
-
-// commandDelay is how long to wait before carrying out a command whose
-// not_before is nb (zero: none) at now.
-func commandDelay(nb, now time.Time) time.Duration {
-	if nb.IsZero() {
+	r := c.probeRound(nc)
+	if c.ctx.Err() != nil || !nc.IsConnected() {
+		return 0 // closing, or the link dropped during the round: nats.go is on it
+	}
+	c.rttNanos.Store(int64(r.rtt))
+	lost := 0
+	for _, b := range r.back {
+		if !b {
+			lost++
+		}
+	}
+	var why string
+	switch {
+	case r.flushErr != nil:
+		why = "server round trip failed: " + r.flushErr.Error()
+	case len(r.probed) > 0 && lost == len(r.probed):
+		why = "no self-probe came back through any subscription"
+	default:
+		// The connection works: re-create any single dead subscription.
+		for i, s := range r.probed {
+			if reason, restore := s.judge(r.back[i], c.cfg.HealthFailures); restore {
+				c.restore(s, gen, reason)
+			}
+		}
+		c.judgeUnprobed(gen, r.probed)
 		return 0
 	}
-	return max(nb.Sub(now), 0)
+	fails++
+	c.log.Warn().Str("reason", why).Int(logKeyFailures, fails).Uint64(logKeyConnGen, gen).Msg("agentproto: health check failed")
+	c.emit(Event{Kind: EventHealthFailed, Gen: gen, Reason: why})
+	if fails >= c.cfg.HealthFailures {
+		c.requestRebuild(gen, fmt.Sprintf("%d failed health rounds in a row: %s", fails, why))
+		return 0
+	}
+	return fails
 }
 
-// delayBackOff is ReconnectDelay as a cenkalti/backoff BackOff for the
-// rebuild loop. It never returns backoff.Stop: rebuilding goes on until
-// the client is closed. Not safe for concurrent use.
-type delayBackOff struct {
-	base, max time.Duration
-	jitter    float64
-	n         int
+// probeRound publishes a self-probe to every probed subscription, flushes
+// (the round trip, measured), and waits up to ProbeTimeout for the probes.
+func (c *Client) probeRound(nc *nats.Conn) roundResult {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ProbeTimeout)
+	defer cancel()
+	var (
+		r     roundResult
+		chans []<-chan struct{}
+	)
+	for _, s := range c.snapshotSubs() {
+		tok := c.instance + "." + strconv.FormatUint(probeSeq.Add(1), 10)
+		ch := s.arm(tok)
+		if ch == nil {
+			continue
+		}
+		m := nats.NewMsg(s.probeSub)
+		m.Header.Set(HeaderProbe, tok)
+		if err := nc.PublishMsg(m); err != nil {
+			r.flushErr = err
+		}
+		r.probed, chans = append(r.probed, s), append(chans, ch)
+	}
+	start := time.Now()
+	if err := nc.FlushWithContext(ctx); err != nil && r.flushErr == nil {
+		r.flushErr = err
+	}
+	r.rtt = time.Since(start)
+	r.back = make([]bool, len(chans))
+	for i, ch := range chans {
+		select {
+		case <-ch:
+			r.back[i] = true
+		case <-ctx.Done():
+			select { // the deadline passed: only what is already back counts
+			case <-ch:
+				r.back[i] = true
+			default:
+			}
+		}
+	}
+	return r
 }
 
-// NextBackOff implements backoff.BackOff.
-func (b *delayBackOff) NextBackOff() time.Duration {
-	b.n++
-	return ReconnectDelay(b.n, b.base, b.max, b.jitter, rand.Float64())
+// judgeUnprobed re-creates subscriptions without a probe that the server
+// refused or that are no longer valid.
+func (c *Client) judgeUnprobed(gen uint64, probed []*Subscription) {
+	isProbed := make(map[*Subscription]bool, len(probed))
+	for _, s := range probed {
+		isProbed[s] = true
+	}
+	for _, s := range c.snapshotSubs() {
+		if isProbed[s] {
+			continue
+		}
+		if reason, restore := s.judge(false, c.cfg.HealthFailures); restore {
+			c.restore(s, gen, reason)
+		}
+	}
 }
-
-// Reset implements backoff.BackOff.
-func (b *delayBackOff) Reset() { b.n = 0 }

@@ -5,4 +5,11 @@
 // by a JetStream KV watch that resolves (agent, server) with strict precedence:
 // the most specific existing scope wins entirely, a malformed winner is an
 // error naming its key and revision, and nothing is ever merged.
+//
+// Watcher is the project's one KV-watcher implementation (resume from the
+// last revision, stall detection by the newest revision of the watched
+// keys, re-creation, new bucket epochs): the Store's index runs on it, and so
+// do agentproto's registered KV watchers. kvconfig imports nothing of the
+// supervisor or agentproto, and it never writes a bucket except through
+// EnsureBuckets (creation) and the callers' own KeyValue handles.
 package kvconfig

@@ -38,15 +38,21 @@ func openStore(t *testing.T, nc *nats.Conn, onChange func(Change)) (*Store, Buck
 	return s, b
 }
 
-func TestStoreLoadsAndFollows(t *testing.T) {
-	srv := natstest.RunServer(t)
-	nc := srv.Connect()
+// newBuckets creates the buckets on a fresh server, before any store opens.
+func newBuckets(t *testing.T) (*nats.Conn, Buckets) {
+	t.Helper()
+	nc := natstest.RunServer(t).Connect()
 	js, _ := jetstream.New(nc)
-	ctx := context.Background()
-	b, err := EnsureBuckets(ctx, js, BucketConfig{})
+	b, err := EnsureBuckets(context.Background(), js, BucketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return nc, b
+}
+
+func TestStoreLoadsAndFollows(t *testing.T) {
+	nc, b := newBuckets(t)
+	ctx := context.Background()
 	st, _ := b.Configs.Status(ctx)
 	if st.History() < MinHistory {
 		t.Fatalf("history %d", st.History())
@@ -177,14 +183,8 @@ func TestWatcherRecreatedWhenConsumerDies(t *testing.T) {
 // revision any watcher can deliver. A freshly started watcher must not take
 // that for a stall: no re-creation, healthy at every check.
 func TestWatcherQuietAfterCompaction(t *testing.T) {
-	srv := natstest.RunServer(t)
-	nc := srv.Connect()
-	js, _ := jetstream.New(nc)
+	nc, b := newBuckets(t)
 	ctx := context.Background()
-	b, err := EnsureBuckets(ctx, js, BucketConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, k := range []string{"global.a", "global.b", "global.c"} {
 		if _, err := b.Configs.Put(ctx, k, []byte(`{"url":"https://x.example"}`)); err != nil {
 			t.Fatal(err)

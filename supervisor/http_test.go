@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,24 +17,38 @@ import (
 	"github.com/tether-dev/tether/internal/natstest"
 )
 
-// rawAgent heartbeats by hand every interval until paused or stopped.
+// rawAgent heartbeats by hand every interval and answers probes in its
+// heartbeats (probe_ack) unless deaf, the way a zombie's dead command
+// subscription ignores them.
 type rawAgent struct {
-	paused atomic.Bool
-	stop   chan struct{}
-	done   chan struct{}
+	deaf  atomic.Bool
+	nonce atomic.Value // string: the latest probe heard
+	sub   *nats.Subscription
+	stop  chan struct{}
+	done  chan struct{}
 }
 
 func startRawAgent(t *testing.T, nc *nats.Conn, id string, interval time.Duration) *rawAgent {
 	a := &rawAgent{stop: make(chan struct{}), done: make(chan struct{})}
+	a.nonce.Store("")
+	sub, err := nc.Subscribe(subj.Command(id), func(m *nats.Msg) {
+		var c agentproto.Command
+		if json.Unmarshal(m.Data, &c) == nil && c.Type == agentproto.CmdProbe && !a.deaf.Load() {
+			a.nonce.Store(c.Nonce)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.sub = sub
 	go func() {
 		defer close(a.done)
 		tk := time.NewTicker(interval)
 		defer tk.Stop()
 		for seq := 1; ; seq++ {
-			if !a.paused.Load() {
-				body := fmt.Sprintf(`{"agent":%q,"instance":"%s-i1","seq":%d,"interval_ms":%d}`, id, id, seq, interval.Milliseconds())
-				_ = nc.PublishMsg(&nats.Msg{Subject: subj.Heartbeat(id), Reply: agentproto.HeartbeatReply(id), Data: []byte(body)})
-			}
+			body := fmt.Sprintf(`{"agent":%q,"instance":"%s-i1","seq":%d,"interval_ms":%d,"probe_ack":%q}`,
+				id, id, seq, interval.Milliseconds(), a.nonce.Load().(string))
+			_ = nc.PublishMsg(&nats.Msg{Subject: subj.Heartbeat(id), Reply: agentproto.HeartbeatReply(id), Data: []byte(body)})
 			select {
 			case <-a.stop:
 				return
@@ -50,6 +65,7 @@ func (a *rawAgent) Stop() {
 	case <-a.stop:
 	default:
 		close(a.stop)
+		_ = a.sub.Unsubscribe()
 	}
 	<-a.done
 }
@@ -107,9 +123,9 @@ func waitLine(t *testing.T, lines <-chan string, within time.Duration, want ...s
 	}
 }
 
-// The dashboard wired into a real supervisor: an agent that goes silent
-// and comes back shows on the event stream, and Close and Drain end open
-// streams instead of waiting for them.
+// The dashboard wired into a real supervisor: an agent turns zombie (its
+// probes go unanswered) and recovers on the event stream, and Close and
+// Drain end open streams instead of waiting for them.
 func TestDashboardWiredIntoSupervisor(t *testing.T) {
 	const interval = 20 * time.Millisecond
 	srv := natstest.RunServer(t)
@@ -139,10 +155,10 @@ func TestDashboardWiredIntoSupervisor(t *testing.T) {
 		lines := streamLines(t, base+"/events?agent="+id)
 		waitLine(t, lines, 3*time.Second, `"id":"`+id+`"`, `"state":"healthy"`)
 		if !drain {
-			a.paused.Store(true)
-			waitLine(t, lines, 3*time.Second, `"from":"suspect","to":"lost"`)
-			a.paused.Store(false)
-			waitLine(t, lines, 3*time.Second, `"from":"lost","to":"healthy"`)
+			a.deaf.Store(true)
+			waitLine(t, lines, 5*time.Second, `"from":"healthy","to":"zombie"`)
+			a.deaf.Store(false)
+			waitLine(t, lines, 5*time.Second, `"from":"zombie","to":"healthy"`)
 		}
 		start := time.Now()
 		if drain {

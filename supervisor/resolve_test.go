@@ -21,16 +21,10 @@ import (
 var subj agentproto.Subjects
 
 func put(t testing.TB, s *Supervisor, bucket, key, val string) uint64 {
-	t.Helper()
-	kv := s.Buckets().Configs
 	if bucket == kvconfig.BucketAgents {
-		kv = s.Buckets().Agents
+		return natstest.KVPut(t, s.Buckets().Agents, key, val)
 	}
-	rev, err := kv.Put(context.Background(), key, []byte(val))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rev
+	return natstest.KVPut(t, s.Buckets().Configs, key, val)
 }
 
 // waitRev waits until the index holds revision rev.

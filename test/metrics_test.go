@@ -32,34 +32,7 @@ func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 
 // value sums a family's samples whose labels include all of want.
 func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	f := fams[name]
-	if f == nil {
-		return -1
-	}
-	sum := 0.0
-next:
-	for _, m := range f.GetMetric() {
-		for k, v := range want {
-			found := false
-			for _, l := range m.GetLabel() {
-				if l.GetName() == k && l.GetValue() == v {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			sum += m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			sum += m.GetGauge().GetValue()
-		case m.Histogram != nil:
-			sum += float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return sum
+	return suptest.Value(fams, name, want)
 }
 
 // TestMetricsMove scrapes /metrics with the Prometheus text parser before

@@ -1,10 +1,12 @@
 package natstest
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -35,4 +37,15 @@ func Request(t testing.TB, nc *nats.Conn, subject string, body []byte) (*nats.Ms
 		t.Fatalf("natstest: request %s: error reply %s without the %s header", subject, code, micro.ErrorHeader)
 	}
 	return msg, &ServiceError{Code: code, Description: desc, Body: msg.Data}
+}
+
+// KVPut writes val at key and returns the revision, failing the test on an
+// error.
+func KVPut(t testing.TB, kv jetstream.KeyValue, key, val string) uint64 {
+	t.Helper()
+	rev, err := kv.Put(context.Background(), key, []byte(val))
+	if err != nil {
+		t.Fatalf("natstest: put %s %s: %v", kv.Bucket(), key, err)
+	}
+	return rev
 }

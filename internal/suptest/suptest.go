@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/supervisor"
 )
@@ -46,4 +48,48 @@ func Start(t testing.TB, cfg supervisor.Config) *supervisor.Supervisor {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// Gather reads every metric family of s's registry, by name (none if the
+// registry cannot be gathered).
+func Gather(s *supervisor.Supervisor) map[string]*dto.MetricFamily {
+	fams, _ := s.Metrics().Registry.Gather()
+	out := make(map[string]*dto.MetricFamily, len(fams))
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out
+}
+
+// Value sums a family's counter, gauge and histogram-count samples whose
+// labels include every pair of want; -1 if the family is absent.
+func Value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+	sum := 0.0
+next:
+	for _, m := range f.GetMetric() {
+		for k, v := range want {
+			found := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return sum
 }

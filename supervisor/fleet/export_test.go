@@ -3,7 +3,6 @@ package fleet
 import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 )
 
@@ -61,14 +60,5 @@ func (m *Metrics) CounterValue(name string, labelValues ...string) float64 {
 	default:
 		return -1
 	}
-	ch := make(chan prometheus.Metric, 1)
-	c.Collect(ch)
-	var d dto.Metric
-	if err := (<-ch).Write(&d); err != nil {
-		return -1
-	}
-	if d.Gauge != nil {
-		return d.GetGauge().GetValue()
-	}
-	return d.GetCounter().GetValue()
+	return counterValue(c)
 }

@@ -1,7 +1,3 @@
-// Package lease elects one leader among supervisor replicas with a
-// JetStream KV key whose bucket's max age is the lease TTL. It owns the
-// lease bucket (mcp_leader) and nothing else: what a leader does is the
-// caller's business (the supervisor gates its fleet commander on IsLeader).
 package lease
 
 import (

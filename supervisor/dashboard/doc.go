@@ -1,0 +1,10 @@
+// Package dashboard is the supervisor's live fleet dashboard: the static
+// pages in web/ (embedded), the JSON API under /api/, the server-sent event
+// stream /events, and the recorder that samples the fleet to diff states
+// into events and keep latency history.
+//
+// Entry points: New (with Config, ConfigFor and a Source such as FromFleet),
+// Dashboard.Routes to mount it on a mux, Start, StopStreams and Close. It
+// only reads the fleet through Source and the config index; it never
+// changes either, and it owns no NATS subject or bucket.
+package dashboard
