@@ -51,8 +51,14 @@ func (r *Resolver) loadCache() error {
 	cause := errors.New("agentproto: loaded from the config cache; not confirmed by the supervisor yet")
 	for server, e := range f.Servers {
 		cfg, err := kvconfig.DecodeConfig(e.Config)
-		if err != nil || !kvconfig.ValidID(server) {
-			r.log.Error().Err(err).Str("server", server).Msg("config cache entry refused")
+		if err == nil && !kvconfig.ValidID(server) {
+			err = fmt.Errorf("agentproto: config cache: server name %q is not a valid id", kvconfig.Truncate(server, 80))
+		}
+		if err == nil {
+			err = CheckCommand(cfg, r.cfg.AllowCommands, server, e.Key, e.Revision)
+		}
+		if err != nil {
+			r.log.Error().Err(err).Str("server", kvconfig.Truncate(server, 80)).Msg("config cache entry refused")
 			continue
 		}
 		r.lkg[server] = &held{res: Resolved{Server: server, Role: e.Role, Scope: e.Scope, Key: e.Key, Revision: e.Revision,

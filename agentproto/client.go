@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,7 +116,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	c.log = cfg.Logger.With().Str(logKeyAgent, cfg.Agent).Str(logKeyInstance, c.instance).Logger()
 	r, err := NewResolver(ResolverConfig{
 		Agent: cfg.Agent, Subjects: cfg.Subjects, Conn: c.Conn, Policy: cfg.ResolvePolicy,
-		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, Logger: cfg.Logger.With().Str(logKeyInstance, c.instance).Str("component", "resolver").Logger(), // the resolver adds the agent id
+		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, AllowCommands: cfg.AllowCommands, Logger: cfg.Logger.With().Str(logKeyInstance, c.instance).Str("component", "resolver").Logger(), // the resolver adds the agent id
 	})
 	if err != nil {
 		return nil, err
@@ -188,6 +189,10 @@ func (c *Client) Resolver() *Resolver { return c.resolver }
 // CallStats counts the agent's tool calls for heartbeats: set it as
 // Policy.Stats (or pass it to agentproto/mcp Options.Stats).
 func (c *Client) CallStats() *CallStats { return c.calls }
+
+// AllowCommands is a copy of Config.AllowCommands, for agentproto/mcp's
+// Options.AllowCommands.
+func (c *Client) AllowCommands() []string { return slices.Clone(c.cfg.AllowCommands) }
 
 // Resolve resolves one server's config (see Resolver.Resolve).
 func (c *Client) Resolve(ctx context.Context, server string) (Resolved, error) {

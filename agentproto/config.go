@@ -138,6 +138,12 @@ type Config struct {
 	// SkipInitialResolve stops Connect from starting a background
 	// ResolveAll. By default it does, so heartbeats carry configs.
 	SkipInitialResolve bool
+	// AllowCommands are the stdio MCP server commands this agent may
+	// start, compared exactly with a config's "command" (use absolute
+	// paths). A config naming any other command is refused and reported in
+	// heartbeats; nothing an operator or attacker writes to mcp_configs can
+	// make the agent run anything else. Empty: no stdio server is started.
+	AllowCommands []string
 	// ConfigCache, if set, is a file where the last known good configs are
 	// kept (mode 0600), so a restart while the supervisor is down still
 	// starts with them, marked stale. Default: memory only.

@@ -93,6 +93,10 @@ var (
 	ErrClosed = errors.New("agentproto: client closed")
 	// ErrInvalidConfig reports a Config that fails Validate.
 	ErrInvalidConfig = errors.New("agentproto: invalid config")
+	// ErrCommandNotAllowed reports a stdio config whose command is not in
+	// the agent's Config.AllowCommands: it is never started, whatever the
+	// config says (a write to mcp_configs must not become code execution).
+	ErrCommandNotAllowed = errors.New("agentproto: stdio command not allowed")
 	// ErrMCPSessionLost marks an MCP session that closed or that the
 	// server no longer knows (agentproto/mcp wraps the SDK's
 	// ErrConnectionClosed and ErrSessionMissing in it): transient, the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -61,7 +62,14 @@ type ResolverConfig struct {
 	// 0600, written atomically on every change), so an agent restarted
 	// while the supervisor is down starts with them, marked Stale.
 	CacheFile string
-	Logger    zerolog.Logger
+	// AllowCommands are the stdio commands this agent may start, compared
+	// exactly with a config's "command". A config naming any other is
+	// refused: Resolve returns ErrCommandNotAllowed with no Config, it is
+	// never handed to OnConfigChange subscribers or cached, and heartbeats
+	// report it as not applied with the reason. Empty: no stdio server may
+	// be started.
+	AllowCommands []string
+	Logger        zerolog.Logger
 }
 
 // Resolver is the agent's resolve client. It keeps the last known good
@@ -70,11 +78,18 @@ type ResolverConfig struct {
 // it never replaces a config with an answer older than the one it holds.
 // The last known good configs live in memory for the life of the process.
 type Resolver struct {
-	cfg  ResolverConfig
-	log  zerolog.Logger
-	mu   sync.Mutex
-	lkg  map[string]*held
-	subs []func(Resolved) error
+	cfg     ResolverConfig
+	log     zerolog.Logger
+	mu      sync.Mutex
+	lkg     map[string]*held
+	refused map[string]refusal // configs refused by AllowCommands, per server
+	subs    []func(Resolved) error
+}
+
+// refusal is a config revision the agent refused to run.
+type refusal struct {
+	revision uint64
+	msg      string
 }
 
 type held struct {
@@ -110,7 +125,7 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
-	r := &Resolver{cfg: cfg, log: log, lkg: map[string]*held{}}
+	r := &Resolver{cfg: cfg, log: log, lkg: map[string]*held{}, refused: map[string]refusal{}}
 	if err := r.loadCache(); err != nil {
 		return nil, err
 	}
@@ -183,7 +198,42 @@ func (r *Resolver) Resolve(ctx context.Context, server string) (Resolved, error)
 	if res.Config, err = kvconfig.DecodeConfig(rep.Config); err != nil {
 		return r.failed(server, MarkPermanent(fmt.Errorf("agentproto: resolve %s: config from %s revision %d: %w", server, rep.Key, rep.Revision, err)))
 	}
+	if err := r.commandAllowed(&res); err != nil {
+		return r.refuse(res, err)
+	}
 	return r.accept(res), nil
+}
+
+// commandAllowed checks a stdio config's command against AllowCommands.
+func (r *Resolver) commandAllowed(res *Resolved) error {
+	return CheckCommand(res.Config, r.cfg.AllowCommands, res.Server, res.Key, res.Revision)
+}
+
+// CheckCommand returns ErrCommandNotAllowed (marked permanent, naming the
+// server, key and revision) when cfg is a stdio config whose command is
+// not exactly one of allow; nil otherwise. agentproto/mcp checks again
+// before starting anything.
+func CheckCommand(cfg *kvconfig.ServerConfig, allow []string, server, key string, revision uint64) error {
+	if cfg == nil || cfg.Transport != kvconfig.TransportStdio || slices.Contains(allow, cfg.Command) {
+		return nil
+	}
+	return MarkPermanent(fmt.Errorf("%w: server %s (%s revision %d) would run %q, which is not in this agent's Config.AllowCommands; not started (add it there to allow it)",
+		ErrCommandNotAllowed, server, key, revision, kvconfig.Truncate(cfg.Command, 200)))
+}
+
+// refuse records a config the agent will not run, for heartbeats, and
+// returns it without its Config.
+func (r *Resolver) refuse(res Resolved, err error) (Resolved, error) {
+	r.mu.Lock()
+	prev, seen := r.refused[res.Server]
+	r.refused[res.Server] = refusal{revision: res.Revision, msg: err.Error()}
+	r.mu.Unlock()
+	if !seen || prev.revision != res.Revision {
+		r.log.Error().Err(err).Str("server", res.Server).Str("key", res.Key).Uint64("revision", res.Revision).
+			Msg("config refused: stdio command not allowed")
+	}
+	res.Config, res.Err = nil, err
+	return res, err
 }
 
 // accept stores a fresh answer unless the held one is newer, notifies
@@ -199,6 +249,7 @@ func (r *Resolver) accept(res Resolved) Resolved {
 		old.Stale, old.Changed, old.Err = false, false, nil
 		return old
 	}
+	delete(r.refused, res.Server)
 	res.Changed = h != nil && (h.res.Revision != res.Revision || h.res.Key != res.Key)
 	isNew := h == nil || res.Changed || h.res.Stale
 	r.lkg[res.Server] = &held{res: res, applied: true}
@@ -242,6 +293,7 @@ func (r *Resolver) failed(server string, err error) (Resolved, error) {
 	switch {
 	case isSE && se.Code == CodeNotFound:
 		delete(r.lkg, server)
+		delete(r.refused, server)
 		r.saveCacheLocked()
 		r.log.Error().Err(err).Str("server", server).Msg("config no longer exists; dropped the held one")
 		return Resolved{Server: server, Err: err}, err
@@ -295,6 +347,10 @@ func (r *Resolver) ResolveAll(ctx context.Context) (map[string]Resolved, error) 
 			continue
 		}
 		res.Config = cfg
+		if err := r.commandAllowed(&res); err != nil {
+			out[server], _ = r.refuse(res, err)
+			continue
+		}
 		out[server] = r.accept(res)
 	}
 	r.mu.Lock()
@@ -363,6 +419,9 @@ func (r *Resolver) Applied() map[string]ConfigApplied {
 	out := make(map[string]ConfigApplied, len(r.lkg))
 	for s, h := range r.lkg {
 		out[s] = ConfigApplied{Revision: h.res.Revision, Applied: h.applied, Error: h.errMsg, Stale: h.res.Stale}
+	}
+	for s, rf := range r.refused {
+		out[s] = ConfigApplied{Revision: rf.revision, Applied: false, Error: rf.msg}
 	}
 	return out
 }

@@ -20,6 +20,7 @@ type Metrics struct {
 	kvInvalid      *prometheus.CounterVec
 	watcherRestart *prometheus.CounterVec
 	natsReconnects prometheus.Counter
+	repliesRefused *prometheus.CounterVec
 
 	// Fleet are the fleet's metrics, registered in Registry.
 	Fleet *fleet.Metrics
@@ -54,7 +55,10 @@ func NewMetrics() *Metrics {
 	m.natsReconnects = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tether_nats_reconnects_total", Help: "Reconnects of the supervisor's own NATS connection.",
 	})
-	m.Registry.MustRegister(m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
+	m.repliesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_replies_refused_total", Help: "Requests not answered because their reply subject broke the reply-subject rule, by endpoint.",
+	}, []string{"endpoint"})
+	m.Registry.MustRegister(m.repliesRefused, m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
 		m.watcherRestart, m.natsReconnects,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.Fleet = fleet.NewMetrics(m.Registry, m.spoofedTotal)
@@ -111,5 +115,11 @@ func (m *Metrics) watcherRestarted(bucket string) {
 func (m *Metrics) reconnected() {
 	if m != nil {
 		m.natsReconnects.Inc()
+	}
+}
+
+func (m *Metrics) replyRefused(endpoint string) {
+	if m != nil {
+		m.repliesRefused.WithLabelValues(endpoint).Inc()
 	}
 }

@@ -205,21 +205,22 @@ func (s *Supervisor) startService() error {
 		return fmt.Errorf("supervisor: register micro service: %w", err)
 	}
 	s.svc = svc
+	g := newReplyGuard(r.subj, s.metrics, s.log.With().Str("component", "service").Logger())
+	f := s.fleet.Load()
 	for _, ep := range []struct {
-		name, verb string
-		h          micro.HandlerFunc
+		name, verb, subject string
+		named               bool // the first token names the requesting agent
+		h                   micro.HandlerFunc
 	}{
-		{"resolve", "resolve", r.handleResolve},
-		{"resolveall", "resolveall", r.handleResolveAll},
-		{"explain", "explain", r.handleExplain},
+		{"resolve", "resolve", r.subj.Wildcard("resolve"), true, r.handleResolve},
+		{"resolveall", "resolveall", r.subj.Wildcard("resolveall"), true, r.handleResolveAll},
+		{"explain", "explain", r.subj.Wildcard("explain"), false, r.handleExplain},
+		{"fleet-status", "", r.subj.FleetStatus(), false, f.HandleStatus},
 	} {
-		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(r.subj.Wildcard(ep.verb))); err != nil {
+		h := g.guard(ep.name, ep.verb, ep.named, ep.h)
+		if err := svc.AddEndpoint(ep.name, h, micro.WithEndpointSubject(ep.subject)); err != nil {
 			return fmt.Errorf("supervisor: add endpoint %s: %w", ep.name, err)
 		}
-	}
-	f := s.fleet.Load()
-	if err := svc.AddEndpoint("fleet-status", micro.HandlerFunc(f.HandleStatus), micro.WithEndpointSubject(r.subj.FleetStatus())); err != nil {
-		return fmt.Errorf("supervisor: add endpoint fleet-status: %w", err)
 	}
 	return nil
 }

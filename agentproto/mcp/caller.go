@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"sync"
 	"time"
@@ -25,6 +24,11 @@ type Options struct {
 	Policy *agentproto.Policy
 	// Stats counts calls for heartbeats. Optional.
 	Stats *agentproto.CallStats
+	// AllowCommands are the stdio commands the caller may start (pass
+	// agentproto.Client.AllowCommands()); a stdio config naming any other is
+	// refused with agentproto.ErrCommandNotAllowed before anything runs.
+	// A started server's environment is exactly the config's env.
+	AllowCommands []string
 	// Logger receives one line per retry and per session (re)connect.
 	Logger zerolog.Logger
 }
@@ -68,6 +72,9 @@ func (t *ToolCaller) Swap(res agentproto.Resolved) error {
 		base = *t.opts.Policy
 	}
 	base.Logger, base.Stats = t.opts.Logger, t.opts.Stats
+	if err := agentproto.CheckCommand(res.Config, t.opts.AllowCommands, res.Server, res.Key, res.Revision); err != nil {
+		return err
+	}
 	p, err := agentproto.PolicyFor(res.Config, base)
 	if err != nil {
 		return fmt.Errorf("mcp: tool caller for %s (%s revision %d): %w", res.Server, res.Key, res.Revision, err)
@@ -110,7 +117,7 @@ func (t *ToolCaller) connect(ctx context.Context) (*sdk.ClientSession, error) {
 	if t.session != nil {
 		return t.session, nil
 	}
-	tr, err := transport(t.res.Config)
+	tr, err := transport(t.res, t.opts.AllowCommands)
 	if err != nil {
 		return nil, agentproto.MarkPermanent(err)
 	}
@@ -144,7 +151,8 @@ func (t *ToolCaller) Close() error {
 	return nil
 }
 
-func transport(cfg *kvconfig.ServerConfig) (sdk.Transport, error) {
+func transport(res agentproto.Resolved, allow []string) (sdk.Transport, error) {
+	cfg := res.Config
 	hc := &http.Client{Transport: headerTransport{headers: cfg.Headers, next: http.DefaultTransport}}
 	switch cfg.Transport {
 	case kvconfig.TransportHTTP:
@@ -152,8 +160,11 @@ func transport(cfg *kvconfig.ServerConfig) (sdk.Transport, error) {
 	case kvconfig.TransportSSE:
 		return &sdk.SSEClientTransport{Endpoint: cfg.URL, HTTPClient: hc}, nil
 	case kvconfig.TransportStdio:
+		if err := agentproto.CheckCommand(cfg, allow, res.Server, res.Key, res.Revision); err != nil {
+			return nil, err // checked in Swap too: never start what is not allowed
+		}
 		cmd := exec.Command(cfg.Command, cfg.Args...)
-		cmd.Env = os.Environ()
+		cmd.Env = make([]string, 0, len(cfg.Env)) // only the config's env, never the agent's
 		for k, v := range cfg.Env {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}

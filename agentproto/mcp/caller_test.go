@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/agentproto/mcp"
 	"github.com/tether-dev/tether/internal/demoagent"
+	"github.com/tether-dev/tether/internal/natstest"
 	"github.com/tether-dev/tether/kvconfig"
 	"go.uber.org/goleak"
 )
@@ -106,5 +109,57 @@ func TestAgentprotoDoesNotLinkMCPSessions(t *testing.T) {
 		if dep == "github.com/modelcontextprotocol/go-sdk/mcp" {
 			t.Fatal("agentproto depends on github.com/modelcontextprotocol/go-sdk/mcp; keep MCP sessions in agentproto/mcp")
 		}
+	}
+}
+
+func stdioResolved(command string, args []string, env map[string]string) agentproto.Resolved {
+	return agentproto.Resolved{Server: "local", Key: "agent.a1.local", Revision: 7,
+		Config: &kvconfig.ServerConfig{Transport: kvconfig.TransportStdio, Command: command, Args: args, Env: env}}
+}
+
+// A stdio command outside the allow-list never runs: the planted command
+// would create a file, which never appears.
+func TestStdioCommandNotAllowedNeverRuns(t *testing.T) {
+	planted := filepath.Join(t.TempDir(), "pwned")
+	res := stdioResolved("/bin/sh", []string{"-c", "touch " + planted}, nil)
+	if _, err := mcp.NewToolCaller(res, mcp.Options{AllowCommands: []string{"/usr/bin/other"}}); !errors.Is(err, agentproto.ErrCommandNotAllowed) {
+		t.Fatalf("NewToolCaller: %v, want ErrCommandNotAllowed", err)
+	}
+	ok, err := mcp.NewToolCaller(stdioResolved("/usr/bin/other", nil, nil), mcp.Options{AllowCommands: []string{"/usr/bin/other"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ok.Close()
+	if err := ok.Swap(res); !errors.Is(err, agentproto.ErrCommandNotAllowed) {
+		t.Fatalf("Swap to a command not allowed: %v", err)
+	}
+	if _, err := os.Stat(planted); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the planted command ran: %v", err)
+	}
+}
+
+// An allowed stdio server gets exactly the config's env, not the agent's.
+func TestStdioServerGetsOnlyTheConfigEnv(t *testing.T) {
+	t.Setenv("TETHER_AGENT_SECRET", "agent-only")
+	out := filepath.Join(t.TempDir(), "env")
+	res := stdioResolved("/bin/sh", []string{"-c", `env > "$OUT"`}, map[string]string{"OUT": out, "GITHUB_TOKEN": "cfg-token"})
+	p := agentproto.Policy{MaxAttempts: 1}
+	c, err := mcp.NewToolCaller(res, mcp.Options{Policy: &p, AllowCommands: []string{"/bin/sh"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = c.Call(ctx, "x", nil) // sh is no MCP server: the call fails, the env is written
+	var env []byte
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if env, err = os.ReadFile(out); err != nil || len(env) == 0 {
+			return fmt.Errorf("env not written yet: %v", err)
+		}
+		return nil
+	})
+	if !strings.Contains(string(env), "GITHUB_TOKEN=cfg-token") || strings.Contains(string(env), "TETHER_AGENT_SECRET") {
+		t.Fatalf("stdio server environment:\n%s\nwant the config's GITHUB_TOKEN and none of the agent's", env)
 	}
 }
