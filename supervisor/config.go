@@ -123,6 +123,9 @@ func (c *Config) Validate() error {
 	if kinds > 1 {
 		errs = append(errs, errors.New("credentials: give one of a creds file, user/password or a token"))
 	}
+	if kinds > 0 && c.NATSURL == "" {
+		errs = append(errs, errors.New("credentials: --creds, --user/--password and --token are for an external NATS (--nats-url); the embedded server has auth always on with the credentials it generates in <data-dir>/auth/"))
+	}
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			errs = append(errs, fmt.Errorf("HTTPAddr %q: %w", c.HTTPAddr, err))

@@ -6,14 +6,20 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
+	"github.com/tether-dev/tether/supervisor/auth"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/rs/zerolog"
 )
 
 // startEmbedded runs a nats-server with JetStream on cfg.Listen, its store
 // in cfg.DataDir with fsync on every write (configs are few and must not be
-// lost), pinging clients every cfg.ServerPingInterval.
-func startEmbedded(cfg Config, log zerolog.Logger) (*server.Server, error) {
+// lost), pinging clients every cfg.ServerPingInterval, with auth always on:
+// NATS JWT operator mode with the material of m, accounts kept by a full
+// account resolver in <data-dir>/auth/jwt (so a revocation pushed on
+// $SYS.REQ.CLAIMS.UPDATE takes effect at once and survives restarts).
+func startEmbedded(cfg Config, m *auth.Material, log zerolog.Logger) (*server.Server, error) {
 	host, portStr, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: --listen %q: %w", cfg.Listen, err)
@@ -22,16 +28,34 @@ func startEmbedded(cfg Config, log zerolog.Logger) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: --listen %q: port: %w", cfg.Listen, err)
 	}
+	oc, err := m.OperatorClaims()
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: operator JWT in %s: %w", m.Dir, err)
+	}
+	res, err := server.NewDirAccResolver(m.Path("jwt"), 0, 2*time.Minute, server.NoDelete)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: account resolver in %s: %w", m.Path("jwt"), err)
+	}
+	// The account files are the source of truth at start: a revocation
+	// written by tetherctl while the server was down is applied now.
+	for pub, token := range map[string]string{m.SystemPublicKey(): m.SystemJWT, m.AccountPublicKey(): m.AccountJWT} {
+		if err := res.Store(pub, token); err != nil {
+			return nil, fmt.Errorf("supervisor: account resolver: %w", err)
+		}
+	}
 	opts := &server.Options{
-		ServerName:   "tether",
-		Host:         host,
-		Port:         port,
-		JetStream:    true,
-		StoreDir:     cfg.DataDir,
-		SyncAlways:   true,
-		PingInterval: cfg.ServerPingInterval,
-		MaxPingsOut:  2,
-		NoSigs:       true,
+		ServerName:       "tether",
+		Host:             host,
+		Port:             port,
+		JetStream:        true,
+		StoreDir:         cfg.DataDir,
+		SyncAlways:       true,
+		PingInterval:     cfg.ServerPingInterval,
+		MaxPingsOut:      2,
+		NoSigs:           true,
+		TrustedOperators: []*jwt.OperatorClaims{oc},
+		SystemAccount:    m.SystemPublicKey(),
+		AccountResolver:  res,
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

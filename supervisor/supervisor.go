@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/auth"
 	"github.com/tether-dev/tether/supervisor/fleet"
 	"github.com/tether-dev/tether/supervisor/lease"
 )
@@ -31,6 +32,7 @@ type Supervisor struct {
 	metrics *Metrics
 
 	ns       *server.Server // nil with an external NATS
+	auth     *auth.Material // the embedded server's operator-mode material; nil with an external NATS
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	buckets  kvconfig.Buckets
@@ -81,11 +83,20 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	}()
 	url := cfg.NATSURL
 	if url == "" {
-		if s.ns, err = startEmbedded(cfg, s.log); err != nil {
+		m, created, err := auth.Ensure(cfg.DataDir, cfg.Prefix)
+		if err != nil {
+			return nil, fmt.Errorf("supervisor: auth material: %w", err)
+		}
+		if created {
+			s.log.Info().Str("dir", m.Dir).Msg("auth material created: operator, system and Tether accounts; supervisor, operator and viewer credentials")
+		}
+		if s.ns, err = startEmbedded(cfg, m, s.log); err != nil {
 			return nil, err
 		}
+		s.auth = m
 		url = s.ns.ClientURL()
-		s.log.Info().Str("url", url).Str("data_dir", cfg.DataDir).Msg("embedded nats-server started")
+		s.log.Info().Str("url", url).Str("data_dir", cfg.DataDir).Str("operator_creds", m.Path(auth.OperatorFile)).
+			Msg("embedded nats-server started; auth is on: connect with the credentials in the auth directory")
 	}
 	if s.nc, err = nats.Connect(url, s.natsOptions()...); err != nil {
 		return nil, fmt.Errorf("supervisor: connect to NATS at %s: %w", url, err)
@@ -166,6 +177,9 @@ func (s *Supervisor) natsOptions() []nats.Option {
 			}
 			ev.Msg("nats async error")
 		}),
+	}
+	if s.auth != nil {
+		opts = append(opts, nats.UserCredentials(s.auth.Path(auth.SupervisorFile)))
 	}
 	if s.ns == nil {
 		switch {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
 )
 
 // walkthroughStep is one command of the README walkthrough and the
@@ -62,14 +63,22 @@ func readWalkthrough(t *testing.T) []walkthroughStep {
 // natsEnv runs the CLI against url with a clean HOME (no saved contexts).
 func natsEnv(t *testing.T, cli, url string) []string {
 	home := t.TempDir()
-	return append(os.Environ(), "HOME="+home, "NATS_URL="+url, "NATS_CONTEXT=", "PATH="+filepath.Dir(cli)+":"+os.Getenv("PATH"))
+	// XDG_CONFIG_HOME too: the nats CLI keeps contexts there (or under
+	// the user's home from the password database), never in the real one.
+	return append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "NATS_URL="+url, "NATS_CONTEXT=",
+		"PATH="+filepath.Dir(cli)+":"+os.Getenv("PATH"))
 }
 
 func runNATS(t *testing.T, env []string, cmdline string) (string, error) {
+	return runNATSIn(t, env, "", cmdline)
+}
+
+// runNATSIn runs a shell command line in dir ("" for the test's own).
+func runNATSIn(t *testing.T, env []string, dir, cmdline string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "sh", "-c", cmdline)
-	cmd.Env = env
+	cmd.Env, cmd.Dir = env, dir
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -80,15 +89,18 @@ func runNATS(t *testing.T, env []string, cmdline string) (string, error) {
 // output is what is asserted).
 func TestREADMEWalkthroughWithNATSCLI(t *testing.T) {
 	cli := natstest.NATSCLI(t)
-	srv := natstest.RunServer(t)
-	startSupervisor(t, srv)
-	env := natsEnv(t, cli, srv.URL())
+	// As a new user runs it: the embedded server with auth on, data in
+	// ./data of the working directory; only the port differs.
+	work := t.TempDir()
+	sup := suptest.Start(t, suptest.Embedded(t, filepath.Join(work, "data")))
+	env := natsEnv(t, cli, "") // NATS_URL empty: the context the walkthrough saves is used
 	for _, st := range readWalkthrough(t) {
 		var out string
 		var err error
+		cmdline := strings.ReplaceAll(st.cmd, "nats://127.0.0.1:4222", sup.ClientURL())
 		// A resolve right after a put may race the KV watch by a few ms.
 		natstest.CheckFor(t, 3*time.Second, 20*time.Millisecond, func() error {
-			out, err = runNATS(t, env, st.cmd)
+			out, err = runNATSIn(t, env, work, cmdline)
 			if err != nil {
 				return fmt.Errorf("exit: %v", err)
 			}

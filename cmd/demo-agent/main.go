@@ -27,6 +27,11 @@ func newFlags(cfg *demoagent.Config, onErr flag.ErrorHandling) (fs *flag.FlagSet
 	fs = flag.NewFlagSet("demo-agent", onErr)
 	fs.StringVar(&cfg.NATSURL, "nats-url", cli.Env("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env TETHER_NATS_URL)")
 	fs.StringVar(&cfg.Agent, "agent", cli.Env("TETHER_AGENT", "demo-1"), "agent id (env TETHER_AGENT)")
+	fs.StringVar(&cfg.CredsFile, "creds", cli.Env("TETHER_NATS_CREDS", ""), "the agent's NATS .creds file, from 'tetherctl agent add' (env TETHER_NATS_CREDS); the supervisor's embedded server needs it")
+	fs.Func("allow-command", "a stdio MCP server command this agent may start; repeat for more (none by default)", func(v string) error {
+		cfg.AllowCommands = append(cfg.AllowCommands, v)
+		return nil
+	})
 	fs.StringVar(&cfg.Server, "server", "echo", "MCP server name to resolve")
 	fs.StringVar(&cfg.Tool, "tool", "echo", "tool to call")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "time between calls (default 1s)")

@@ -24,6 +24,11 @@ import (
 type Config struct {
 	NATSURL string // required
 	Agent   string // required
+	// CredsFile is the agent's NATS credentials (tetherctl agent add);
+	// required by the supervisor's embedded server, which has auth on.
+	CredsFile string
+	// AllowCommands are the stdio commands it may start (none by default).
+	AllowCommands []string
 	Server  string // MCP server name to resolve; default "echo"
 	Tool    string // tool to call; default "echo"
 	// Interval between calls; default 1s.
@@ -59,7 +64,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	log := cfg.Logger.With().Str("agent", cfg.Agent).Logger()
 	ccfg := agentproto.DefaultConfig(cfg.Agent)
-	ccfg.URLs, ccfg.Name, ccfg.Logger = cfg.NATSURL, "tether-demo-agent "+cfg.Agent, cfg.Logger // the client adds the agent id itself
+	ccfg.URLs, ccfg.Name, ccfg.Logger = cfg.NATSURL, "tether-demo-agent "+cfg.Agent, cfg.Logger
+	ccfg.CredsFile, ccfg.AllowCommands = cfg.CredsFile, cfg.AllowCommands // the client adds the agent id itself
 	if cfg.Client != nil {
 		cfg.Client(&ccfg)
 	}

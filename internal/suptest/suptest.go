@@ -5,6 +5,7 @@ package suptest
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -92,4 +93,20 @@ next:
 		}
 	}
 	return sum
+}
+
+// Embedded is a supervisor config that runs the embedded nats-server (auth
+// always on) on a free loopback port with its data in dataDir, with
+// millisecond KV timings and no HTTP.
+func Embedded(t testing.TB, dataDir string) supervisor.Config {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := Config(t, "")
+	cfg.Listen, cfg.DataDir = addr, dataDir
+	return cfg
 }

@@ -66,6 +66,15 @@ func init() {
 		{name: "explain", args: "AGENT SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdExplain,
 			summary: "Ask the supervisor for every scope consulted: present, valid, revision, winner, shadowed.",
 			detail:  "The exit code follows the outcome: 0 ok, 3 the winner is invalid, 4 no scope has it."},
+		{name: "agent", args: "add ID --role ROLE [--out FILE] | revoke ID | list", minArgs: 1, maxArgs: 2, run: (*app).cmdAgent, flags: agentFlags,
+			summary: "Issue, revoke and list agents' NATS credentials for the supervisor's embedded server.",
+			detail: "add signs a credential for agent ID with exactly its own permissions (the account\n" +
+				"signing key in <data-dir>/auth/), writes it to FILE (default ID.creds, mode 0600) and\n" +
+				"registers ID's role in mcp_agents. revoke ends every credential issued to ID: its live\n" +
+				"connections are closed and cannot come back. list shows the agents issued here.\n" +
+				"  --role ROLE    the agent's role (add; required)\n" +
+				"  --out FILE     where to write the credentials (add)\n" +
+				"  --data-dir D   the supervisor's data directory (env TETHER_DATA_DIR, default ./data)"},
 		{name: "fleet", args: "[--state S] [--role R] [--agent A]", minArgs: 0, maxArgs: 0, run: (*app).cmdFleet, flags: fleetFlags,
 			summary: "List agents from the supervisor: state, role, last heard, RTT, config revisions applied/current.",
 			detail: "  --state S   only agents in state S (" + strings.Join(fleetStates, ", ") + ")\n" +
@@ -122,12 +131,18 @@ Supervisor (requests on <prefix>.v1.*):
   explain AGENT SERVER             every scope consulted: present, valid, revision, winner, shadowed
   fleet [--state S] [--role R]     agents: state, role, last heard, RTT, config revisions applied/current
 
+Agents (the embedded server's credentials, in --data-dir):
+  agent add ID --role ROLE         issue ID's credentials (ID.creds) and register its role
+  agent revoke ID                  end every credential of ID; its connections close
+  agent list                       agents issued here, with their roles
+
 Global flags (before or after the command):
   --nats-url URL       NATS server URL(s), comma separated (env TETHER_NATS_URL, default nats://127.0.0.1:4222)
   --creds FILE         NATS .creds file (env TETHER_NATS_CREDS)
   --user U --password P  NATS user and password (env TETHER_NATS_USER, TETHER_NATS_PASSWORD)
   --token T            NATS token (env TETHER_NATS_TOKEN)
   --prefix P           subject prefix (env TETHER_PREFIX, default mcp)
+  --data-dir D         the supervisor's data directory, for agent commands (env TETHER_DATA_DIR, default ./data)
   --timeout D          bound on each NATS operation (env TETHER_TIMEOUT, default 5s)
   --json               machine-readable output on stdout (secrets still masked)
   --show-secrets       show env and header values instead of ****

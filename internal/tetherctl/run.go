@@ -73,7 +73,7 @@ func (c *CLI) defaults() {
 
 // globals are the flags every command accepts, before or after its name.
 type globals struct {
-	url, creds, user, password, token, prefix string
+	url, creds, user, password, token, prefix, dataDir string
 	timeout                                   time.Duration
 	json, showSecrets                         bool
 }
@@ -91,6 +91,7 @@ func (g *globals) fromEnv(lookup func(string) (string, bool)) {
 	g.password = env("TETHER_NATS_PASSWORD", "")
 	g.token = env("TETHER_NATS_TOKEN", "")
 	g.prefix = env("TETHER_PREFIX", "mcp")
+	g.dataDir = env("TETHER_DATA_DIR", DefaultDataDir)
 	g.timeout = DefaultTimeout
 	if d, err := time.ParseDuration(env("TETHER_TIMEOUT", "")); err == nil && d > 0 {
 		g.timeout = d
@@ -106,6 +107,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.password, "password", g.password, "")
 	fs.StringVar(&g.token, "token", g.token, "")
 	fs.StringVar(&g.prefix, "prefix", g.prefix, "")
+	fs.StringVar(&g.dataDir, "data-dir", g.dataDir, "")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "")
 	fs.BoolVar(&g.json, "json", g.json, "")
 	fs.BoolVar(&g.showSecrets, "show-secrets", g.showSecrets, "")
@@ -131,6 +133,7 @@ type cmdFlags struct {
 	state, role     string  // fleet
 	agent           string  // fleet --agent
 	limit           int     // fleet --limit
+	out             string  // agent add --out
 }
 
 // optUint is a uint64 flag that remembers whether it was given.

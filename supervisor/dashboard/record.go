@@ -136,12 +136,16 @@ func newRecorder(cfg Config, src Source) *recorder {
 // fleet on a short interval is sampled less often, never back to back).
 const maxSampleShare = 0.1
 
-// start samples once at once, then every interval.
+// start samples once before it returns, so no stream or API reply ever
+// shows the empty picture of before the first sample, then every interval.
 func (r *recorder) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
+	began := time.Now()
+	r.sample()
+	wait := r.nextWait(time.Since(began))
 	r.wg.Go(func() {
-		tm := time.NewTimer(0)
+		tm := time.NewTimer(wait)
 		defer tm.Stop()
 		for {
 			select {
@@ -151,10 +155,15 @@ func (r *recorder) start() {
 			}
 			began := time.Now()
 			r.sample()
-			took := time.Since(began)
-			tm.Reset(max(r.cfg.Interval, time.Duration(float64(took)/maxSampleShare)) - took)
+			tm.Reset(r.nextWait(time.Since(began)))
 		}
 	})
+}
+
+// nextWait is the wait after a sample that took took: the interval, or
+// longer when sampling is slow (see maxSampleShare).
+func (r *recorder) nextWait(took time.Duration) time.Duration {
+	return max(r.cfg.Interval, time.Duration(float64(took)/maxSampleShare)) - took
 }
 
 // Close stops sampling and waits; safe to call twice and before start.

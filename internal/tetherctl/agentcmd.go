@@ -1,0 +1,225 @@
+package tetherctl
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/auth"
+)
+
+// Agent credentials are signed here, with the account signing key in
+// <data-dir>/auth/, rather than by the supervisor over an endpoint: it
+// works while the supervisor is down, no signing request ever crosses NATS
+// (an endpoint that mints credentials is one more thing an attacker on the
+// bus could aim at), and access to the key is exactly access to the data
+// directory, which an operator of the supervisor's host already has.
+// Revocation re-signs the account JWT with the operator key and pushes it
+// to the running server through the system account.
+
+// DefaultDataDir is where tetherctl looks for the supervisor's auth material.
+const DefaultDataDir = "./data"
+
+func agentFlags(fs *flag.FlagSet, f *cmdFlags) {
+	fs.StringVar(&f.role, "role", "", "")
+	fs.StringVar(&f.out, "out", "", "")
+}
+
+// cmdAgent runs agent add|revoke|list.
+func (a *app) cmdAgent(ctx context.Context, args []string) error {
+	switch sub := args[0]; {
+	case sub == "add" && len(args) == 2:
+		return a.agentAdd(ctx, args[1])
+	case sub == "revoke" && len(args) == 2:
+		return a.agentRevoke(ctx, args[1])
+	case sub == "list" && len(args) == 1:
+		return a.agentList(ctx)
+	}
+	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--out FILE]', 'agent revoke ID' or 'agent list'")
+}
+
+func (a *app) material() (*auth.Material, error) {
+	m, err := auth.Load(a.g.dataDir)
+	if errors.Is(err, auth.ErrNoMaterial) {
+		return nil, fail(ErrNotFound, err, "no auth material in %s: start the supervisor once (go run ./cmd/supervisor --data-dir %s) or pass --data-dir (env TETHER_DATA_DIR)",
+			filepath.Join(a.g.dataDir, auth.DirName), a.g.dataDir)
+	}
+	if err != nil {
+		return nil, fail(nil, err, "%v", err)
+	}
+	return m, nil
+}
+
+func (a *app) agentAdd(ctx context.Context, id string) error {
+	if err := idArg(kvconfig.KindAgent, id); err != nil {
+		return err
+	}
+	role := a.f.role
+	if role == "" {
+		return usageErr(lookup("agent"), "agent add needs --role ROLE (the role its configs resolve under)")
+	}
+	if err := idArg(kvconfig.KindRole, role); err != nil {
+		return err
+	}
+	m, err := a.material()
+	if err != nil {
+		return err
+	}
+	creds, pub, err := m.AgentCreds(id, a.g.prefix)
+	if err != nil {
+		return fail(nil, err, "%v", err)
+	}
+	out := a.f.out
+	if out == "" {
+		out = id + ".creds"
+	}
+	if err := os.WriteFile(out, creds, 0o600); err != nil {
+		return fail(nil, err, "write %s: %v", out, err)
+	}
+	if err := os.Chmod(out, 0o600); err != nil {
+		return fail(nil, err, "%s: %v", out, err)
+	}
+	if err := m.RecordAgent(id, pub); err != nil {
+		return fail(nil, err, "%v", err)
+	}
+	rev, err := a.registerRole(ctx, m, id, role)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "agent %s (role %s): credentials written to %s (mode 0600); registered in %s at revision %d\n",
+		id, role, out, kvconfig.BucketAgents, rev)
+	return nil
+}
+
+// registerRole writes the agent's role to mcp_agents, connecting with the
+// operator credentials of the data directory unless others were given.
+func (a *app) registerRole(ctx context.Context, m *auth.Material, id, role string) (uint64, error) {
+	a.defaultCreds(m, auth.OperatorFile)
+	if err := a.connect(); err != nil {
+		return 0, err
+	}
+	octx, cancel := a.opCtx(ctx)
+	defer cancel()
+	kv, err := a.js.KeyValue(octx, kvconfig.BucketAgents)
+	if err != nil {
+		return 0, fail(ErrUnavailable, err, "open %s: %v", kvconfig.BucketAgents, err)
+	}
+	val, _ := json.Marshal(map[string]string{"role": role})
+	rev, err := kv.Put(octx, id, val)
+	if err != nil {
+		return 0, fail(ErrUnavailable, err, "register %s in %s: %v", id, kvconfig.BucketAgents, err)
+	}
+	return rev, nil
+}
+
+// defaultCreds uses the data directory's credentials when none were given.
+func (a *app) defaultCreds(m *auth.Material, file string) {
+	if a.g.creds == "" && a.g.user == "" && a.g.token == "" {
+		if _, err := os.Stat(m.Path(file)); err == nil {
+			a.g.creds = m.Path(file)
+		}
+	}
+}
+
+func (a *app) agentRevoke(ctx context.Context, id string) error {
+	if err := idArg(kvconfig.KindAgent, id); err != nil {
+		return err
+	}
+	m, err := a.material()
+	if err != nil {
+		return err
+	}
+	keys, err := m.AgentKeys(id)
+	if err != nil {
+		return fail(ErrNotFound, err, "agent %s: no credentials were issued from %s ('tetherctl agent list')", id, m.Dir)
+	}
+	var token string
+	for _, k := range keys {
+		if token, err = m.Revoke(k); err != nil {
+			return fail(nil, err, "%v", err)
+		}
+	}
+	if err := a.pushAccount(ctx, m, token); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "agent %s: %d credential(s) revoked; its connections are closed and cannot come back\n", id, len(keys))
+	return nil
+}
+
+// pushAccount sends the re-signed account JWT to the running server through
+// the system account, which applies it (revocations close connections) and
+// keeps it. If the server is down, the supervisor applies account.jwt at
+// its next start.
+func (a *app) pushAccount(ctx context.Context, m *auth.Material, token string) error {
+	nc, err := nats.Connect(a.g.url, nats.Name("tetherctl"), nats.Timeout(a.g.timeout), nats.NoReconnect(),
+		nats.UserCredentials(m.Path(auth.SystemFile)))
+	if err != nil {
+		return fail(ErrUnavailable, err, "revocation saved in %s, but the server at %s cannot be told now (%v): it applies at the supervisor's next start; retry 'tetherctl agent revoke' to apply it at once",
+			m.Path("account.jwt"), redactURLs(a.g.url), err)
+	}
+	defer nc.Close()
+	octx, cancel := a.opCtx(ctx)
+	defer cancel()
+	msg, err := nc.RequestWithContext(octx, "$SYS.REQ.CLAIMS.UPDATE", []byte(token))
+	if err != nil {
+		return fail(ErrUnavailable, err, "push the revocation to the server: %v", err)
+	}
+	var rep struct {
+		Data  struct{ Code int }
+		Error *struct {
+			Code        int
+			Description string
+		}
+	}
+	if json.Unmarshal(msg.Data, &rep) == nil && rep.Error != nil {
+		return fail(nil, errors.New(rep.Error.Description), "the server refused the account update: %s", rep.Error.Description)
+	}
+	return nil // the server closes revoked connections as it applies the update
+}
+
+func (a *app) agentList(ctx context.Context) error {
+	m, err := a.material()
+	if err != nil {
+		return err
+	}
+	ids, err := auth.Agents(a.g.dataDir)
+	if err != nil {
+		return fail(nil, err, "%v", err)
+	}
+	roles := map[string]string{}
+	a.defaultCreds(m, auth.OperatorFile) // roles live in mcp_agents
+	if err := a.connect(); err == nil { // without NATS the list still shows the ids
+		octx, cancel := a.opCtx(ctx)
+		defer cancel()
+		if kv, err := a.js.KeyValue(octx, kvconfig.BucketAgents); err == nil {
+			for _, id := range ids {
+				if e, err := kv.Get(octx, id); err == nil {
+					if rec, err := kvconfig.DecodeAgentRecord(e.Value()); err == nil {
+						roles[id] = rec.Role
+					}
+				}
+			}
+		}
+	}
+	if len(ids) == 0 {
+		fmt.Fprintln(a.out, "no agent credentials issued yet: tetherctl agent add ID --role ROLE")
+		return nil
+	}
+	fmt.Fprintf(a.out, "%-24s %-16s %s\n", "AGENT", "ROLE", "CREDENTIALS ISSUED")
+	for _, id := range ids {
+		keys, _ := m.AgentKeys(id)
+		role := roles[id]
+		if role == "" {
+			role = "-"
+		}
+		fmt.Fprintf(a.out, "%-24s %-16s %s\n", id, role, strings.TrimSpace(fmt.Sprint(len(keys))))
+	}
+	return nil
+}

@@ -1,0 +1,374 @@
+// Package auth is the embedded server's NATS JWT operator-mode material:
+// on first start it creates, in <data-dir>/auth/ (directory 0700, files
+// 0600), an operator, a system account, the Tether account with a signing
+// key, and user credentials in the standard .creds format for the
+// supervisor, operators and viewers; later starts reuse them. It signs
+// per-agent credentials with exactly the permissions of the security model
+// and revokes them. It owns the files under auth/ and nothing else: it does
+// not run a server or open a connection.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// File names under the auth directory.
+const (
+	DirName        = "auth"
+	SupervisorFile = "supervisor.creds"
+	OperatorFile   = "operator.creds"
+	ViewerFile     = "viewer.creds"
+	// SystemFile is a system-account user, used to push account updates
+	// (revocations) to the running server.
+	SystemFile = "system.creds"
+	// AgentsDir holds one record per agent credential issued.
+	AgentsDir = "agents"
+
+	operatorSeedFile = "operator.nk"
+	systemSeedFile   = "system-account.nk"
+	accountSeedFile  = "account.nk"
+	signingSeedFile  = "signing.nk"
+	operatorJWTFile  = "operator.jwt"
+	systemJWTFile    = "system-account.jwt"
+	accountJWTFile   = "account.jwt"
+
+	// AccountName names the Tether account in its JWT.
+	AccountName = "TETHER"
+)
+
+// ErrNoMaterial reports an auth directory without the operator material.
+var ErrNoMaterial = errors.New("auth: no operator material in the data directory")
+
+// Material is the loaded operator-mode key material.
+type Material struct {
+	Dir         string
+	Operator    nkeys.KeyPair
+	OperatorJWT string
+	System      nkeys.KeyPair
+	SystemJWT   string
+	Account     nkeys.KeyPair
+	Signing     nkeys.KeyPair
+	AccountJWT  string
+}
+
+// Path is the file name under the auth directory.
+func (m *Material) Path(name string) string { return filepath.Join(m.Dir, name) }
+
+// OperatorClaims decodes the operator JWT.
+func (m *Material) OperatorClaims() (*jwt.OperatorClaims, error) {
+	return jwt.DecodeOperatorClaims(m.OperatorJWT)
+}
+
+// AccountPublicKey is the Tether account's public key.
+func (m *Material) AccountPublicKey() string { pk, _ := m.Account.PublicKey(); return pk }
+
+// SystemPublicKey is the system account's public key.
+func (m *Material) SystemPublicKey() string { pk, _ := m.System.PublicKey(); return pk }
+
+// Ensure loads the material from dataDir/auth, creating it (and the three
+// users' .creds files) on first use. created reports a first start.
+func Ensure(dataDir, prefix string) (m *Material, created bool, err error) {
+	dir := filepath.Join(dataDir, DirName)
+	m, err = Load(dataDir)
+	if err == nil {
+		return m, false, m.writeUsers(prefix, false)
+	}
+	if !errors.Is(err, ErrNoMaterial) {
+		return nil, false, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("auth: create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("auth: %s: %w", dir, err)
+	}
+	m = &Material{Dir: dir}
+	if m.Operator, err = nkeys.CreateOperator(); err != nil {
+		return nil, false, err
+	}
+	if m.System, err = nkeys.CreateAccount(); err != nil {
+		return nil, false, err
+	}
+	if m.Account, err = nkeys.CreateAccount(); err != nil {
+		return nil, false, err
+	}
+	if m.Signing, err = nkeys.CreateAccount(); err != nil {
+		return nil, false, err
+	}
+	opPub, _ := m.Operator.PublicKey()
+	oc := jwt.NewOperatorClaims(opPub)
+	oc.Name = "tether"
+	oc.SystemAccount = m.SystemPublicKey()
+	if m.OperatorJWT, err = oc.Encode(m.Operator); err != nil {
+		return nil, false, fmt.Errorf("auth: operator JWT: %w", err)
+	}
+	sc := jwt.NewAccountClaims(m.SystemPublicKey())
+	sc.Name = "SYS"
+	if m.SystemJWT, err = sc.Encode(m.Operator); err != nil {
+		return nil, false, fmt.Errorf("auth: system account JWT: %w", err)
+	}
+	ac := jwt.NewAccountClaims(m.AccountPublicKey())
+	ac.Name = AccountName
+	sigPub, _ := m.Signing.PublicKey()
+	ac.SigningKeys.Add(sigPub)
+	ac.Limits.JetStreamLimits.DiskStorage = -1
+	ac.Limits.JetStreamLimits.MemoryStorage = -1
+	if m.AccountJWT, err = ac.Encode(m.Operator); err != nil {
+		return nil, false, fmt.Errorf("auth: account JWT: %w", err)
+	}
+	for name, kp := range map[string]nkeys.KeyPair{operatorSeedFile: m.Operator, systemSeedFile: m.System,
+		accountSeedFile: m.Account, signingSeedFile: m.Signing} {
+		seed, _ := kp.Seed()
+		if err := writeSecret(m.Path(name), seed); err != nil {
+			return nil, false, err
+		}
+	}
+	for name, v := range map[string]string{operatorJWTFile: m.OperatorJWT, systemJWTFile: m.SystemJWT, accountJWTFile: m.AccountJWT} {
+		if err := writeSecret(m.Path(name), []byte(v)); err != nil {
+			return nil, false, err
+		}
+	}
+	return m, true, m.writeUsers(prefix, true)
+}
+
+// Load reads the material of dataDir/auth; ErrNoMaterial if there is none.
+func Load(dataDir string) (*Material, error) {
+	m := &Material{Dir: filepath.Join(dataDir, DirName)}
+	if _, err := os.Stat(m.Path(operatorSeedFile)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w (%s)", ErrNoMaterial, m.Dir)
+	}
+	for _, k := range []struct {
+		file string
+		dst  *nkeys.KeyPair
+	}{{operatorSeedFile, &m.Operator}, {systemSeedFile, &m.System}, {accountSeedFile, &m.Account}, {signingSeedFile, &m.Signing}} {
+		seed, err := os.ReadFile(m.Path(k.file))
+		if err != nil {
+			return nil, fmt.Errorf("auth: read %s: %w", m.Path(k.file), err)
+		}
+		if *k.dst, err = nkeys.FromSeed(seed); err != nil {
+			return nil, fmt.Errorf("auth: %s is not an nkey seed: %w", m.Path(k.file), err)
+		}
+	}
+	for _, k := range []struct {
+		file string
+		dst  *string
+	}{{operatorJWTFile, &m.OperatorJWT}, {systemJWTFile, &m.SystemJWT}, {accountJWTFile, &m.AccountJWT}} {
+		b, err := os.ReadFile(m.Path(k.file))
+		if err != nil {
+			return nil, fmt.Errorf("auth: read %s: %w", m.Path(k.file), err)
+		}
+		*k.dst = strings.TrimSpace(string(b))
+	}
+	return m, nil
+}
+
+// writeUsers writes the supervisor, operator, viewer and system users'
+// .creds files: always on first start, otherwise only those missing.
+func (m *Material) writeUsers(prefix string, overwrite bool) error {
+	for _, u := range []struct {
+		file, name string
+		perms      jwt.Permissions
+		system     bool
+	}{
+		{SupervisorFile, "supervisor", SupervisorPermissions(prefix), false},
+		{OperatorFile, "operator", jwt.Permissions{}, false},
+		{ViewerFile, "viewer", ViewerPermissions(prefix), false},
+		{SystemFile, "system", jwt.Permissions{}, true},
+	} {
+		if _, err := os.Stat(m.Path(u.file)); err == nil && !overwrite {
+			continue
+		}
+		creds, _, err := m.userCreds(u.name, u.perms, u.system)
+		if err != nil {
+			return err
+		}
+		if err := writeSecret(m.Path(u.file), creds); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// userCreds signs a new user and returns its .creds file and public key.
+func (m *Material) userCreds(name string, perms jwt.Permissions, system bool) ([]byte, string, error) {
+	ukp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, "", err
+	}
+	upub, _ := ukp.PublicKey()
+	uc := jwt.NewUserClaims(upub)
+	uc.Name = name
+	uc.Permissions = perms
+	signer := m.Signing
+	if system {
+		signer = m.System
+	} else {
+		uc.IssuerAccount = m.AccountPublicKey()
+	}
+	token, err := uc.Encode(signer)
+	if err != nil {
+		return nil, "", fmt.Errorf("auth: sign user %s: %w", name, err)
+	}
+	seed, _ := ukp.Seed()
+	creds, err := jwt.FormatUserConfig(token, seed)
+	if err != nil {
+		return nil, "", err
+	}
+	return creds, upub, nil
+}
+
+// AgentCreds signs a credential for agent id with AgentPermissions. The id
+// is validated before it reaches any permission.
+func (m *Material) AgentCreds(id, prefix string) (creds []byte, userPub string, err error) {
+	if err := kvconfig.ValidateID(kvconfig.KindAgent, id); err != nil {
+		return nil, "", err
+	}
+	return m.userCreds("agent-"+id, AgentPermissions(id, prefix), false)
+}
+
+// Revoke revokes every credential of userPub issued up to now and returns
+// the re-signed account JWT (also written to account.jwt), for the running
+// server's account resolver.
+func (m *Material) Revoke(userPub string) (string, error) {
+	ac, err := jwt.DecodeAccountClaims(m.AccountJWT)
+	if err != nil {
+		return "", fmt.Errorf("auth: account JWT: %w", err)
+	}
+	ac.RevokeAt(userPub, time.Now().Add(time.Second)) // the second: iat is whole seconds
+	token, err := ac.Encode(m.Operator)
+	if err != nil {
+		return "", fmt.Errorf("auth: re-sign account JWT: %w", err)
+	}
+	if err := writeSecret(m.Path(accountJWTFile), []byte(token)); err != nil {
+		return "", err
+	}
+	m.AccountJWT = token
+	return token, nil
+}
+
+// prefixOr is prefix, or agentproto's default "mcp".
+func prefixOr(prefix string) string {
+	if prefix == "" {
+		return "mcp"
+	}
+	return prefix
+}
+
+// AgentPermissions are exactly the security model's: publish its own
+// resolve, resolveall and heartbeat subjects, its own command subject (the
+// client's self-probes) and its private inbox; subscribe its command
+// subject and private inbox; everything shared or system-level denied.
+func AgentPermissions(id, prefix string) jwt.Permissions {
+	p := prefixOr(prefix) + ".v1."
+	var perms jwt.Permissions
+	perms.Pub.Allow.Add(p+"resolve."+id+".*", p+"resolveall."+id, p+"hb."+id, p+"cmd."+id, "_INBOX_"+id+".>")
+	perms.Sub.Allow.Add(p+"cmd."+id, "_INBOX_"+id+".>")
+	deny := []string{"_INBOX.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>"}
+	perms.Pub.Deny.Add(deny...)
+	perms.Sub.Deny.Add(deny...)
+	return perms
+}
+
+// ViewerPermissions read the fleet: watch and get mcp_fleet, call
+// fleet.status and the micro service's discovery; no config value, no
+// write.
+func ViewerPermissions(prefix string) jwt.Permissions {
+	p := prefixOr(prefix) + ".v1."
+	var perms jwt.Permissions
+	perms.Pub.Allow.Add(p+"fleet.status", "$SRV.>", "$JS.API.INFO",
+		"$JS.API.STREAM.INFO.KV_mcp_fleet", "$JS.API.STREAM.MSG.GET.KV_mcp_fleet", "$JS.API.DIRECT.GET.KV_mcp_fleet.>",
+		"$JS.API.CONSUMER.CREATE.KV_mcp_fleet.>", "$JS.API.CONSUMER.DELETE.KV_mcp_fleet.>", "$JS.API.CONSUMER.INFO.KV_mcp_fleet.>",
+		"$JS.FC.KV_mcp_fleet.>", "_INBOX.>")
+	perms.Sub.Allow.Add("_INBOX.>")
+	return perms
+}
+
+// SupervisorPermissions are the supervisor's own: it may not write the
+// operator-owned buckets (it only reads them through watchers) nor delete
+// or purge any stream, so even a reply it should never send cannot land in
+// mcp_configs or mcp_agents.
+func SupervisorPermissions(prefix string) jwt.Permissions {
+	var perms jwt.Permissions
+	perms.Pub.Deny.Add("$KV.mcp_configs.>", "$KV.mcp_agents.>", "$JS.API.STREAM.DELETE.>",
+		"$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$SYS.>")
+	return perms
+}
+
+// writeSecret writes data to path readable by the owner only, atomically.
+func writeSecret(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("auth: write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("auth: write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("auth: write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("auth: write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("auth: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// RecordAgent remembers the user key issued to agent id, for revocation.
+func (m *Material) RecordAgent(id, userPub string) error {
+	if err := kvconfig.ValidateID(kvconfig.KindAgent, id); err != nil {
+		return err
+	}
+	dir := m.Path(AgentsDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("auth: %s: %w", dir, err)
+	}
+	keys, _ := m.AgentKeys(id)
+	keys = append(keys, userPub)
+	return writeSecret(filepath.Join(dir, id+".pub"), []byte(strings.Join(keys, "\n")+"\n"))
+}
+
+// AgentKeys are the user keys issued to agent id (several after re-adds).
+func (m *Material) AgentKeys(id string) ([]string, error) {
+	if err := kvconfig.ValidateID(kvconfig.KindAgent, id); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(m.Path(AgentsDir), id+".pub"))
+	if err != nil {
+		return nil, fmt.Errorf("auth: agent %s has no credentials issued here: %w", id, err)
+	}
+	return strings.Fields(string(b)), nil
+}
+
+// Agents lists the agent records issued so far, sorted by id.
+func Agents(dataDir string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(dataDir, DirName, AgentsDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("auth: list agents: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), ".pub"); ok && kvconfig.ValidID(id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}

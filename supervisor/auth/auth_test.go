@@ -1,0 +1,90 @@
+package auth
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/nats-io/jwt/v2"
+)
+
+func TestEnsureCreatesOnceAndReuses(t *testing.T) {
+	dir := t.TempDir()
+	m1, created, err := Ensure(dir, "")
+	if err != nil || !created {
+		t.Fatalf("first Ensure: created %v, %v", created, err)
+	}
+	m2, created, err := Ensure(dir, "")
+	if err != nil || created {
+		t.Fatalf("second Ensure: created %v, %v", created, err)
+	}
+	if m1.OperatorJWT != m2.OperatorJWT || m1.AccountPublicKey() != m2.AccountPublicKey() {
+		t.Fatal("material changed between starts")
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, DirName))
+	for _, e := range entries {
+		if info, _ := e.Info(); !e.IsDir() && info.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", e.Name(), info.Mode().Perm())
+		}
+	}
+	ac, err := jwt.DecodeAccountClaims(m1.AccountJWT)
+	if err != nil || ac.Limits.JetStreamLimits.DiskStorage != -1 || len(ac.SigningKeys) != 1 {
+		t.Fatalf("account claims: %+v %v", ac, err)
+	}
+}
+
+func TestAgentPermissionsAreExactlyItsOwn(t *testing.T) {
+	p := AgentPermissions("a7", "")
+	if want := []string{"mcp.v1.resolve.a7.*", "mcp.v1.resolveall.a7", "mcp.v1.hb.a7", "mcp.v1.cmd.a7", "_INBOX_a7.>"}; !slices.Equal([]string(p.Pub.Allow), want) {
+		t.Errorf("publish allow %v, want %v", p.Pub.Allow, want)
+	}
+	if want := []string{"mcp.v1.cmd.a7", "_INBOX_a7.>"}; !slices.Equal([]string(p.Sub.Allow), want) {
+		t.Errorf("subscribe allow %v, want %v", p.Sub.Allow, want)
+	}
+	for _, d := range []string{"_INBOX.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>"} {
+		if !slices.Contains([]string(p.Pub.Deny), d) || !slices.Contains([]string(p.Sub.Deny), d) {
+			t.Errorf("%s not denied: %+v", d, p)
+		}
+	}
+}
+
+func TestAgentCredsValidateTheIDFirst(t *testing.T) {
+	m, _, err := Ensure(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"x.>", "*", ">", "a b", "", "a.b"} {
+		if creds, _, err := m.AgentCreds(id, ""); err == nil || creds != nil {
+			t.Errorf("AgentCreds(%q) issued a credential", id)
+		}
+		if err := m.RecordAgent(id, "U"); err == nil {
+			t.Errorf("RecordAgent(%q) accepted", id)
+		}
+	}
+	creds, pub, err := m.AgentCreds("a7", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := jwt.DecodeUserClaims(string(jwtOf(t, creds)))
+	if err != nil || uc.Subject != pub || uc.IssuerAccount != m.AccountPublicKey() {
+		t.Fatalf("user claims %+v %v", uc, err)
+	}
+	token, err := m.Revoke(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, _ := jwt.DecodeAccountClaims(token)
+	if !ac.IsClaimRevoked(uc) {
+		t.Fatal("the revoked credential is not revoked by the account claims")
+	}
+}
+
+func jwtOf(t *testing.T, creds []byte) string {
+	t.Helper()
+	tok, err := jwt.ParseDecoratedJWT(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}

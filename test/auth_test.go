@@ -1,0 +1,383 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
+	"github.com/tether-dev/tether/internal/tetherctl"
+	"github.com/tether-dev/tether/supervisor/auth"
+)
+
+// TestEmbeddedAuthAlwaysOn: the embedded server refuses a client without
+// credentials, generates its material once (0700/0600) and reuses it, and
+// the supervisor, an operator and an agent with its own credentials work.
+func TestEmbeddedAuthAlwaysOn(t *testing.T) {
+	dir := t.TempDir()
+	cfg := suptest.Embedded(t, dir)
+	s := suptest.Start(t, cfg)
+	url := s.ClientURL()
+	if nc, err := nats.Connect(url, nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("a client without credentials was accepted")
+	} else if !errors.Is(err, nats.ErrAuthorization) {
+		t.Logf("refused: %v", err)
+	}
+	ad := filepath.Join(dir, auth.DirName)
+	if st, err := os.Stat(ad); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("auth dir: %v %v", st.Mode(), err)
+	}
+	for _, f := range []string{auth.SupervisorFile, auth.OperatorFile, auth.ViewerFile} {
+		if st, err := os.Stat(filepath.Join(ad, f)); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, st, err)
+		}
+	}
+	opCreds, _ := os.ReadFile(filepath.Join(ad, auth.OperatorFile))
+	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(ad, auth.OperatorFile)))
+	js, _ := jetstream.New(op)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mcp_configs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Put(ctx, "global.github", []byte(`{"url":"https://g.example/mcp"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if s.Index().AsOf().Configs < rev {
+			return errors.New("not applied yet")
+		}
+		return nil
+	})
+
+	m, err := auth.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, _, err := m.AgentCreds("a7", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf := filepath.Join(t.TempDir(), "a7.creds")
+	if err := os.WriteFile(cf, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ac := agentproto.DefaultConfig("a7")
+	ac.URLs, ac.CredsFile, ac.SkipInitialResolve = url, cf, true
+	ac.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	client, err := agentproto.Connect(ctx, ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if res, err := client.Resolve(ctx, "github"); err != nil || res.Revision != rev {
+		t.Fatalf("agent resolve: %+v %v", res, err)
+	}
+	// A restart reuses the material: the same operator credentials work.
+	s.Close()
+	s2 := suptest.Start(t, cfg)
+	again, _ := os.ReadFile(filepath.Join(ad, auth.OperatorFile))
+	if string(again) != string(opCreds) {
+		t.Fatal("operator credentials changed across a restart")
+	}
+	natstest.Connect(t, s2.ClientURL(), nats.UserCredentials(filepath.Join(ad, auth.OperatorFile)))
+}
+
+func tetherctlRun(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var out, errb strings.Builder
+	code := tetherctl.Run(context.Background(), args, &out, &errb)
+	return code, out.String() + errb.String()
+}
+
+// TestAgentCredentialsAddListRevoke: tetherctl agent add issues working
+// credentials and registers the role; a revoked agent is disconnected
+// within 1 s and cannot connect again; an id like x.> never reaches a
+// permission.
+func TestAgentCredentialsAddListRevoke(t *testing.T) {
+	dir := t.TempDir()
+	s := suptest.Start(t, suptest.Embedded(t, dir))
+	url := s.ClientURL()
+	credsFile := filepath.Join(t.TempDir(), "a7.creds")
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "a7", "--role", "coder", "--out", credsFile); code != 0 {
+		t.Fatalf("agent add: exit %d: %s", code, out)
+	}
+	if st, err := os.Stat(credsFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("creds file: %v %v", st, err)
+	}
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if role, err := s.Index().Role("a7"); err != nil || role != "coder" {
+			return fmt.Errorf("role %q %v", role, err)
+		}
+		return nil
+	})
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "list"); code != 0 || !strings.Contains(out, "a7") || !strings.Contains(out, "coder") {
+		t.Fatalf("agent list: exit %d: %s", code, out)
+	}
+	for _, bad := range []string{"x.>", "*", "a b", ""} {
+		if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", bad, "--role", "coder", "--out", filepath.Join(t.TempDir(), "bad.creds")); code != 2 {
+			t.Errorf("agent add %q: exit %d, want 2: %s", bad, code, out)
+		}
+	}
+	if ids, _ := auth.Agents(dir); len(ids) != 1 || ids[0] != "a7" {
+		t.Fatalf("agents issued: %v", ids)
+	}
+
+	var disconnected atomic.Int64
+	nc := natstest.Connect(t, url, nats.UserCredentials(credsFile), nats.CustomInboxPrefix("_INBOX_a7"),
+		nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { disconnected.CompareAndSwap(0, time.Now().UnixNano()) }))
+	if m, err := nc.Request(subj.Resolve("a7", "github"), nil, 2*time.Second); err != nil || m.Header.Get(agentproto.HeaderServiceErrorCode) != "404" {
+		t.Fatalf("a7's own resolve before the revoke: %v", err) // no config yet: a 404 proves the connection works
+	}
+	start := time.Now()
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "revoke", "a7"); code != 0 {
+		t.Fatalf("agent revoke: exit %d: %s", code, out)
+	}
+	natstest.CheckFor(t, time.Second, 2*time.Millisecond, func() error {
+		if disconnected.Load() == 0 {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	took := time.Duration(disconnected.Load() - start.UnixNano())
+	t.Logf("revoked agent disconnected %v after 'tetherctl agent revoke' started", took.Round(time.Millisecond))
+	// It cannot come back: its reconnects are refused, and so is a new connection.
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if nc.IsConnected() {
+			t.Fatal("the revoked agent reconnected")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if c, err := nats.Connect(url, nats.UserCredentials(credsFile), nats.MaxReconnects(0)); err == nil {
+		c.Close()
+		t.Fatal("a revoked credential connected")
+	}
+	// The revocation survives a supervisor restart.
+	s.Close()
+	s2 := suptest.Start(t, suptest.Embedded(t, dir))
+	if c, err := nats.Connect(s2.ClientURL(), nats.UserCredentials(credsFile), nats.MaxReconnects(0)); err == nil {
+		c.Close()
+		t.Fatal("a revoked credential connected after a restart")
+	}
+}
+
+// TestAttackerAgentReachesNothingOfAnother: agent A, with its own
+// generated credentials, tries every way the issue lists to reach victim
+// B's configs, inbox, heartbeats and commands. Each attempt is denied by
+// the server or refused by the supervisor, no byte of B's planted secrets
+// reaches A, and B keeps working throughout.
+func TestAttackerAgentReachesNothingOfAnother(t *testing.T) {
+	dir := t.TempDir()
+	s := suptest.Start(t, suptest.Embedded(t, dir))
+	url := s.ClientURL()
+	credsOf := map[string]string{}
+	for id, role := range map[string]string{"A": "ra", "B": "rb"} {
+		credsOf[id] = filepath.Join(t.TempDir(), id+".creds")
+		if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", id, "--role", role, "--out", credsOf[id]); code != 0 {
+			t.Fatalf("agent add %s: %s", id, out)
+		}
+	}
+	const secret = "SECRET-of-B-3f9c2a"
+	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
+	ojs, _ := jetstream.New(op)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := ojs.KeyValue(ctx, "mcp_configs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for key, val := range map[string]string{
+		"agent.B.github":  `{"url":"https://b.example/mcp","headers":{"Authorization":"Bearer ` + secret + `-agent"}}`,
+		"role.rb.jira":    `{"url":"https://jira.example/mcp","headers":{"Authorization":"Bearer ` + secret + `-role"}}`,
+		"global.github":   `{"url":"https://global.example/mcp"}`,
+		"global.calendar": `{"url":"https://cal.example/mcp"}`,
+	} {
+		if last, err = kv.Put(ctx, key, []byte(val)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if s.Index().AsOf().Configs < last {
+			return errors.New("not applied")
+		}
+		return nil
+	})
+	// B works before, during and after.
+	bcfg := agentproto.DefaultConfig("B")
+	bcfg.URLs, bcfg.CredsFile, bcfg.SkipInitialResolve = url, credsOf["B"], true
+	bcfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	b, err := agentproto.Connect(ctx, bcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	bWorks := func(when string) {
+		t.Helper()
+		res, err := b.Resolve(ctx, "github")
+		if err != nil || res.Config == nil || res.Config.Headers["Authorization"] != "Bearer "+secret+"-agent" {
+			t.Fatalf("B %s: %+v %v", when, res, err)
+		}
+	}
+	bWorks("before")
+
+	// Everything A receives, on any subscription, and every denial.
+	var mu sync.Mutex
+	var got [][]byte
+	var denials []string
+	a := natstest.Connect(t, url, nats.UserCredentials(credsOf["A"]), nats.CustomInboxPrefix("_INBOX_A"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			denials = append(denials, err.Error())
+			mu.Unlock()
+		}))
+	keep := func(m *nats.Msg) {
+		mu.Lock()
+		got = append(got, append(append([]byte(m.Subject+" "), m.Data...), []byte(fmt.Sprint(m.Header))...))
+		mu.Unlock()
+	}
+	attempts := 0
+	try := func(f func() error) {
+		attempts++
+		if err := f(); err != nil {
+			mu.Lock()
+			denials = append(denials, err.Error())
+			mu.Unlock()
+		}
+	}
+	request := func(subject string, body []byte) func() error {
+		return func() error {
+			m, err := a.Request(subject, body, 300*time.Millisecond)
+			if err == nil {
+				keep(m)
+			}
+			return err
+		}
+	}
+	for _, subject := range []string{
+		subj.Resolve("B", "github"), subj.ResolveAll("B"), subj.Explain("B", "github"), subj.FleetStatus(),
+		"$JS.API.STREAM.INFO.KV_mcp_configs", "$JS.API.DIRECT.GET.KV_mcp_configs.$KV.mcp_configs.agent.B.github",
+		"$JS.API.CONSUMER.CREATE.KV_mcp_configs", "$KV.mcp_configs.agent.B.github", "$SYS.REQ.SERVER.PING",
+	} {
+		try(request(subject, nil))
+	}
+	try(request(subj.Resolve("A", "jira"), []byte(`{"agent":"B"}`))) // a forged body agent
+	for _, subject := range []string{"_INBOX.>", "_INBOX_B.>", ">", subj.Command("B"), "$KV.mcp_configs.>", "$JS.>", subj.Heartbeat("B")} {
+		try(func() error {
+			sub, err := a.Subscribe(subject, keep)
+			if err == nil {
+				_ = a.Flush()
+				_ = sub // a denied subscription is reported asynchronously
+			}
+			return err
+		})
+	}
+	// Heartbeats and commands as B.
+	try(func() error {
+		return a.Publish(subj.Heartbeat("B"), []byte(`{"agent":"B","instance":"x","seq":18446744073709551615,"goodbye":true}`))
+	})
+	try(func() error { return a.Publish(subj.Command("B"), []byte(`{"id":"x","type":"reconnect"}`)) })
+	// A's own resolves with hostile reply subjects: the supervisor refuses them.
+	spy := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
+	leaked := make(chan *nats.Msg, 64)
+	for _, subject := range []string{"$KV.mcp_configs.>", "$JS.API.>", subj.Heartbeat("B"), subj.Command("B"), "_INBOX_B.hb"} {
+		if _, err := spy.ChanSubscribe(subject, leaked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = spy.Flush()
+	for _, reply := range []string{"$KV.mcp_configs.agent.B.github", "$JS.API.STREAM.DELETE.KV_mcp_configs", subj.Heartbeat("B"), subj.Command("B"), "_INBOX_B.hb"} {
+		try(func() error { return a.PublishRequest(subj.Resolve("A", "github"), reply, nil) })
+	}
+	try(request(subj.Resolve("A", "github"), nil)) // A's own, on its own inbox: answered
+	bWorks("after the attacks")
+	_ = a.Flush()
+	_ = spy.Flush()
+
+	mu.Lock()
+	defer mu.Unlock()
+	for _, g := range got {
+		if bytes.Contains(g, []byte(secret)) {
+			t.Errorf("B's secret reached A: %.200s", g)
+		}
+	}
+	for len(leaked) > 0 {
+		m := <-leaked
+		if strings.HasPrefix(m.Subject, "$JS.API.") && !bytes.Contains(m.Data, []byte("global.example")) {
+			continue // the supervisor's and B's own JetStream traffic, not a reply to A
+		}
+		if m.Subject == subj.Heartbeat("B") && !bytes.Contains(m.Data, []byte("global.example")) {
+			continue // B's own heartbeats
+		}
+		t.Errorf("a reply to A's request landed on %s: %.120s", m.Subject, m.Data)
+	}
+	own := 0
+	for _, g := range got {
+		if bytes.HasPrefix(g, []byte("_INBOX_A")) && bytes.Contains(g, []byte("global.example")) {
+			own++
+		}
+	}
+	if own != 1 {
+		t.Errorf("A's own resolve answered %d times, want 1", own)
+	}
+	t.Logf("%d attempts by A; %d denials or refusals reported to A; %d messages A received; 0 bytes of B's secret among them",
+		attempts, len(denials), len(got))
+}
+
+// TestViewerReadsTheFleetOnly: the viewer credentials call fleet.status and
+// watch mcp_fleet, but read no config value and write nothing.
+func TestViewerReadsTheFleetOnly(t *testing.T) {
+	dir := t.TempDir()
+	s := suptest.Start(t, suptest.Embedded(t, dir))
+	viewer := natstest.Connect(t, s.ClientURL(), nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile)),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if _, e := natstest.Request(t, viewer, subj.FleetStatus(), nil); e != nil {
+		t.Fatalf("viewer fleet.status: %+v", e)
+	}
+	js, _ := jetstream.New(viewer)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fleetKV, err := js.KeyValue(ctx, "mcp_fleet")
+	if err != nil {
+		t.Fatalf("viewer opens mcp_fleet: %v", err)
+	}
+	w, err := fleetKV.WatchAll(ctx)
+	if err != nil {
+		t.Fatalf("viewer watches mcp_fleet: %v", err)
+	}
+	select {
+	case <-w.Updates(): // the initial-values marker: the watch works
+	case <-ctx.Done():
+		t.Fatal("viewer's mcp_fleet watch delivered nothing")
+	}
+	_ = w.Stop()
+	short, scancel := context.WithTimeout(ctx, time.Second)
+	defer scancel()
+	if _, err := fleetKV.Put(short, "x", []byte("{}")); err == nil {
+		t.Error("viewer wrote mcp_fleet")
+	}
+	if _, err := js.KeyValue(short, "mcp_configs"); err == nil {
+		t.Error("viewer opened mcp_configs")
+	}
+	if _, err := viewer.Request(subj.Resolve("a7", "github"), nil, 300*time.Millisecond); err == nil {
+		t.Error("viewer resolved a config")
+	}
+}
