@@ -44,8 +44,28 @@ type Config struct {
 	// ServerPingInterval is how often the embedded server pings clients, so a
 	// dead client is noticed in seconds. Default DefaultServerPing.
 	ServerPingInterval time.Duration
-	// HTTPAddr serves /healthz, /readyz. Empty disables HTTP. Default DefaultHTTPAddr.
+	// HTTPAddr serves the fleet dashboard (/, /agent/, /static/), /api/*,
+	// /events, /metrics, /healthz and /readyz. Empty disables HTTP. Default
+	// DefaultHTTPAddr. When its host is not loopback (127.0.0.0/8, ::1,
+	// "localhost"; an empty host or 0.0.0.0 is every interface), everything
+	// but /healthz and /readyz needs the bearer token in HTTPTokenFile.
 	HTTPAddr string
+	// HTTPTokenFile holds the bearer token a non-loopback HTTPAddr needs:
+	// read at Start, or generated there (32 random bytes, hex; directory
+	// 0700, file 0600) when missing, and reused afterwards. A file you
+	// write yourself needs one line of at least 32 printable characters.
+	// Empty (the default): <DataDir>/auth/http.token, also with an
+	// external NATS (NATSURL), where DataDir holds nothing else.
+	HTTPTokenFile string
+	// HTTPAllowedHosts are the Host headers the HTTP server accepts
+	// besides loopback ones, each "name", "IP" or either with ":port" (no
+	// port: any): a request naming another host is refused (421), which
+	// defeats DNS rebinding. Loopback names (localhost, 127.0.0.1, [::1])
+	// are always accepted, with HTTPAddr's port when HTTPAddr is loopback.
+	// Empty (the default) on a non-loopback HTTPAddr: its host (any IP
+	// literal when that is 0.0.0.0, :: or empty) and the machine's
+	// hostname. /healthz and /readyz take any Host.
+	HTTPAllowedHosts []string
 	// Prefix is the first subject token. Default agentproto.DefaultPrefix.
 	Prefix string
 	// Buckets says how missing KV buckets are created (replicas, history).
@@ -129,6 +149,14 @@ func (c *Config) Validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			errs = append(errs, fmt.Errorf("HTTPAddr %q: %w", c.HTTPAddr, err))
+		}
+		if c.httpNeedsToken() && c.httpTokenPath() == "" {
+			errs = append(errs, fmt.Errorf("HTTPTokenFile: empty and no DataDir; HTTPAddr %q is not loopback and needs a token file", c.HTTPAddr))
+		}
+		for _, h := range c.HTTPAllowedHosts {
+			if _, err := parseHostRule(h); err != nil {
+				errs = append(errs, fmt.Errorf("HTTPAllowedHosts: %w", err))
+			}
 		}
 	}
 	if c.Prefix == "" || !kvconfig.ValidID(c.Prefix) {

@@ -21,7 +21,13 @@ func (s *Supervisor) startHTTP() error {
 	s.httpAddr = ln.Addr().String()
 	dash := dashboard.New(dashboard.ConfigFor(s.cfg.Fleet.HeartbeatInterval), dashboard.FromFleet(s.Fleet), s.Index,
 		s.log.With().Str("component", "dashboard").Logger())
-	s.http = &http.Server{Handler: s.httpHandler(dash), ReadHeaderTimeout: 5 * time.Second}
+	guard, err := newHTTPGuard(&s.cfg, s.httpAddr, s.httpHandler(dash), s.log.With().Str("component", "http").Logger())
+	if err != nil {
+		_ = ln.Close()
+		s.httpAddr = ""
+		return err
+	}
+	s.http = &http.Server{Handler: guard, ReadHeaderTimeout: 5 * time.Second}
 	// Shutdown waits for idle connections: event streams must end first.
 	s.http.RegisterOnShutdown(dash.StopStreams)
 	dash.Start()
@@ -35,7 +41,13 @@ func (s *Supervisor) startHTTP() error {
 			s.log.Error().Err(err).Msg("http server stopped")
 		}
 	}()
-	s.log.Info().Str("addr", ln.Addr().String()).Msg("http listening")
+	ev := s.log.Info().Str("addr", ln.Addr().String())
+	if guard.token != nil {
+		ev = ev.Str("auth", "bearer token").Str("token_file", guard.tokenFile)
+	} else {
+		ev = ev.Str("auth", "none (loopback)")
+	}
+	ev.Msg("http listening")
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/tether-dev/tether/internal/cli"
@@ -45,8 +46,14 @@ func newFlags(cfg *supervisor.Config, onErr flag.ErrorHandling) (fs *flag.FlagSe
 	fs.StringVar(&cfg.Password, "password", cli.Env("TETHER_NATS_PASSWORD", ""), "NATS password (env TETHER_NATS_PASSWORD)")
 	fs.StringVar(&cfg.Token, "token", cli.Env("TETHER_NATS_TOKEN", ""), "NATS token (env TETHER_NATS_TOKEN)")
 	fs.StringVar(&cfg.Listen, "listen", cli.Env("TETHER_LISTEN", cfg.Listen), "embedded nats-server client address (env TETHER_LISTEN)")
-	fs.StringVar(&cfg.DataDir, "data-dir", cli.Env("TETHER_DATA_DIR", cfg.DataDir), "embedded nats-server JetStream store (env TETHER_DATA_DIR)")
-	fs.StringVar(&cfg.HTTPAddr, "http", cli.Env("TETHER_HTTP", cfg.HTTPAddr), "HTTP address for the fleet dashboard (/), /healthz, /readyz, /metrics; empty disables (env TETHER_HTTP)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cli.Env("TETHER_DATA_DIR", cfg.DataDir), "embedded nats-server JetStream store, and auth/http.token (also with --nats-url) (env TETHER_DATA_DIR)")
+	fs.StringVar(&cfg.HTTPAddr, "http", cli.Env("TETHER_HTTP", cfg.HTTPAddr), "HTTP address for the fleet dashboard (/), /api, /events, /metrics, /healthz, /readyz; empty disables; not loopback: all but /healthz and /readyz need the --http-token-file token (env TETHER_HTTP)")
+	fs.StringVar(&cfg.HTTPTokenFile, "http-token-file", cli.Env("TETHER_HTTP_TOKEN_FILE", cfg.HTTPTokenFile), "bearer token file for a non-loopback --http, generated when missing; empty: <data-dir>/auth/http.token (env TETHER_HTTP_TOKEN_FILE)")
+	cfg.HTTPAllowedHosts = splitList(cli.Env("TETHER_HTTP_ALLOWED_HOSTS", strings.Join(cfg.HTTPAllowedHosts, ",")))
+	fs.Func("http-allowed-hosts", "comma-separated Host names (optionally name:port) the HTTP server accepts besides loopback ones; empty: the --http host and this machine's hostname (env TETHER_HTTP_ALLOWED_HOSTS)", func(v string) error {
+		cfg.HTTPAllowedHosts = splitList(v)
+		return nil
+	})
 	fs.StringVar(&cfg.Prefix, "prefix", cli.Env("TETHER_PREFIX", cfg.Prefix), "subject prefix (env TETHER_PREFIX)")
 	fs.IntVar(&cfg.Buckets.Replicas, "replicas", cfg.Buckets.Replicas, "replicas for KV buckets created by the supervisor (3 on a cluster)")
 	f := &cfg.Fleet
@@ -61,4 +68,15 @@ func newFlags(cfg *supervisor.Config, onErr flag.ErrorHandling) (fs *flag.FlagSe
 	level = fs.String("log-level", cli.Env("TETHER_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env TETHER_LOG_LEVEL)")
 	format = fs.String("log-format", cli.Env("TETHER_LOG_FORMAT", "auto"), "log format: auto (console on a terminal, JSON otherwise), console, json (env TETHER_LOG_FORMAT)")
 	return fs, level, format
+}
+
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(v string) []string {
+	var out []string
+	for _, e := range strings.Split(v, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }

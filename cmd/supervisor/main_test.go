@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"slices"
 	"testing"
 
 	"github.com/tether-dev/tether/internal/cli"
@@ -30,5 +31,27 @@ func TestComposeFlags(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("service %s: %v", name, err)
 		}
+	}
+}
+
+// TestHTTPAuthFlags: --http-allowed-hosts and TETHER_HTTP_ALLOWED_HOSTS
+// split on commas; the flag wins over the environment.
+func TestHTTPAuthFlags(t *testing.T) {
+	t.Setenv("TETHER_HTTP_ALLOWED_HOSTS", " a.example, ,b.example:8080 ")
+	t.Setenv("TETHER_HTTP_TOKEN_FILE", "/run/tether/http.token")
+	cfg := supervisor.DefaultConfig()
+	fs, _, _ := newFlags(&cfg, flag.ContinueOnError)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.HTTPAllowedHosts, []string{"a.example", "b.example:8080"}) || cfg.HTTPTokenFile != "/run/tether/http.token" {
+		t.Errorf("from the environment: %q, %q", cfg.HTTPAllowedHosts, cfg.HTTPTokenFile)
+	}
+	fs, _, _ = newFlags(&cfg, flag.ContinueOnError)
+	if err := fs.Parse([]string{"--http-allowed-hosts", "c.example", "--http-token-file", "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.HTTPAllowedHosts, []string{"c.example"}) || cfg.HTTPTokenFile != "t" {
+		t.Errorf("from the flags: %q, %q", cfg.HTTPAllowedHosts, cfg.HTTPTokenFile)
 	}
 }

@@ -29,8 +29,8 @@ type Config struct {
 	CredsFile string
 	// AllowCommands are the stdio commands it may start (none by default).
 	AllowCommands []string
-	Server  string // MCP server name to resolve; default "echo"
-	Tool    string // tool to call; default "echo"
+	Server        string // MCP server name to resolve; default "echo"
+	Tool          string // tool to call; default "echo"
 	// Interval between calls; default 1s.
 	Interval time.Duration
 	// Calls stops after this many calls; 0 runs until ctx is done.

@@ -195,7 +195,7 @@ func (a *app) agentList(ctx context.Context) error {
 	}
 	roles := map[string]string{}
 	a.defaultCreds(m, auth.OperatorFile) // roles live in mcp_agents
-	if err := a.connect(); err == nil { // without NATS the list still shows the ids
+	if err := a.connect(); err == nil {  // without NATS the list still shows the ids
 		octx, cancel := a.opCtx(ctx)
 		defer cancel()
 		if kv, err := a.js.KeyValue(octx, kvconfig.BucketAgents); err == nil {

@@ -74,8 +74,8 @@ func (c *CLI) defaults() {
 // globals are the flags every command accepts, before or after its name.
 type globals struct {
 	url, creds, user, password, token, prefix, dataDir string
-	timeout                                   time.Duration
-	json, showSecrets                         bool
+	timeout                                            time.Duration
+	json, showSecrets                                  bool
 }
 
 func (g *globals) fromEnv(lookup func(string) (string, bool)) {
