@@ -3,14 +3,20 @@ package supervisor
 import (
 	"context"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/kvconfig"
+	"github.com/tether-dev/tether/supervisor/auth"
 )
 
 // loadResult is one load run: throughput and latency percentiles.
@@ -82,14 +88,7 @@ func BenchmarkResolveVsEcho(b *testing.B) {
 		res = append(res, load(b, nc, subj.Resolve("a7", "github"), n, workers))
 	}
 	b.StopTimer()
-	med := func(rs []loadResult, f func(loadResult) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
+	med := medianOf
 	tput := func(r loadResult) float64 { return r.perSec }
 	p50 := func(r loadResult) float64 { return float64(r.p50.Microseconds()) }
 	p99 := func(r loadResult) float64 { return float64(r.p99.Microseconds()) }
@@ -104,4 +103,87 @@ func BenchmarkResolveVsEcho(b *testing.B) {
 	b.ReportMetric(float64(len(body)), "reply_bytes")
 	b.ReportMetric(0, "ns/op")
 	b.Logf("resolve and echo reply bodies: %d bytes each", len(body))
+}
+
+// medianOf is the median of f over rounds.
+func medianOf(rs []loadResult, f func(loadResult) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// BenchmarkResolveAuthOnOff measures what auth costs a resolve: agent a7
+// resolving over the embedded server with auth on (operator mode, its own
+// credentials and permissions) and over a plain server without auth, both
+// supervisors in this process, in alternating rounds of 32 concurrent
+// requesters on one connection with a7's private inbox; medians over rounds.
+//
+//	go test -run '^$' -bench ResolveAuthOnOff -benchtime 20000x ./supervisor/
+func BenchmarkResolveAuthOnOff(b *testing.B) {
+	const value = `{"transport":"http","url":"https://mcp.example.com/mcp","headers":{"Authorization":"Bearer abc"},"timeout":"30s"}`
+	plain := natstest.RunServer(b, natstest.WithSyncAlways())
+	offCfg := testConfig(b, plain)
+	offCfg.HTTPAddr, offCfg.Logger = "", zerolog.New(io.Discard)
+	off := startSupervisor(b, offCfg)
+	put(b, off, kvconfig.BucketConfigs, "global.github", value)
+	waitRev(b, off, "a7", "github", 1)
+	offConn := plain.Connect(nats.CustomInboxPrefix("_INBOX_a7"))
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	onCfg := offCfg
+	onCfg.NATSURL, onCfg.Listen, onCfg.DataDir = "", ln.Addr().String(), b.TempDir()
+	ln.Close()
+	on := startSupervisor(b, onCfg)
+	m, err := auth.Load(onCfg.DataDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	op := natstest.Connect(b, on.ClientURL(), nats.UserCredentials(m.Path(auth.OperatorFile)))
+	js, _ := jetstream.New(op)
+	kv, err := js.KeyValue(context.Background(), kvconfig.BucketConfigs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	natstest.KVPut(b, kv, "global.github", value)
+	waitRev(b, on, "a7", "github", 1)
+	creds, _, err := m.AgentCreds("a7", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cf := filepath.Join(b.TempDir(), "a7.creds")
+	if err := os.WriteFile(cf, creds, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	onConn := natstest.Connect(b, on.ClientURL(), nats.UserCredentials(cf), nats.CustomInboxPrefix("_INBOX_a7"))
+
+	const workers, rounds = 32, 5
+	n := max(b.N, 2000)
+	subject := subj.Resolve("a7", "github")
+	var offR, onR []loadResult
+	b.ResetTimer()
+	for r := 0; r < rounds; r++ {
+		if r%2 == 0 {
+			offR = append(offR, load(b, offConn, subject, n, workers))
+			onR = append(onR, load(b, onConn, subject, n, workers))
+		} else {
+			onR = append(onR, load(b, onConn, subject, n, workers))
+			offR = append(offR, load(b, offConn, subject, n, workers))
+		}
+	}
+	b.StopTimer()
+	tput := func(r loadResult) float64 { return r.perSec }
+	p50 := func(r loadResult) float64 { return float64(r.p50.Microseconds()) }
+	b.ReportMetric(medianOf(offR, tput), "off_req/s")
+	b.ReportMetric(medianOf(onR, tput), "on_req/s")
+	b.ReportMetric(medianOf(onR, tput)/medianOf(offR, tput), "tput_ratio")
+	b.ReportMetric(medianOf(offR, p50), "off_p50_us")
+	b.ReportMetric(medianOf(onR, p50), "on_p50_us")
+	b.ReportMetric(medianOf(onR, p50)/medianOf(offR, p50), "p50_ratio")
+	b.ReportMetric(0, "ns/op")
 }
