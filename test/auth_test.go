@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -379,5 +381,81 @@ func TestViewerReadsTheFleetOnly(t *testing.T) {
 	}
 	if _, err := viewer.Request(subj.Resolve("a7", "github"), nil, 300*time.Millisecond); err == nil {
 		t.Error("viewer resolved a config")
+	}
+}
+
+// TestExternalNATSFromTetherctlAuth: a nats-server started from exactly
+// what 'tetherctl auth' prints trusts Tether's operator: the supervisor
+// connects with supervisor.creds, an agent with its own credentials
+// resolves, a client without credentials is refused, and a revocation
+// reaches the server.
+func TestExternalNATSFromTetherctlAuth(t *testing.T) {
+	dir := t.TempDir()
+	code, out := tetherctlRun(t, "--data-dir", dir, "auth", "--resolver-dir", filepath.Join(t.TempDir(), "jwt"))
+	if code != 0 {
+		t.Fatalf("tetherctl auth: %s", out)
+	}
+	conf := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(conf, []byte(out+"\nport: -1\nhost: 127.0.0.1\njetstream: {store_dir: "+strconv.Quote(t.TempDir())+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("nats-server rejects the printed configuration: %v\n%s", err, out)
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	url := ns.ClientURL()
+	if c, err := nats.Connect(url, nats.MaxReconnects(0)); err == nil {
+		c.Close()
+		t.Fatal("a client without credentials was accepted")
+	}
+	cfg := suptest.Config(t, url)
+	cfg.CredsFile = filepath.Join(dir, auth.DirName, auth.SupervisorFile)
+	s := suptest.Start(t, cfg)
+	creds := filepath.Join(t.TempDir(), "e1.creds")
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "e1", "--role", "r", "--out", creds); code != 0 {
+		t.Fatalf("agent add: %s", out)
+	}
+	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
+	js, _ := jetstream.New(op)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mcp_configs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := natstest.KVPut(t, kv, "global.github", `{"url":"https://g.example/mcp"}`)
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if s.Index().AsOf().Configs < rev {
+			return errors.New("not applied")
+		}
+		return nil
+	})
+	ac := agentproto.DefaultConfig("e1")
+	ac.URLs, ac.CredsFile, ac.SkipInitialResolve = url, creds, true
+	ac.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	client, err := agentproto.Connect(ctx, ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if res, err := client.Resolve(ctx, "github"); err != nil || res.Revision != rev {
+		t.Fatalf("agent on the external server: %+v %v", res, err)
+	}
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "revoke", "e1"); code != 0 {
+		t.Fatalf("agent revoke: %s", out)
+	}
+	if c, err := nats.Connect(url, nats.UserCredentials(creds), nats.MaxReconnects(0)); err == nil {
+		c.Close()
+		t.Fatal("a revoked credential connected to the external server")
 	}
 }

@@ -134,6 +134,7 @@ type cmdFlags struct {
 	agent           string  // fleet --agent
 	limit           int     // fleet --limit
 	out             string  // agent add --out
+	resolverDir     string  // auth --resolver-dir
 }
 
 // optUint is a uint64 flag that remembers whether it was given.
