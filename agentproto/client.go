@@ -58,6 +58,8 @@ type Client struct {
 	hb       heartbeater
 	handlers inflight
 
+	deniedReqs deniedWatch // requests in flight, ended at once by a permission violation
+
 	ctx    context.Context // cancelled by Close and Drain
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the client starts
@@ -115,6 +117,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.log = cfg.Logger.With().Str(logKeyAgent, cfg.Agent).Str(logKeyInstance, c.instance).Logger()
 	r, err := NewResolver(ResolverConfig{
+		Guard: c.deniedReqs.guard,
 		Agent: cfg.Agent, Subjects: cfg.Subjects, Conn: c.Conn, Policy: cfg.ResolvePolicy,
 		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, AllowCommands: cfg.AllowCommands, Logger: cfg.Logger.With().Str(logKeyInstance, c.instance).Str("component", "resolver").Logger(), // the resolver adds the agent id
 	})
@@ -189,6 +192,13 @@ func (c *Client) Resolver() *Resolver { return c.resolver }
 // CallStats counts the agent's tool calls for heartbeats: set it as
 // Policy.Stats (or pass it to agentproto/mcp Options.Stats).
 func (c *Client) CallStats() *CallStats { return c.calls }
+
+// PermissionGuard is the ResolverConfig.Guard that ends a request at once
+// when the server refuses its publish on this client's connection, for
+// Resolvers built on Client.Conn.
+func (c *Client) PermissionGuard() func(context.Context, string) (context.Context, func()) {
+	return c.deniedReqs.guard
+}
 
 // AllowCommands is a copy of Config.AllowCommands, for agentproto/mcp's
 // Options.AllowCommands.

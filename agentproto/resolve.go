@@ -69,7 +69,11 @@ type ResolverConfig struct {
 	// report it as not applied with the reason. Empty: no stdio server may
 	// be started.
 	AllowCommands []string
-	Logger        zerolog.Logger
+	// Guard, if set, wraps each request's context so that it ends with a
+	// *PermissionError as soon as the server refuses the publish (the
+	// Client sets it from its asynchronous permission errors).
+	Guard  func(ctx context.Context, subject string) (context.Context, func())
+	Logger zerolog.Logger
 }
 
 // Resolver is the agent's resolve client. It keeps the last known good
@@ -147,8 +151,17 @@ func (r *Resolver) request(ctx context.Context, subject string) ([]byte, error) 
 	if nc == nil {
 		return nil, MarkTransient(ErrNoConnection)
 	}
+	if r.cfg.Guard != nil {
+		var done func()
+		ctx, done = r.cfg.Guard(ctx, subject)
+		defer done()
+	}
 	msg, err := nc.RequestWithContext(ctx, subject, nil)
 	if err != nil {
+		var pe *PermissionError
+		if errors.As(context.Cause(ctx), &pe) {
+			return nil, MarkPermanent(pe)
+		}
 		return nil, fmt.Errorf("agentproto: request %s: %w", subject, err)
 	}
 	if code := msg.Header.Get(HeaderServiceErrorCode); code != "" {

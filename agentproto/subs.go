@@ -314,6 +314,7 @@ func (c *Client) onPermissionError(err error) {
 		}
 	}
 	if m := pubDeniedRe.FindStringSubmatch(msg); m != nil {
+		c.deniedReqs.denied(m[1])
 		for _, s := range c.snapshotSubs() {
 			s.mu.Lock()
 			if s.probeSub == m[1] && !s.probeOff {
