@@ -21,6 +21,7 @@ type Metrics struct {
 	watcherRestart *prometheus.CounterVec
 	natsReconnects prometheus.Counter
 	repliesRefused *prometheus.CounterVec
+	permErrors     prometheus.Counter
 
 	// Fleet are the fleet's metrics, registered in Registry.
 	Fleet *fleet.Metrics
@@ -58,7 +59,10 @@ func NewMetrics() *Metrics {
 	m.repliesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_replies_refused_total", Help: "Requests not answered because their reply subject broke the reply-subject rule, by endpoint.",
 	}, []string{"endpoint"})
-	m.Registry.MustRegister(m.repliesRefused, m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
+	m.permErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tether_nats_permission_errors_total", Help: "Publishes or subscriptions of the supervisor's own connection that the NATS server refused.",
+	})
+	m.Registry.MustRegister(m.permErrors, m.repliesRefused, m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
 		m.watcherRestart, m.natsReconnects,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.Fleet = fleet.NewMetrics(m.Registry, m.spoofedTotal)
@@ -121,5 +125,11 @@ func (m *Metrics) reconnected() {
 func (m *Metrics) replyRefused(endpoint string) {
 	if m != nil {
 		m.repliesRefused.WithLabelValues(endpoint).Inc()
+	}
+}
+
+func (m *Metrics) permissionError() {
+	if m != nil {
+		m.permErrors.Inc()
 	}
 }

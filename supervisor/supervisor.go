@@ -171,6 +171,9 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { s.log.Info().Msg("nats connection closed") }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				s.metrics.permissionError()
+			}
 			ev := s.log.Error().Err(err)
 			if sub != nil {
 				ev = ev.Str("subject", sub.Subject)

@@ -23,6 +23,7 @@ import (
 	"github.com/tether-dev/tether/internal/suptest"
 	"github.com/tether-dev/tether/internal/tetherctl"
 	"github.com/tether-dev/tether/supervisor/auth"
+	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
 // TestEmbeddedAuthAlwaysOn: the embedded server refuses a client without
@@ -457,5 +458,87 @@ func TestExternalNATSFromTetherctlAuth(t *testing.T) {
 	if c, err := nats.Connect(url, nats.UserCredentials(creds), nats.MaxReconnects(0)); err == nil {
 		c.Close()
 		t.Fatal("a revoked credential connected to the external server")
+	}
+}
+
+// TestSupervisorNeedsNothingBeyondItsPermissions runs the supervisor's
+// whole job on the embedded server — heartbeats, probes, a config push and
+// the agent's re-resolve, resolveall, explain, fleet.status, mcp_fleet
+// writes, lease renewals, KV watcher progress checks after a compaction —
+// and checks that NATS refused none of its own publishes or subscriptions.
+func TestSupervisorNeedsNothingBeyondItsPermissions(t *testing.T) {
+	dir := t.TempDir()
+	cfg := suptest.Embedded(t, dir)
+	suptest.FastFleet(&cfg)
+	cfg.LeaseTTL = 300 * time.Millisecond
+	s := suptest.Start(t, cfg)
+	url := s.ClientURL()
+	creds := filepath.Join(t.TempDir(), "w1.creds")
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "w1", "--role", "r", "--out", creds); code != 0 {
+		t.Fatalf("agent add: %s", out)
+	}
+	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
+	js, _ := jetstream.New(op)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mcp_configs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.KVPut(t, kv, "global.github", `{"url":"https://g1.example/mcp"}`)
+	natstest.KVPut(t, kv, "global.old", `{"url":"https://old.example/mcp"}`)
+	ac := faultConfig(t, url, "w1")
+	ac.CredsFile, ac.SkipInitialResolve = creds, false
+	client := startAgent(t, ac)
+	pushed := make(chan uint64, 16)
+	client.OnConfigChange(func(r agentproto.Resolved) error {
+		if r.Server == "github" {
+			pushed <- r.Revision
+		}
+		return nil
+	})
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if st, ok := s.Fleet().Agent("w1"); !ok || st.State != fleet.StateHealthy || st.Configs["github"].Revision == 0 {
+			return fmt.Errorf("w1: %+v %v", st, ok)
+		}
+		return nil
+	})
+	rev := natstest.KVPut(t, kv, "global.github", `{"url":"https://g2.example/mcp"}`) // pushed to w1
+	for got := uint64(0); got != rev; {
+		select {
+		case got = <-pushed: // earlier revisions may still be in the channel
+		case <-ctx.Done():
+			t.Fatalf("the config push never reached w1 (last applied %d, want %d)", got, rev)
+		}
+	}
+	if err := kv.Delete(ctx, "global.old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, e := natstest.Request(t, op, subj.Explain("w1", "github"), nil); e != nil {
+		t.Fatalf("explain: %+v", e)
+	}
+	viewer := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile)))
+	if _, e := natstest.Request(t, viewer, subj.FleetStatus(), nil); e != nil {
+		t.Fatalf("fleet.status: %+v", e)
+	}
+	if _, err := client.ResolveAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Long enough for lease renewals, mcp_fleet writes, probes and watcher checks.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !s.IsLeader() {
+		t.Fatal("the supervisor lost its lease")
+	}
+	if v := suptest.Value(suptest.Gather(s), "tether_nats_permission_errors_total", nil); v != 0 {
+		t.Fatalf("NATS refused %v of the supervisor's own operations (see the log for the subjects)", v)
+	}
+	if v := suptest.Value(suptest.Gather(s), "tether_probes_sent_total", nil); v < 3 {
+		t.Fatalf("only %v probes sent", v)
 	}
 }

@@ -293,14 +293,32 @@ func ViewerPermissions(prefix string) jwt.Permissions {
 	return perms
 }
 
-// SupervisorPermissions are the supervisor's own: it may not write the
-// operator-owned buckets (it only reads them through watchers) nor delete
-// or purge any stream, so even a reply it should never send cannot land in
-// mcp_configs or mcp_agents.
+// SupervisorPermissions are the supervisor's own, exactly what it uses:
+// its service and heartbeat subjects; commands and probes; one reply to
+// each request it receives; writes to mcp_fleet and mcp_leader only; and
+// the JetStream API of its four buckets to create, inspect and watch them.
+// It never writes mcp_configs or mcp_agents (it only reads them), and it
+// cannot delete or purge a stream. Every allowed reply prefix is also
+// guarded by the reply-subject rule.
 func SupervisorPermissions(prefix string) jwt.Permissions {
+	p := prefixOr(prefix) + ".v1."
 	var perms jwt.Permissions
-	perms.Pub.Deny.Add("$KV.mcp_configs.>", "$KV.mcp_agents.>", "$JS.API.STREAM.DELETE.>",
-		"$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$SYS.>")
+	perms.Pub.Allow.Add(p+"cmd.*", "$SRV.>", "$KV.mcp_fleet.>", "$KV.mcp_leader.>", "$JS.API.INFO")
+	// Replies (resolve answers, commands on a heartbeat's reply subject,
+	// micro discovery) go to whatever reply subject a request named, one
+	// reply each: NATS response permissions, since no subject pattern can
+	// say "any _INBOX_<agent>". The reply-subject rule narrows them further.
+	perms.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+	for _, b := range []string{"mcp_configs", "mcp_agents", "mcp_fleet", "mcp_leader"} {
+		st := "KV_" + b
+		perms.Pub.Allow.Add("$JS.API.STREAM.INFO."+st, "$JS.API.STREAM.CREATE."+st, "$JS.API.STREAM.UPDATE."+st,
+			"$JS.API.STREAM.MSG.GET."+st, "$JS.API.DIRECT.GET."+st, "$JS.API.DIRECT.GET."+st+".>",
+			"$JS.API.CONSUMER.CREATE."+st, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".>",
+			"$JS.API.CONSUMER.INFO."+st+".>", "$JS.FC."+st+".>")
+	}
+	perms.Sub.Allow.Add(p+"resolve.>", p+"resolveall.>", p+"explain.>", p+"fleet.status", p+"hb.*",
+		"$SRV.>", "_INBOX.>")
+	perms.Pub.Deny.Add("$KV.mcp_configs.>", "$KV.mcp_agents.>", "$SYS.>")
 	return perms
 }
 

@@ -88,3 +88,20 @@ func jwtOf(t *testing.T, creds []byte) string {
 	}
 	return tok
 }
+
+func TestSupervisorPermissionsNeverWriteOperatorBuckets(t *testing.T) {
+	p := SupervisorPermissions("")
+	for _, d := range []string{"$KV.mcp_configs.>", "$KV.mcp_agents.>", "$SYS.>"} {
+		if !slices.Contains([]string(p.Pub.Deny), d) {
+			t.Errorf("%s not denied", d)
+		}
+	}
+	for _, a := range p.Pub.Allow {
+		if a == ">" || a == "$KV.>" || a == "$JS.API.>" || a == "_INBOX.>" {
+			t.Errorf("publish allow %q is too broad", a)
+		}
+	}
+	if p.Resp == nil || p.Resp.MaxMsgs != 1 {
+		t.Errorf("replies: %+v, want one response per request", p.Resp)
+	}
+}
