@@ -344,18 +344,6 @@ func checkDuration(field string, d Duration, zeroOK bool) error {
 	return nil
 }
 
-// Masked is the placeholder shown instead of a secret.
-const Masked = "****"
-
-// Masked returns a copy with every env value and header value replaced by
-// "****", for logs and human output. The receiver is not changed.
-func (c *ServerConfig) Masked() *ServerConfig {
-	m := *c
-	m.Env = maskMap(c.Env)
-	m.Headers = maskMap(c.Headers)
-	return &m
-}
-
 func maskMap(in map[string]string) map[string]string {
 	if in == nil {
 		return nil

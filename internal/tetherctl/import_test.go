@@ -32,7 +32,7 @@ func TestImportDryRunThenWrite(t *testing.T) {
 	r := h.must(ExitOK, "import", file, "--scope", "role:coder", "--dry-run")
 	contains(t, "dry run", r.stdout, "(dry run: nothing written)", `ignored top-level key(s) "globalShortcut"`,
 		"role.coder.github  new", "+ env.GITHUB_TOKEN: ****", `+ command: "npx"`,
-		"role.coder.fs  changed", `~ args: ["/data"] -> ["/data","/tmp"]`,
+		"role.coder.fs  changed", `~ args: **** -> ****`, // args are secrets too (tokens end up there)
 		"role.coder.same  unchanged", "role.coder.old  skipped", `"disabled": true`,
 		"+ headers.Authorization: ****", `+ transport: "sse"`, `role.coder.stream  new`, `+ transport: "http"`,
 		"6 server(s): 3 new, 1 changed, 1 unchanged, 1 skipped")

@@ -208,7 +208,17 @@ func (a *app) planItem(ctx context.Context, kv jetstream.KeyValue, kind kvconfig
 // diff lists added, removed and changed fields, secrets masked.
 func (a *app) diff(old, cur map[string]string) []change {
 	show := func(field, v string) string {
-		if isSecretField(field) && !a.g.showSecrets {
+		switch {
+		case a.g.showSecrets:
+			return v
+		case field == "url":
+			var u string
+			if json.Unmarshal([]byte(v), &u) == nil {
+				b, _ := json.Marshal(kvconfig.MaskURL(u))
+				return string(b)
+			}
+			return kvconfig.Masked
+		case isSecretField(field):
 			return kvconfig.Masked
 		}
 		return v

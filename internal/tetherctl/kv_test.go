@@ -14,8 +14,8 @@ import (
 )
 
 const (
-	stdioCfg = `{"command":"npx","args":["-y","@modelcontextprotocol/server-github"],"env":{"GITHUB_TOKEN":"ghp_s3cret"}}`
-	httpCfg  = `{"url":"https://mcp.example.com/mcp","headers":{"Authorization":"Bearer hdr_s3cret"},"timeout":"30s"}`
+	stdioCfg = `{"command":"npx","args":["-y","@modelcontextprotocol/server-github","--token=arg_s3cret"],"env":{"GITHUB_TOKEN":"ghp_s3cret"}}`
+	httpCfg  = `{"url":"https://user:url_s3cret@mcp.example.com/mcp?key=qry_s3cret","headers":{"Authorization":"Bearer hdr_s3cret"},"timeout":"30s"}`
 )
 
 func TestValidate(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -15,8 +14,9 @@ import (
 	"github.com/tether-dev/tether/kvconfig"
 )
 
-// secretFields are the config fields whose values are secrets.
-var secretFields = []string{"env", "headers"}
+// secretFields are the config fields whose values are secrets (see
+// kvconfig.MaskValue, the one rule set).
+var secretFields = []string{"env", "headers", "args"}
 
 // unreadableValue stands in for a stored value that is not JSON and so
 // cannot be masked field by field.
@@ -37,30 +37,10 @@ func (a *app) mask(raw []byte) json.RawMessage {
 }
 
 func maskJSON(raw []byte) json.RawMessage {
-	var m map[string]any
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if err := dec.Decode(&m); err != nil {
-		return json.RawMessage(unreadableValue)
+	if m := kvconfig.MaskValue(raw); string(m) != kvconfig.UnreadableValue {
+		return m
 	}
-	for f, v := range m {
-		// Any spelling: an invalid value may say "ENV" or "Headers".
-		if !slices.ContainsFunc(secretFields, func(s string) bool { return strings.EqualFold(s, f) }) {
-			continue
-		}
-		if obj, isObj := v.(map[string]any); isObj {
-			for k := range obj {
-				obj[k] = kvconfig.Masked
-			}
-		} else {
-			m[f] = kvconfig.Masked
-		}
-	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return json.RawMessage(unreadableValue)
-	}
-	return b
+	return json.RawMessage(unreadableValue)
 }
 
 func compact(raw []byte) json.RawMessage {

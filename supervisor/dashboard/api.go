@@ -351,32 +351,8 @@ func explainAll(ix *kvconfig.Index, id string, running map[string]fleet.ConfigSt
 	return role, out, ""
 }
 
-// maskConfig is c with env and header values masked (ServerConfig.Masked)
-// and, beyond that, a URL's password and query values masked.
-func maskConfig(c *kvconfig.ServerConfig) *kvconfig.ServerConfig {
-	m := c.Masked()
-	if m.URL != "" {
-		if u, err := url.Parse(m.URL); err == nil {
-			if u.User != nil {
-				if _, ok := u.User.Password(); ok {
-					u.User = url.UserPassword(u.User.Username(), kvconfig.Masked)
-				}
-			}
-			if u.RawQuery != "" {
-				keys := make([]string, 0, 4)
-				for k := range u.Query() {
-					keys = append(keys, url.QueryEscape(k)+"="+kvconfig.Masked)
-				}
-				sort.Strings(keys)
-				u.RawQuery = strings.Join(keys, "&")
-			}
-			m.URL = u.String()
-		} else {
-			m.URL = kvconfig.Masked
-		}
-	}
-	return m
-}
+// maskConfig is c with its secrets masked (kvconfig's one rule set).
+func maskConfig(c *kvconfig.ServerConfig) *kvconfig.ServerConfig { return c.Masked() }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
