@@ -44,7 +44,7 @@ func readWalkthrough(t *testing.T) []walkthroughStep {
 		case l == "<!-- walkthrough:end -->":
 			in = false
 		case !in:
-		case strings.HasPrefix(l, "nats "):
+		case strings.HasPrefix(l, "nats "), strings.HasPrefix(l, "go run ./cmd/tetherctl "):
 			steps = append(steps, walkthroughStep{line: n, cmd: l})
 		case strings.HasPrefix(l, "#=> "):
 			if len(steps) == 0 {
@@ -94,10 +94,16 @@ func TestREADMEWalkthroughWithNATSCLI(t *testing.T) {
 	work := t.TempDir()
 	sup := suptest.Start(t, suptest.Embedded(t, filepath.Join(work, "data")))
 	env := natsEnv(t, cli, "") // NATS_URL empty: the context the walkthrough saves is used
+	env = append(env, "TETHER_NATS_URL="+sup.ClientURL())
+	tetherctl := filepath.Join(t.TempDir(), "tetherctl")
+	if out, err := exec.Command("go", "build", "-o", tetherctl, "../cmd/tetherctl").CombinedOutput(); err != nil {
+		t.Fatalf("build tetherctl: %v\n%s", err, out)
+	}
 	for _, st := range readWalkthrough(t) {
 		var out string
 		var err error
 		cmdline := strings.ReplaceAll(st.cmd, "nats://127.0.0.1:4222", sup.ClientURL())
+		cmdline = strings.ReplaceAll(cmdline, "go run ./cmd/tetherctl", tetherctl)
 		// A resolve right after a put may race the KV watch by a few ms.
 		natstest.CheckFor(t, 3*time.Second, 20*time.Millisecond, func() error {
 			out, err = runNATSIn(t, env, work, cmdline)
