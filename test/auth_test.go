@@ -355,6 +355,9 @@ func TestViewerReadsTheFleetOnly(t *testing.T) {
 	if _, e := natstest.Request(t, viewer, subj.FleetStatus(), nil); e != nil {
 		t.Fatalf("viewer fleet.status: %+v", e)
 	}
+	if _, e := natstest.Request(t, viewer, subj.Explain("a7", "github"), nil); e != nil && e.Code != "404" {
+		t.Fatalf("viewer explain: %+v", e)
+	}
 	js, _ := jetstream.New(viewer)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -280,12 +280,12 @@ func AgentPermissions(id, prefix string) jwt.Permissions {
 }
 
 // ViewerPermissions read the fleet: watch and get mcp_fleet, call
-// fleet.status and the micro service's discovery; no config value, no
-// write.
+// fleet.status, explain (which carries no config value) and the micro
+// service's discovery; no config value, no write.
 func ViewerPermissions(prefix string) jwt.Permissions {
 	p := prefixOr(prefix) + ".v1."
 	var perms jwt.Permissions
-	perms.Pub.Allow.Add(p+"fleet.status", "$SRV.>", "$JS.API.INFO",
+	perms.Pub.Allow.Add(p+"fleet.status", p+"explain.>", "$SRV.>", "$JS.API.INFO",
 		"$JS.API.STREAM.INFO.KV_mcp_fleet", "$JS.API.STREAM.MSG.GET.KV_mcp_fleet", "$JS.API.DIRECT.GET.KV_mcp_fleet.>",
 		"$JS.API.CONSUMER.CREATE.KV_mcp_fleet.>", "$JS.API.CONSUMER.DELETE.KV_mcp_fleet.>", "$JS.API.CONSUMER.INFO.KV_mcp_fleet.>",
 		"$JS.FC.KV_mcp_fleet.>", "_INBOX.>")
