@@ -167,7 +167,8 @@ func TestTrackerClockSuspectAndLostAtExactIntervals(t *testing.T) {
 		{"defaults", 0, 2, 3, time.Second},
 		{"suspect 3 lost 5", 0, 3, 5, time.Second},
 		{"announced 2s", 2000, 2, 3, 2 * time.Second},
-		{"announced 50ms, clamped to 1/10", 50, 2, 3, 100 * time.Millisecond},
+		{"announced 100ms, the lowest accepted (a tenth of 1 s)", 100, 2, 3, 100 * time.Millisecond},
+		{"announced 30s, clamped to 10x", 30000, 2, 3, 10 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := rigConfig()

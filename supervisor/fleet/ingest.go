@@ -12,11 +12,11 @@ import (
 
 // ingest applies one decoded heartbeat to a record; the shard lock is held.
 func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply bool, out *ingestOut) {
-	out.acked = t.applyAcks(a, hb)
 	if !t.checkInstance(a, hb, now, out) {
-		out.discard = DiscardOldSeq
+		out.discard = DiscardOldSeq // a stale heartbeat's acks and probe_ack count for nothing
 		return
 	}
+	out.acked = t.applyAcks(a, hb)
 	silence := now - max(a.heard, t.grace.Load())
 	returning := !out.created && !out.restarted && !a.goodbye &&
 		(a.live == StateLost || a.live == StateGone || time.Duration(silence) >= t.lostAfter(a))
@@ -70,7 +70,9 @@ func (t *tracker) applyAcks(a *agent, hb *hbIn) int {
 		a.pending = nil
 	}
 	if hb.ProbeAck != "" {
-		if seq, ok := t.cmd.parseNonce(hb.ProbeAck); ok && seq > a.probeAcked {
+		// Only a probe actually sent to this agent counts: a made-up nonce
+		// naming a later one must not answer them all.
+		if seq, ok := t.cmd.parseNonce(hb.ProbeAck); ok && seq > a.probeAcked && seq <= a.probeSent {
 			// A newer probe arrived: the command subscription works.
 			a.probeAcked = seq
 			i := 0

@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 	}
 	f.hbReceived = c("tether_heartbeats_received_total", "Heartbeats received, before validation.")
-	f.hbDiscarded = cv("tether_heartbeats_discarded_total", "Heartbeats not applied, by reason (bad_subject, bad_json, agent_mismatch, no_instance, old_seq, slow_consumer).", "reason")
+	f.hbDiscarded = cv("tether_heartbeats_discarded_total", "Heartbeats not applied, by reason (bad_subject, too_large, bad_json, out_of_bounds, agent_mismatch, no_instance, old_seq, slow_consumer).", "reason")
 	f.agentsByState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tether_fleet_agents", Help: "Agents by state."}, []string{"state"})
 	f.transitions = cv("tether_fleet_transitions_total", "Agent state changes, by new state.", "to")
 	f.probesSent = c("tether_probes_sent_total", "Probes sent on agents' command subjects.")

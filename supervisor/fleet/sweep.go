@@ -143,6 +143,7 @@ func (t *tracker) commandDue(a *agent, now int64, behind bool) {
 		a.probeNext = now + int64(hashOffset(a.id, t.cfg.ProbeInterval))
 	case now >= a.probeNext:
 		nonce, seq := t.cmd.newNonce()
+		a.probeSent = seq
 		if len(a.probes) < t.cfg.ZombieAfter {
 			a.probes = append(a.probes, probeRec{seq: seq, at: now})
 		}

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"encoding/json"
+	"fmt"
 	"hash/maphash"
 	"strings"
 	"sync"
@@ -106,6 +107,7 @@ type agent struct {
 	lastRestart, dupAt     int64
 	probeNext              int64
 	probeAcked             uint64
+	probeSent              uint64 // the latest probe sent to this agent
 	probes                 []probeRec
 	recoveries             []int64
 	pending                []*pendingCmd
@@ -258,9 +260,17 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 		t.discard(DiscardSubject, id, nil)
 		return
 	}
+	if len(msg.Data) > MaxHeartbeatBytes {
+		t.discard(DiscardTooLarge, id, fmt.Errorf("heartbeat is %d bytes, over %d", len(msg.Data), MaxHeartbeatBytes))
+		return
+	}
 	var hb hbIn
 	if err := decodeHeartbeat(msg.Data, &hb); err != nil {
 		t.discard(DiscardJSON, id, err)
+		return
+	}
+	if err := checkBounds(&hb, minIntervalMS(t.cfg.HeartbeatInterval)); err != nil {
+		t.discard(DiscardOutOfBounds, id, err)
 		return
 	}
 	if hb.Agent != "" && hb.Agent != id {

@@ -1,0 +1,110 @@
+package fleet
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Heartbeat bounds (the wire contract's): anything over them is discarded
+// and counted, so no agent can make the supervisor hold, log, persist or
+// serve more than this of it.
+const (
+	MaxHeartbeatBytes = 64 << 10
+	MaxInstanceBytes  = 128
+	MaxConfigEntries  = 256
+	MaxAcks           = 256
+	MaxStringBytes    = 1 << 10
+	MaxSafeInt        = 1<<53 - 1 // beyond it JavaScript dashboards lose precision
+	MinIntervalMS     = 100
+	MaxIntervalMS     = 3_600_000
+	// MaxRTTMS bounds conn.rtt_ms: an hour; anything larger is not an RTT.
+	MaxRTTMS = 3_600_000
+)
+
+// Discard reasons of bounds (label values of tether_heartbeats_discarded_total).
+const (
+	DiscardTooLarge    = "too_large"
+	DiscardOutOfBounds = "out_of_bounds"
+)
+
+// minIntervalMS is the lowest interval_ms accepted: MinIntervalMS, or a
+// tenth of the configured heartbeat when that is shorter (test timings).
+func minIntervalMS(configured time.Duration) int64 {
+	return max(1, min(MinIntervalMS, configured.Milliseconds()/10))
+}
+
+// checkBounds reports why a decoded heartbeat is out of bounds, or nil;
+// minInterval is minIntervalMS of the configuration.
+func checkBounds(hb *hbIn, minInterval int64) error {
+	for _, f := range []struct {
+		name, v string
+		max     int
+	}{
+		{"instance", hb.Instance, MaxInstanceBytes}, {"agent", hb.Agent, MaxStringBytes},
+		{"sent_at", hb.SentAt, MaxStringBytes}, {"probe_ack", hb.ProbeAck, MaxStringBytes},
+		{"conn.state", hb.Conn.State, MaxStringBytes},
+	} {
+		if len(f.v) > f.max {
+			return fmt.Errorf("%s is %d bytes, over %d", f.name, len(f.v), f.max)
+		}
+	}
+	if len(hb.Acks) > MaxAcks {
+		return fmt.Errorf("%d acks, over %d", len(hb.Acks), MaxAcks)
+	}
+	for _, a := range hb.Acks {
+		if len(a) > MaxStringBytes {
+			return fmt.Errorf("an ack is %d bytes, over %d", len(a), MaxStringBytes)
+		}
+	}
+	if hb.Seq > MaxSafeInt {
+		return fmt.Errorf("seq %d is over 2^53-1", hb.Seq)
+	}
+	if hb.IntervalMS != 0 && (hb.IntervalMS < minInterval || hb.IntervalMS > MaxIntervalMS) {
+		return fmt.Errorf("interval_ms %d is outside [%d, %d]", hb.IntervalMS, minInterval, MaxIntervalMS)
+	}
+	if r := hb.Conn.RTTMS; math.IsNaN(r) || math.IsInf(r, 0) || r < 0 || r > MaxRTTMS {
+		return fmt.Errorf("conn.rtt_ms %v is outside [0, %d]", r, MaxRTTMS)
+	}
+	if hb.Conn.Reconnects > MaxSafeInt {
+		return fmt.Errorf("conn.reconnects %d is over 2^53-1", hb.Conn.Reconnects)
+	}
+	if c := hb.Calls; c != nil {
+		if c.OK > MaxSafeInt || c.Retried > MaxSafeInt || c.Failed > MaxSafeInt || c.Unknown > MaxSafeInt {
+			return fmt.Errorf("a calls counter is over 2^53-1")
+		}
+		if len(c.LastErrorClass) > MaxStringBytes {
+			return fmt.Errorf("calls.last_error_class is %d bytes, over %d", len(c.LastErrorClass), MaxStringBytes)
+		}
+	}
+	return checkConfigsBounds(hb.Configs)
+}
+
+// checkConfigsBounds counts the configs object's entries and bounds their
+// strings and numbers.
+func checkConfigsBounds(raw json.RawMessage) error {
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return nil
+	}
+	var m map[string]struct {
+		Revision uint64 `json:"revision"`
+		Error    string `json:"error"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return fmt.Errorf("configs: %w", err)
+	}
+	if len(m) > MaxConfigEntries {
+		return fmt.Errorf("%d configs entries, over %d", len(m), MaxConfigEntries)
+	}
+	for s, c := range m {
+		if len(s) > MaxStringBytes || len(c.Error) > MaxStringBytes {
+			return fmt.Errorf("a configs entry is over %d bytes", MaxStringBytes)
+		}
+		if c.Revision > MaxSafeInt {
+			return fmt.Errorf("configs revision %d is over 2^53-1", c.Revision)
+		}
+	}
+	return nil
+}
