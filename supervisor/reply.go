@@ -92,3 +92,15 @@ func (g *replyGuard) agentOf(verb, subject string) (string, bool) {
 	}
 	return toks[0], true
 }
+
+// requestLog samples per-request log lines so that no request storm can
+// fill a disk: per second the first 100 info and 20 warning or error lines
+// are written, then one in 100.
+func requestLog(log zerolog.Logger) zerolog.Logger {
+	return log.Sample(zerolog.LevelSampler{
+		DebugSampler: &zerolog.BurstSampler{Burst: 100, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
+		InfoSampler:  &zerolog.BurstSampler{Burst: 100, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
+		WarnSampler:  &zerolog.BurstSampler{Burst: 20, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
+		ErrorSampler: &zerolog.BurstSampler{Burst: 20, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
+	})
+}

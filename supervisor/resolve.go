@@ -116,7 +116,7 @@ func (r *resolver) handleResolve(req micro.Request) {
 		if code == agentproto.CodeInvalidConfig {
 			ev = r.log.Error()
 		}
-		ev.Str("subject", req.Subject()).Str("agent", res.Agent).Str("server", res.Server).
+		ev.Str("subject", kvconfig.Truncate(req.Subject(), 200)).Str("agent", res.Agent).Str("server", res.Server).
 			Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
 			Int("code", code).Err(err).Dur("latency", time.Since(start)).Msg("resolve failed")
 		return
@@ -182,7 +182,7 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 	}
 	if err != nil {
 		code := r.errorReply(req, err)
-		r.log.Warn().Str("subject", req.Subject()).Int("code", code).Err(err).Msg("resolveall failed")
+		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Err(err).Msg("resolveall failed")
 		return
 	}
 	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Servers: make(map[string]agentproto.ResolveResult, len(items))}
@@ -198,8 +198,8 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 			continue
 		}
 		reply.Servers[it.Server] = agentproto.ResolveResult{Scope: it.Scope, Key: it.Key, Revision: it.Revision, Config: it.Raw}
-		r.log.Info().Str("agent", toks[0]).Str("server", it.Server).Str("role", role).Str("scope", it.Scope).
-			Str("key", it.Key).Uint64("revision", it.Revision).Msg("resolved")
+		r.log.Debug().Str("agent", toks[0]).Str("server", it.Server).Str("role", role).Str("scope", it.Scope).
+			Str("key", it.Key).Uint64("revision", it.Revision).Msg("resolved") // the summary line below is the info one
 	}
 	if err := req.RespondJSON(reply); err != nil {
 		r.log.Warn().Err(err).Str("agent", toks[0]).Msg("cannot send resolveall reply")

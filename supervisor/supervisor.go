@@ -208,7 +208,7 @@ func (s *Supervisor) startService() error {
 	r := &resolver{
 		subj:       agentproto.Subjects{Prefix: s.cfg.Prefix},
 		index:      s.store.Index(),
-		log:        s.log.With().Str("component", "resolver").Logger(),
+		log:        requestLog(s.log.With().Str("component", "resolver").Logger()),
 		retryAfter: DefaultRetryAfterNotReady,
 		metrics:    s.metrics,
 	}
