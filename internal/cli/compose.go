@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"gopkg.in/yaml.v3"
 )
@@ -20,7 +21,39 @@ type ComposeService struct {
 	Command   []string `yaml:"command"`
 	Ports     []string `yaml:"ports"`
 	Volumes   []string `yaml:"volumes"`
-	DependsOn []string `yaml:"depends_on"`
+	DependsOn DependsOn `yaml:"depends_on"`
+}
+
+// DependsOn is a service's depends_on in either compose form: a list of
+// service names, or a map of service name to its condition.
+type DependsOn []string
+
+// UnmarshalYAML accepts both forms.
+func (d *DependsOn) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		var names []string
+		if err := n.Decode(&names); err != nil {
+			return err
+		}
+		*d = names
+	case yaml.MappingNode:
+		var m map[string]struct {
+			Condition string `yaml:"condition"`
+		}
+		if err := n.Decode(&m); err != nil {
+			return err
+		}
+		names := make([]string, 0, len(m))
+		for k := range m {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		*d = names
+	default:
+		return fmt.Errorf("depends_on at line %d: want a list or a map of services", n.Line)
+	}
+	return nil
 }
 
 // ReadCompose parses a compose file strictly enough to catch typos in the

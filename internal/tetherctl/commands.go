@@ -75,12 +75,13 @@ func init() {
 				"  --role ROLE    the agent's role (add; required)\n" +
 				"  --out FILE     where to write the credentials (add)\n" +
 				"  --data-dir D   the supervisor's data directory (env TETHER_DATA_DIR, default ./data)"},
-		{name: "auth", args: "[--resolver-dir DIR]", minArgs: 0, maxArgs: 0, run: (*app).cmdAuth, flags: authFlags,
+		{name: "auth", args: "[--resolver-dir DIR] [--out FILE]", minArgs: 0, maxArgs: 0, run: (*app).cmdAuth, flags: authFlags,
 			summary: "Print the nats-server configuration that runs Tether's auth on your own NATS server or cluster.",
 			detail: "Uses (or creates) the operator material in --data-dir: the operator and account JWTs,\n" +
 				"a full account resolver that keeps revocations, and how the supervisor, operators,\n" +
 				"viewers and agents then connect.\n" +
-				"  --resolver-dir DIR   where your server keeps account JWTs (default ./tether-jwt)"},
+				"  --resolver-dir DIR   where your server keeps account JWTs (default ./tether-jwt)\n" +
+				"  --out FILE           write the configuration to FILE (mode 0600) instead of stdout"},
 		{name: "fleet", args: "[--state S] [--role R] [--agent A]", minArgs: 0, maxArgs: 0, run: (*app).cmdFleet, flags: fleetFlags,
 			summary: "List agents from the supervisor: state, role, last heard, RTT, config revisions applied/current.",
 			detail: "  --state S   only agents in state S (" + strings.Join(fleetStates, ", ") + ")\n" +
