@@ -16,11 +16,11 @@ type ComposeFile struct {
 
 // ComposeService is one service of a compose file.
 type ComposeService struct {
-	Image     string   `yaml:"image"`
-	Build     any      `yaml:"build"`
-	Command   []string `yaml:"command"`
-	Ports     []string `yaml:"ports"`
-	Volumes   []string `yaml:"volumes"`
+	Image     string    `yaml:"image"`
+	Build     any       `yaml:"build"`
+	Command   []string  `yaml:"command"`
+	Ports     []string  `yaml:"ports"`
+	Volumes   []string  `yaml:"volumes"`
 	DependsOn DependsOn `yaml:"depends_on"`
 }
 
