@@ -109,35 +109,72 @@ func (t *tracker) load(ctx context.Context, kv jetstream.KeyValue) (int, error) 
 	return t.readFleet(ctx, kv, t.restore)
 }
 
-// readFleet calls fn for every readable record of mcp_fleet.
+// readFleetStall is how long a read of mcp_fleet may go without delivering
+// anything before its watcher is taken for lost and the read starts over.
+const readFleetStall = 3 * time.Second
+
+// readFleet calls fn for every readable record of mcp_fleet. A watcher whose
+// creation or delivery was lost (a request written into a connection that
+// was just dropped, a stream leader moving in a cluster) would otherwise
+// stall the read until ctx ends, so a read that delivers nothing for
+// readFleetStall starts over with a new watcher; records are applied only
+// once a read is complete, so none is applied twice.
 func (t *tracker) readFleet(ctx context.Context, kv jetstream.KeyValue, fn func(*Record)) (int, error) {
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	for attempt := 1; ; attempt++ {
+		recs, bad, err := readFleetOnce(ctx, kv)
+		if err == nil {
+			if bad > 0 {
+				t.log.Warn().Int("unreadable", bad).Msg("some mcp_fleet records could not be read; those agents start afresh")
+			}
+			for i := range recs {
+				fn(&recs[i])
+			}
+			return len(recs), nil
+		}
+		if ctx.Err() != nil {
+			return 0, err
+		}
+		t.log.Warn().Err(err).Int("attempt", attempt).Msg("reading mcp_fleet stalled; starting over with a new watcher")
+	}
+}
+
+// readFleetOnce reads every record with one watcher, or fails when it
+// stalls for readFleetStall.
+func readFleetOnce(ctx context.Context, kv jetstream.KeyValue) (recs []Record, bad int, err error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	created := time.AfterFunc(readFleetStall, cancel) // bounds the watcher's creation too
+	w, err := kv.WatchAll(wctx, jetstream.IgnoreDeletes())
+	if !created.Stop() && err == nil {
+		kvconfig.StopWatcher(w)
+		err = fmt.Errorf("not created within %v", readFleetStall)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("fleet: read %s: %w", kv.Bucket(), err)
+		return nil, 0, fmt.Errorf("fleet: read %s: %w", kv.Bucket(), err)
 	}
 	defer kvconfig.StopWatcher(w)
-	n, bad := 0, 0
+	stall := time.NewTimer(readFleetStall)
+	defer stall.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return n, fmt.Errorf("fleet: read %s: %w", kv.Bucket(), ctx.Err())
+			return nil, 0, fmt.Errorf("fleet: read %s: %w", kv.Bucket(), ctx.Err())
+		case <-stall.C:
+			return nil, 0, fmt.Errorf("fleet: read %s: nothing delivered for %v", kv.Bucket(), readFleetStall)
 		case e, ok := <-w.Updates():
 			if !ok {
-				return n, errors.New("fleet: read " + kv.Bucket() + ": watcher closed")
+				return nil, 0, errors.New("fleet: read " + kv.Bucket() + ": watcher closed")
 			}
 			if e == nil {
-				if bad > 0 {
-					t.log.Warn().Int("unreadable", bad).Msg("some mcp_fleet records could not be read; those agents start afresh")
-				}
-				return n, nil
+				return recs, bad, nil
 			}
+			stall.Reset(readFleetStall)
 			var r Record
 			if json.Unmarshal(e.Value(), &r) != nil || r.Agent != e.Key() || !kvconfig.ValidID(r.Agent) {
 				bad++
 				continue
 			}
-			fn(&r)
-			n++
+			recs = append(recs, r)
 		}
 	}
 }
