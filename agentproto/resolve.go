@@ -147,6 +147,11 @@ func (r *Resolver) Subscribe(fn func(Resolved) error) {
 
 // request sends one request and decodes a contract error into *ServiceError.
 func (r *Resolver) request(ctx context.Context, subject string) ([]byte, error) {
+	return r.requestBody(ctx, subject, nil)
+}
+
+// requestBody is request with a body.
+func (r *Resolver) requestBody(ctx context.Context, subject string, body []byte) ([]byte, error) {
 	nc := r.cfg.Conn()
 	if nc == nil {
 		return nil, MarkTransient(ErrNoConnection)
@@ -156,7 +161,7 @@ func (r *Resolver) request(ctx context.Context, subject string) ([]byte, error) 
 		ctx, done = r.cfg.Guard(ctx, subject)
 		defer done()
 	}
-	msg, err := nc.RequestWithContext(ctx, subject, nil)
+	msg, err := nc.RequestWithContext(ctx, subject, body)
 	if err != nil {
 		var pe *PermissionError
 		if errors.As(context.Cause(ctx), &pe) {
@@ -331,45 +336,27 @@ func (r *Resolver) failed(server string, err error) (Resolved, error) {
 // ResolveAll asks for every server visible to the agent. Each result
 // carries its own Err. If the supervisor cannot be reached, the held
 // configs are returned marked Stale (error only when none is held).
-// Servers the supervisor no longer lists are forgotten.
+// Servers the supervisor no longer lists are forgotten. Pages are followed
+// (ResolveAllReply.Next) until the last; nothing is forgotten unless every
+// page arrived.
 func (r *Resolver) ResolveAll(ctx context.Context) (map[string]Resolved, error) {
 	subject := r.cfg.Subjects.ResolveAll(r.cfg.Agent)
-	data, err := RetryValue(ctx, r.policy("resolveall"), func(ctx context.Context) ([]byte, error) {
-		return r.request(ctx, subject)
-	})
-	var rep ResolveAllReply
-	if err == nil {
-		if jerr := json.Unmarshal(data, &rep); jerr != nil {
-			err = fmt.Errorf("agentproto: resolveall: reply is not JSON: %w", jerr)
-		}
-	}
+	pages, err := r.resolveAllPages(ctx, subject)
 	if err != nil {
 		return r.allStale(err)
 	}
-	out := make(map[string]Resolved, len(rep.Servers))
-	for server, it := range rep.Servers {
-		if it.Error != nil {
-			se := &ServiceError{Subject: subject, Code: it.Error.Status, Message: it.Error.Message}
-			out[server], _ = r.failed(server, se)
-			continue
+	seen := map[string]bool{}
+	out := map[string]Resolved{}
+	for _, rep := range pages {
+		for server, it := range rep.Servers {
+			seen[server] = true
+			out[server] = r.acceptItem(subject, rep, server, it)
 		}
-		res := Resolved{Server: server, Role: rep.Role, Scope: it.Scope, Key: it.Key, Revision: it.Revision, AsOf: rep.AsOf}
-		cfg, derr := kvconfig.DecodeConfig(it.Config)
-		if derr != nil {
-			out[server], _ = r.failed(server, MarkPermanent(derr))
-			continue
-		}
-		res.Config = cfg
-		if err := r.commandAllowed(&res); err != nil {
-			out[server], _ = r.refuse(res, err)
-			continue
-		}
-		out[server] = r.accept(res)
 	}
 	r.mu.Lock()
 	dropped := false
 	for server := range r.lkg {
-		if _, ok := rep.Servers[server]; !ok {
+		if !seen[server] {
 			delete(r.lkg, server)
 			dropped = true
 		}
@@ -381,6 +368,61 @@ func (r *Resolver) ResolveAll(ctx context.Context) (map[string]Resolved, error) 
 	return out, nil
 }
 
+// maxResolveAllPages bounds the pages one ResolveAll follows.
+const maxResolveAllPages = 10000
+
+// resolveAllPages fetches every page of the agent's resolveall, each with
+// the retry policy.
+func (r *Resolver) resolveAllPages(ctx context.Context, subject string) ([]ResolveAllReply, error) {
+	var pages []ResolveAllReply
+	after := ""
+	for range maxResolveAllPages {
+		var body []byte
+		if after != "" {
+			body, _ = json.Marshal(ResolveAllRequest{After: after})
+		}
+		data, err := RetryValue(ctx, r.policy("resolveall"), func(ctx context.Context) ([]byte, error) {
+			return r.requestBody(ctx, subject, body)
+		})
+		if err != nil {
+			return nil, err
+		}
+		var rep ResolveAllReply
+		if err := json.Unmarshal(data, &rep); err != nil {
+			return nil, fmt.Errorf("agentproto: resolveall: reply is not JSON: %w", err)
+		}
+		pages = append(pages, rep)
+		if rep.Next == "" {
+			return pages, nil
+		}
+		if rep.Next <= after {
+			return nil, MarkPermanent(fmt.Errorf("agentproto: resolveall: page after %q names next %q, not a later server", after, rep.Next))
+		}
+		after = rep.Next
+	}
+	return nil, MarkPermanent(fmt.Errorf("agentproto: resolveall: more than %d pages", maxResolveAllPages))
+}
+
+// acceptItem turns one server of a resolveall page into what the agent holds.
+func (r *Resolver) acceptItem(subject string, rep ResolveAllReply, server string, it ResolveResult) Resolved {
+	if it.Error != nil {
+		se := &ServiceError{Subject: subject, Code: it.Error.Status, Message: it.Error.Message}
+		res, _ := r.failed(server, se)
+		return res
+	}
+	res := Resolved{Server: server, Role: rep.Role, Scope: it.Scope, Key: it.Key, Revision: it.Revision, AsOf: rep.AsOf}
+	cfg, derr := kvconfig.DecodeConfig(it.Config)
+	if derr != nil {
+		out, _ := r.failed(server, MarkPermanent(derr))
+		return out
+	}
+	res.Config = cfg
+	if err := r.commandAllowed(&res); err != nil {
+		out, _ := r.refuse(res, err)
+		return out
+	}
+	return r.accept(res)
+}
 func (r *Resolver) allStale(err error) (map[string]Resolved, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

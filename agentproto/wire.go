@@ -112,6 +112,17 @@ type ResolveAllReply struct {
 	Role    string                   `json:"role,omitempty"`
 	AsOf    kvconfig.AsOf            `json:"as_of"`
 	Servers map[string]ResolveResult `json:"servers"`
+	// Next is the last server of this page when more follow: send it back
+	// as After for the next page. Empty on the last page.
+	Next string `json:"next"`
+}
+
+// ResolveAllRequest is the optional body of a resolveall request: the page
+// of servers after After (exclusive, in name order), at most Limit of them
+// (0: as many as fit in one reply).
+type ResolveAllRequest struct {
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
 }
 
 // ResolveResult is one server of a ResolveAllReply: either the resolution

@@ -3,6 +3,8 @@ package supervisor
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -20,6 +22,7 @@ type resolver struct {
 	log        zerolog.Logger
 	retryAfter time.Duration
 	metrics    *Metrics
+	maxPayload func() int // the connection's max payload, for paging
 }
 
 // errorReply maps an error to its contract code and answers the request.
@@ -185,9 +188,16 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Err(err).Msg("resolveall failed")
 		return
 	}
-	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Servers: make(map[string]agentproto.ResolveResult, len(items))}
+	page, next, err := r.page(req.Data(), items)
+	if err != nil {
+		code := r.errorReply(req, err)
+		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Err(err).Msg("resolveall failed")
+		return
+	}
+	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Next: next,
+		Servers: make(map[string]agentproto.ResolveResult, len(page))}
 	failed := 0
-	for _, it := range items {
+	for _, it := range page {
 		if it.Err != nil {
 			code, msg := classifyResolveError(it.Err)
 			failed++
@@ -204,7 +214,57 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 	if err := req.RespondJSON(reply); err != nil {
 		r.log.Warn().Err(err).Str("agent", toks[0]).Msg("cannot send resolveall reply")
 	}
-	r.log.Info().Str("agent", toks[0]).Int("servers", len(items)).Int("failed", failed).Dur("latency", time.Since(start)).Msg("resolveall")
+	r.log.Info().Str("agent", toks[0]).Int("servers", len(page)).Int("visible", len(items)).Str("next", next).Int("failed", failed).
+		Dur("latency", time.Since(start)).Msg("resolveall")
+}
+
+// Paging of resolveall (the wire contract): items come sorted by server;
+// a page holds those after the request's "after", at most "limit" of them,
+// and never more bytes than fit under the server's max payload.
+const (
+	// MaxResolveAllLimit bounds a resolveall request's limit.
+	MaxResolveAllLimit = 10000
+	// replyHeadroom is kept free under the max payload for the reply's
+	// envelope and headers.
+	replyHeadroom = 4 << 10
+)
+
+// page picks the page of items a resolveall body asks for and the next
+// cursor ("" on the last page).
+func (r *resolver) page(body []byte, items []kvconfig.ResolveItem) ([]kvconfig.ResolveItem, string, error) {
+	var q agentproto.ResolveAllRequest
+	if len(body) > 0 && body[0] == '{' {
+		if err := json.Unmarshal(body, &q); err != nil {
+			return nil, "", &badRequest{agentproto.CodeBadRequest, "supervisor: resolveall body: " + err.Error() + ` (want {"after":"<server>","limit":N})`}
+		}
+	}
+	if q.After != "" && !kvconfig.ValidID(q.After) {
+		return nil, "", &badRequest{agentproto.CodeBadRequest, "supervisor: resolveall after " + strconv.Quote(kvconfig.Truncate(q.After, 80)) + " is not a server name"}
+	}
+	if q.Limit < 0 || q.Limit > MaxResolveAllLimit {
+		return nil, "", &badRequest{agentproto.CodeBadRequest, fmt.Sprintf("supervisor: resolveall limit %d outside 0..%d (0: as many as fit)", q.Limit, MaxResolveAllLimit)}
+	}
+	first := sort.Search(len(items), func(i int) bool { return items[i].Server > q.After })
+	budget := r.maxPayload() - replyHeadroom
+	size := 0
+	for i := first; i < len(items); i++ {
+		n := itemSize(&items[i])
+		if i > first && (size+n > budget || q.Limit > 0 && i-first == q.Limit) {
+			return items[first:i], items[i-1].Server, nil
+		}
+		if n > budget { // alone it cannot be sent: say so instead
+			items[i].Err = &kvconfig.ConfigError{Key: items[i].Key, Revision: items[i].Revision,
+				Err: fmt.Errorf("value of %d bytes does not fit in a reply under the server's max payload", len(items[i].Raw))}
+			items[i].Raw, n = nil, 256
+		}
+		size += n
+	}
+	return items[first:], "", nil
+}
+
+// itemSize is about what one server adds to a resolveall reply.
+func itemSize(it *kvconfig.ResolveItem) int {
+	return len(it.Server) + len(it.Scope) + len(it.Key) + len(it.Raw) + 96
 }
 
 func (r *resolver) handleExplain(req micro.Request) {

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
 	"github.com/tether-dev/tether/kvconfig"
@@ -249,5 +251,106 @@ func TestConfigValidate(t *testing.T) {
 	c := DefaultConfig()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// bigConfig is a valid config of about n bytes (env values of 8 KiB).
+func bigConfig(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"transport":"stdio","command":"srv","env":{`)
+	for i := 0; b.Len() < n-8300; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"K%d":"%s"`, i, strings.Repeat("v", 8000))
+	}
+	b.WriteString("}}")
+	return b.String()
+}
+
+// TestResolveAllPages: 20 valid 60 KB configs are more than one reply can
+// carry. Every page stays under the max payload, pages chain by "next" to
+// exactly every server once, "limit" sizes pages, bad bodies are 400s, and
+// agentproto's ResolveAll follows the pages to all 20.
+func TestResolveAllPages(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, testConfig(t, srv))
+	var last uint64
+	for i := range 20 {
+		last = put(t, s, kvconfig.BucketConfigs, fmt.Sprintf("global.s%02d", i), bigConfig(60<<10))
+	}
+	waitRev(t, s, "a7", "s19", last)
+	nc := srv.Connect()
+	maxPayload := int(nc.MaxPayload())
+	var got []string
+	pages := 0
+	for after := ""; pages < 50; {
+		body, _ := json.Marshal(agentproto.ResolveAllRequest{After: after})
+		msg, e := request(t, nc, subj.ResolveAll("a7"), body)
+		if e != nil {
+			t.Fatalf("page %d: %+v", pages, e)
+		}
+		pages++
+		if len(msg.Data) > maxPayload {
+			t.Fatalf("page %d is %d bytes, over the max payload %d", pages, len(msg.Data), maxPayload)
+		}
+		var rep agentproto.ResolveAllReply
+		if err := json.Unmarshal(msg.Data, &rep); err != nil {
+			t.Fatal(err)
+		}
+		for name, it := range rep.Servers {
+			if it.Error != nil || len(it.Config) < 60<<10-9000 {
+				t.Fatalf("%s: %+v", name, it.Error)
+			}
+			got = append(got, name)
+		}
+		if after = rep.Next; after == "" {
+			break
+		}
+	}
+	slices.Sort(got)
+	if len(got) != 20 || slices.Compact(slices.Clone(got))[19] != "s19" || pages < 2 {
+		t.Fatalf("%d servers over %d pages: %v", len(got), pages, got)
+	}
+	t.Logf("20 configs of 60 KB in %d pages under the %d-byte max payload", pages, maxPayload)
+
+	// limit sizes pages: 7, 7, 6.
+	var sizes []int
+	for after := ""; len(sizes) < 10; {
+		body, _ := json.Marshal(agentproto.ResolveAllRequest{After: after, Limit: 7})
+		msg, e := request(t, nc, subj.ResolveAll("a7"), body)
+		if e != nil {
+			t.Fatal(e)
+		}
+		var rep agentproto.ResolveAllReply
+		_ = json.Unmarshal(msg.Data, &rep)
+		sizes = append(sizes, len(rep.Servers))
+		if after = rep.Next; after == "" {
+			break
+		}
+	}
+	if !slices.Equal(sizes, []int{7, 7, 6}) {
+		t.Errorf("page sizes with limit 7: %v", sizes)
+	}
+	for _, bad := range []string{`{"after":"x.>"}`, `{"limit":-1}`, `{"limit":100000}`, `{"limit":"7"}`} {
+		if _, e := request(t, nc, subj.ResolveAll("a7"), []byte(bad)); e == nil || e.code != "400" {
+			t.Errorf("body %s: %+v, want a 400", bad, e)
+		}
+	}
+
+	// The agent client follows the pages.
+	r, err := agentproto.NewResolver(agentproto.ResolverConfig{Agent: "a7", Conn: func() *nats.Conn { return nc }, AllowCommands: []string{"srv"},
+		Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := r.ResolveAll(context.Background())
+	if err != nil || len(all) != 20 {
+		t.Fatalf("agentproto ResolveAll: %d servers, %v", len(all), err)
+	}
+	for name, res := range all {
+		if res.Config == nil || res.Stale || res.Err != nil {
+			t.Fatalf("%s: %+v", name, res)
+		}
 	}
 }

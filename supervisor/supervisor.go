@@ -210,6 +210,7 @@ func (s *Supervisor) startService() error {
 		index:      s.store.Index(),
 		log:        requestLog(s.log.With().Str("component", "resolver").Logger()),
 		retryAfter: DefaultRetryAfterNotReady,
+		maxPayload: func() int { return int(s.nc.MaxPayload()) },
 		metrics:    s.metrics,
 	}
 	svc, err := micro.AddService(s.nc, micro.Config{
