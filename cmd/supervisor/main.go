@@ -21,6 +21,10 @@ import (
 func main() {
 	cfg := supervisor.DefaultConfig()
 	fs, level, format := newFlags(&cfg, flag.ExitOnError)
+	if err := cli.FlagsFromEnv(fs, os.LookupEnv); err != nil {
+		fmt.Fprintln(os.Stderr, "supervisor:", err)
+		os.Exit(2)
+	}
 	_ = fs.Parse(os.Args[1:])
 
 	log, err := cli.Logger(os.Stderr, *level, *format)

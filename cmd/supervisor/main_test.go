@@ -3,7 +3,9 @@ package main
 import (
 	"flag"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-dev/tether/internal/cli"
 	"github.com/tether-dev/tether/supervisor"
@@ -53,5 +55,39 @@ func TestHTTPAuthFlags(t *testing.T) {
 	}
 	if !slices.Equal(cfg.HTTPAllowedHosts, []string{"c.example"}) || cfg.HTTPTokenFile != "t" {
 		t.Errorf("from the flags: %q, %q", cfg.HTTPAllowedHosts, cfg.HTTPTokenFile)
+	}
+}
+
+// Every flag is settable from a TETHER_* variable, as the README says, and
+// a command-line flag still wins over it.
+func TestEveryFlagHasAnEnvVariable(t *testing.T) {
+	cfg := supervisor.DefaultConfig()
+	fs, _, _ := newFlags(&cfg, flag.ContinueOnError)
+	env := map[string]string{"TETHER_HEARTBEAT_INTERVAL": "2s", "TETHER_ZOMBIE_AFTER": "5", "TETHER_REPLICAS": "3"}
+	if err := cli.FlagsFromEnv(fs, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		if !strings.Contains(f.Usage, "(env TETHER_") {
+			t.Errorf("--%s has no TETHER_* variable: %q", f.Name, f.Usage)
+		}
+	})
+	if err := fs.Parse([]string{"--zombie-after", "4"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Fleet.HeartbeatInterval != 2*time.Second || cfg.Fleet.ZombieAfter != 4 || cfg.Buckets.Replicas != 3 {
+		t.Fatalf("from the environment: heartbeat %v, zombie-after %d (the flag wins), replicas %d",
+			cfg.Fleet.HeartbeatInterval, cfg.Fleet.ZombieAfter, cfg.Buckets.Replicas)
+	}
+	cfg2 := supervisor.DefaultConfig()
+	fs2, _, _ := newFlags(&cfg2, flag.ContinueOnError)
+	err := cli.FlagsFromEnv(fs2, func(k string) (string, bool) {
+		if k == "TETHER_LOST_AFTER" {
+			return "three", true
+		}
+		return "", false
+	})
+	if err == nil || !strings.Contains(err.Error(), "TETHER_LOST_AFTER") {
+		t.Fatalf("a bad value: %v, want an error naming TETHER_LOST_AFTER", err)
 	}
 }

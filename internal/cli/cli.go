@@ -3,9 +3,12 @@
 package cli
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -43,4 +46,31 @@ func Logger(w io.Writer, level, format string) (zerolog.Logger, error) {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// EnvName is the TETHER_* variable of a flag: TETHER_ and the flag's name
+// in upper case with - as _ (--heartbeat-interval: TETHER_HEARTBEAT_INTERVAL).
+func EnvName(flagName string) string {
+	return "TETHER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// FlagsFromEnv gives every flag of fs whose usage does not already name its
+// variable ("(env TETHER_...)") a default from EnvName, read with lookup,
+// and adds the variable to its usage. Command-line flags parsed afterwards
+// still win. A value the flag rejects is an error naming the variable.
+func FlagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.Contains(f.Usage, "(env ") {
+			return
+		}
+		name := EnvName(f.Name)
+		f.Usage += " (env " + name + ")"
+		if v, ok := lookup(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: invalid value for --%s: %w", name, v, f.Name, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
 }
