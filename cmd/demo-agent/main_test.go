@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"strings"
 	"testing"
 
 	"github.com/tether-dev/tether/internal/cli"
@@ -30,5 +31,18 @@ func TestComposeFlags(t *testing.T) {
 			t.Errorf("service %s: duplicate agent id %q", name, cfg.Agent)
 		}
 		ids[cfg.Agent] = true
+	}
+}
+
+func TestHelpSaysWhatItIs(t *testing.T) {
+	var cfg demoagent.Config
+	fs, _, _, _ := newFlags(&cfg, flag.ContinueOnError)
+	var b strings.Builder
+	fs.SetOutput(&b)
+	fs.Usage()
+	for _, want := range []string{"demo-agent: an example Tether agent", "usage: demo-agent", "-creds"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, b.String())
+		}
 	}
 }

@@ -14,12 +14,19 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-dev/tether/internal/cli"
+
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/fleetsim"
 )
 
 func main() {
 	fs := flag.NewFlagSet("fleetsim", flag.ExitOnError)
+	cli.Describe(fs, `fleetsim: simulates a fleet of agents retrying against a server that is down for --outage, on a
+fake clock, once per jitter mode, and prints the load the server sees. Columns: jitter mode; the
+most retries in one --window; the most calls in one window once the server is back (the stampede);
+when the last agent succeeded; total attempts; calls rejected for want of --capacity; agents that
+gave up.`, "fleetsim [flags]")
 	agents := fs.Int("agents", 1000, "fleet size")
 	outage := fs.Duration("outage", 10*time.Second, "how long the server refuses every call")
 	spread := fs.Duration("spread", 0, "spread the first calls over this long (0: all at once, the worst case)")

@@ -91,3 +91,16 @@ func TestEveryFlagHasAnEnvVariable(t *testing.T) {
 		t.Fatalf("a bad value: %v, want an error naming TETHER_LOST_AFTER", err)
 	}
 }
+
+func TestHelpSaysWhatItIs(t *testing.T) {
+	cfg := supervisor.DefaultConfig()
+	fs, _, _ := newFlags(&cfg, flag.ContinueOnError)
+	var b strings.Builder
+	fs.SetOutput(&b)
+	fs.Usage()
+	for _, want := range []string{"supervisor: Tether's central service", "usage: supervisor", "-heartbeat-interval", "auth always on"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -74,3 +74,13 @@ func FlagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 	})
 	return errors.Join(errs...)
 }
+
+// Describe makes fs's -help print what the program is, then its usage
+// line and every flag with its default.
+func Describe(fs *flag.FlagSet, about, usage string) {
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "%s\n\nusage: %s\n\nflags:\n", strings.TrimSpace(about), usage)
+		fs.PrintDefaults()
+	}
+}
