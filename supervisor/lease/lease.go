@@ -86,6 +86,25 @@ func bucketTTL(ctx context.Context, kv jetstream.KeyValue, cfg Config) (time.Dur
 	return ttl, nil
 }
 
+// openBucket opens the lease bucket, creating it (TTL and replicas from
+// cfg) when it does not exist; created reports that.
+func openBucket(ctx context.Context, cfg Config) (kv jetstream.KeyValue, created bool, err error) {
+	kv, err = cfg.JS.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = cfg.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: Bucket, Description: "Tether supervisor leader lease", History: 1, TTL: cfg.TTL, Replicas: cfg.Replicas,
+		})
+		created = err == nil
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = cfg.JS.KeyValue(ctx, Bucket)
+		}
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("lease: lease bucket %s: %w", Bucket, err)
+	}
+	return kv, created, nil
+}
+
 // Start opens the lease bucket and starts campaigning.
 func Start(ctx context.Context, cfg Config) (*Lease, error) {
 	if cfg.ID == "" || cfg.JS == nil {
@@ -100,17 +119,9 @@ func Start(ctx context.Context, cfg Config) (*Lease, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
 	}
-	kv, err := cfg.JS.KeyValue(ctx, Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = cfg.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: Bucket, Description: "Tether supervisor leader lease", History: 1, TTL: cfg.TTL, Replicas: cfg.Replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = cfg.JS.KeyValue(ctx, Bucket)
-		}
-	}
+	kv, _, err := openBucket(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("lease: lease bucket %s: %w", Bucket, err)
+		return nil, err
 	}
 	if cfg.TTL, err = bucketTTL(ctx, kv, cfg); err != nil {
 		return nil, err
@@ -174,6 +185,25 @@ func (l *Lease) step(ctx context.Context) {
 		l.set(false, "", err)
 	}
 	rev, err := l.kv.Create(cctx, Key, []byte(l.cfg.ID))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		// The bucket may be gone (a publish to a deleted stream just times
+		// out): without it no replica could ever lead again, so open or
+		// re-create it and campaign at once.
+		octx, ocancel := context.WithTimeout(ctx, l.cfg.TTL/3)
+		defer ocancel()
+		kv, created, oerr := openBucket(octx, l.cfg)
+		if oerr != nil {
+			l.cfg.Logger.Error().Err(oerr).Msg("lease bucket missing and cannot be re-created; retrying")
+			return
+		}
+		if created {
+			l.cfg.Logger.Warn().Str("bucket", Bucket).Dur("ttl", l.cfg.TTL).Msg("lease bucket was missing (deleted?): re-created it")
+		}
+		l.kv = kv
+		if created {
+			rev, err = l.kv.Create(octx, Key, []byte(l.cfg.ID))
+		}
+	}
 	if err == nil {
 		l.rev, l.renewed = rev, now
 		l.renewedAt.Store(int64(now.Sub(l.epoch)))

@@ -107,3 +107,52 @@ func TestLeaseExpiresWhenHolderVanishes(t *testing.T) {
 		t.Fatal("vanished holder still thinks it leads")
 	}
 }
+
+// TestLeaseSurvivesItsBucketBeingDeleted: `nats kv del mcp_leader` must not
+// leave the fleet without a leader: the bucket is re-created and one
+// replica leads again within 2×TTL, never two at once.
+func TestLeaseSurvivesItsBucketBeingDeleted(t *testing.T) {
+	srv := natstest.RunServer(t)
+	const ttl = 300 * time.Millisecond
+	j1, _ := jetstream.New(srv.Connect())
+	j2, _ := jetstream.New(srv.Connect())
+	ls := startLeases(t, []jetstream.JetStream{j1, j2}, ttl)
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if n, _ := leaders(ls); n != 1 {
+			return fmt.Errorf("%d leaders", n)
+		}
+		return nil
+	})
+	admin, _ := jetstream.New(srv.Connect())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := admin.DeleteKeyValue(ctx, Bucket); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	// The old holder steps down when its renewals fail; then someone
+	// re-creates the bucket and leads.
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		n, _ := leaders(ls)
+		if n > 1 {
+			t.Fatal("two leaders")
+		}
+		if _, err := admin.KeyValue(ctx, Bucket); err != nil {
+			return fmt.Errorf("bucket not re-created yet: %v", err)
+		}
+		if n != 1 {
+			return fmt.Errorf("%d leaders", n)
+		}
+		return nil
+	})
+	took := time.Since(deleted)
+	t.Logf("leader again %v after the lease bucket was deleted (ttl %v)", took.Round(time.Millisecond), ttl)
+	if took > 2*ttl+ttl/3+100*time.Millisecond {
+		t.Errorf("leader again only after %v, want within about 2×TTL", took)
+	}
+	if kv, err := admin.KeyValue(ctx, Bucket); err != nil {
+		t.Fatal(err)
+	} else if st, _ := kv.Status(ctx); st.TTL() != ttl {
+		t.Errorf("re-created bucket TTL %v, want %v", st.TTL(), ttl)
+	}
+}
