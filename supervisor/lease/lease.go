@@ -62,6 +62,9 @@ type Lease struct {
 
 	rev     uint64
 	renewed time.Time
+	// fenceUntil is set after this replica re-created a deleted bucket: it
+	// holds and renews the key, but leads only from then on (see step).
+	fenceUntil time.Time
 	// renewedAt is renewed as monotonic nanoseconds since epoch, for
 	// IsLeader's expiry check.
 	epoch     time.Time
@@ -170,6 +173,24 @@ func (l *Lease) step(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, l.cfg.TTL/3)
 	defer cancel()
 	now := time.Now()
+	if !l.fenceUntil.IsZero() {
+		// A holder that missed the deletion still calls itself leader until
+		// two thirds of a TTL after its last renewal: hold the key (so no one
+		// else can take it) for a whole TTL before leading.
+		rev, err := l.kv.Update(cctx, Key, []byte(l.cfg.ID), l.rev)
+		if err != nil {
+			l.fenceUntil = time.Time{} // lost it: campaign again below
+		} else {
+			l.rev, l.renewed = rev, now
+			l.renewedAt.Store(int64(now.Sub(l.epoch)))
+			if now.Before(l.fenceUntil) {
+				return
+			}
+			l.fenceUntil = time.Time{}
+			l.set(true, l.cfg.ID, nil)
+			return
+		}
+	}
 	if l.leader.Load() {
 		rev, err := l.kv.Update(cctx, Key, []byte(l.cfg.ID), l.rev)
 		if err == nil {
@@ -200,8 +221,15 @@ func (l *Lease) step(ctx context.Context) {
 			l.cfg.Logger.Warn().Str("bucket", Bucket).Dur("ttl", l.cfg.TTL).Msg("lease bucket was missing (deleted?): re-created it")
 		}
 		l.kv = kv
-		if created {
-			rev, err = l.kv.Create(octx, Key, []byte(l.cfg.ID))
+		if !created {
+			return // it exists after all: campaign at the next step
+		}
+		if rev, err = l.kv.Create(octx, Key, []byte(l.cfg.ID)); err == nil {
+			l.rev, l.renewed, l.fenceUntil = rev, now, now.Add(l.cfg.TTL)
+			l.renewedAt.Store(int64(now.Sub(l.epoch)))
+			l.holder.Store(l.cfg.ID)
+			l.cfg.Logger.Warn().Dur("fence", l.cfg.TTL).Msg("holding the lease one TTL before leading, so a holder that missed the deletion has stepped down")
+			return
 		}
 	}
 	if err == nil {
