@@ -1,8 +1,6 @@
 package fleet
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"time"
@@ -79,32 +77,5 @@ func checkBounds(hb *hbIn, minInterval int64) error {
 			return fmt.Errorf("calls.last_error_class is %d bytes, over %d", len(c.LastErrorClass), MaxStringBytes)
 		}
 	}
-	return checkConfigsBounds(hb.Configs)
-}
-
-// checkConfigsBounds counts the configs object's entries and bounds their
-// strings and numbers.
-func checkConfigsBounds(raw json.RawMessage) error {
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return nil
-	}
-	var m map[string]struct {
-		Revision uint64 `json:"revision"`
-		Error    string `json:"error"`
-	}
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return fmt.Errorf("configs: %w", err)
-	}
-	if len(m) > MaxConfigEntries {
-		return fmt.Errorf("%d configs entries, over %d", len(m), MaxConfigEntries)
-	}
-	for s, c := range m {
-		if len(s) > MaxStringBytes || len(c.Error) > MaxStringBytes {
-			return fmt.Errorf("a configs entry is over %d bytes", MaxStringBytes)
-		}
-		if c.Revision > MaxSafeInt {
-			return fmt.Errorf("configs revision %d is over 2^53-1", c.Revision)
-		}
-	}
-	return nil
+	return nil // configs are bounded where they are decoded: decodeApplied
 }

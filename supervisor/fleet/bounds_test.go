@@ -72,7 +72,11 @@ func TestCheckBounds(t *testing.T) {
 		if err := decodeHeartbeat([]byte(body), &hb); err != nil {
 			t.Fatalf("%s: decode: %v", tc.name, err)
 		}
-		if err := checkBounds(&hb, minIntervalMS(DefaultHeartbeatInterval)); (err == nil) != tc.ok {
+		err := checkBounds(&hb, minIntervalMS(DefaultHeartbeatInterval))
+		if err == nil {
+			_, err = decodeApplied(hb.Configs) // configs are bounded where they are decoded
+		}
+		if (err == nil) != tc.ok {
 			t.Errorf("%s: checkBounds = %v, want ok %v", tc.name, err, tc.ok)
 		}
 	}
@@ -93,6 +97,11 @@ func TestBoundsAndStaleAcksChangeNothing(t *testing.T) {
 	send(`{"agent":"b1","instance":"b1-i1","seq":99,"padding":"` + strings.Repeat("x", MaxHeartbeatBytes) + `"}`)
 	send(`{"agent":"b1","instance":"` + strings.Repeat("i", 200) + `","seq":99}`)
 	send(`{"agent":"b1","instance":"b1-i1","seq":99,"conn":{"rtt_ms":1e308}}`)
+	var many strings.Builder
+	for i := range MaxConfigEntries + 1 {
+		fmt.Fprintf(&many, `,"s%d":{"revision":1}`, i)
+	}
+	send(`{"agent":"b1","instance":"b1-i1","seq":99,"configs":{` + many.String()[1:] + `}}`)
 	after, _ := r.tr.lookup("b1")
 	if after.Seq != before.Seq || after.Instance != before.Instance || after.Conn.RTTMS != before.Conn.RTTMS {
 		t.Fatalf("an over-bound heartbeat changed the record: %+v -> %+v", before, after)
@@ -100,8 +109,8 @@ func TestBoundsAndStaleAcksChangeNothing(t *testing.T) {
 	if got := counterValue(r.metrics.hbDiscarded.WithLabelValues(DiscardTooLarge)); got != 1 {
 		t.Errorf("too_large discards %v, want 1", got)
 	}
-	if got := counterValue(r.metrics.hbDiscarded.WithLabelValues(DiscardOutOfBounds)); got != 2 {
-		t.Errorf("out_of_bounds discards %v, want 2", got)
+	if got := counterValue(r.metrics.hbDiscarded.WithLabelValues(DiscardOutOfBounds)); got != 3 {
+		t.Errorf("out_of_bounds discards %v, want 3", got)
 	}
 
 	// A probe goes out; b1 never answers it. Neither a stale heartbeat

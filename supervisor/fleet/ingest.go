@@ -2,7 +2,7 @@ package fleet
 
 import (
 	"encoding/json"
-	"hash/maphash"
+	"fmt"
 	"strings"
 	"time"
 
@@ -155,9 +155,8 @@ func (t *tracker) updateInfo(a *agent, hb *hbIn, wall time.Time, out *ingestOut)
 		a.calls = *hb.Calls
 		a.calls.LastErrorClass = internSmall(last, hb.Calls.LastErrorClass)
 	}
-	if h := maphash.Bytes(t.seed, hb.Configs); h != a.configsHash {
-		a.configsHash = h
-		a.configs = decodeApplied(hb.Configs)
+	if hb.configsChanged {
+		a.configsHash, a.configs = hb.configsHash, hb.applied
 		a.dirty |= dirtyOther
 	}
 	if hb.SentAt != "" {
@@ -179,25 +178,34 @@ func abs(x int64) int64 {
 	return x
 }
 
-// decodeApplied decodes the configs object of a heartbeat; server names
-// are interned (a fleet shares a handful).
-func decodeApplied(raw json.RawMessage) []serverApplied {
-	if len(raw) == 0 {
-		return nil
+// decodeApplied decodes and bounds the configs object of a heartbeat
+// (entries, strings, revisions: see bounds.go); server names are interned
+// (a fleet shares a handful), invalid ones skipped.
+func decodeApplied(raw json.RawMessage) ([]serverApplied, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
 	}
 	var m map[string]appliedConfig
-	if json.Unmarshal(raw, &m) != nil || len(m) == 0 {
-		return nil
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("configs: %w", err)
+	}
+	if len(m) > MaxConfigEntries {
+		return nil, fmt.Errorf("%d configs entries, over %d", len(m), MaxConfigEntries)
 	}
 	out := make([]serverApplied, 0, len(m))
 	for s, c := range m {
-		if !kvconfig.ValidID(s) {
+		switch {
+		case len(s) > MaxStringBytes || len(c.Error) > MaxStringBytes:
+			return nil, fmt.Errorf("a configs entry is over %d bytes", MaxStringBytes)
+		case c.Revision > MaxSafeInt:
+			return nil, fmt.Errorf("configs revision %d is over 2^53-1", c.Revision)
+		case !kvconfig.ValidID(s):
 			continue
 		}
 		c.Error = kvconfig.Truncate(c.Error, 200)
 		out = append(out, serverApplied{server: internSmall("", s), appliedConfig: c})
 	}
-	return out
+	return out, nil
 }
 
 // recovery records a recovery event (restart, return, zombie); past the

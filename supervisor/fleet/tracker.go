@@ -50,6 +50,12 @@ type hbIn struct {
 	Configs    json.RawMessage `json:"configs"`
 	Calls      *callInfo       `json:"calls"`
 	Goodbye    bool            `json:"goodbye"`
+
+	// Set by handleHeartbeat, not decoded: the configs' hash, whether they
+	// differ from the agent's last ones, and if so their decoded entries.
+	configsHash    uint64
+	configsChanged bool
+	applied        []serverApplied
 }
 
 // connInfo is the connection part of a heartbeat.
@@ -282,10 +288,21 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 		t.discard(DiscardInstance, id, nil)
 		return
 	}
+	hb.configsHash = maphash.Bytes(t.seed, hb.Configs)
 	now, wall := t.times()
 	sh := t.shard(id)
 	sh.mu.Lock()
 	a := sh.m[id]
+	// configs are decoded (and bounded) only when they changed: most
+	// heartbeats repeat the last ones byte for byte.
+	if hb.configsChanged = a == nil || a.configsHash != hb.configsHash; hb.configsChanged {
+		var err error
+		if hb.applied, err = decodeApplied(hb.Configs); err != nil {
+			sh.mu.Unlock()
+			t.discard(DiscardOutOfBounds, id, err)
+			return
+		}
+	}
 	var out ingestOut
 	if a == nil {
 		a = &agent{id: strings.Clone(id)}
