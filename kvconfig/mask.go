@@ -86,8 +86,8 @@ func MaskValue(raw []byte) json.RawMessage {
 		return json.RawMessage(UnreadableValue)
 	}
 	for f, v := range m {
-		switch strings.ToLower(f) {
-		case "env", "headers":
+		switch secretKind(f) {
+		case secretMap:
 			if obj, ok := v.(map[string]any); ok {
 				for k := range obj {
 					obj[k] = Masked
@@ -95,7 +95,7 @@ func MaskValue(raw []byte) json.RawMessage {
 			} else {
 				m[f] = Masked
 			}
-		case "args":
+		case secretList:
 			if arr, ok := v.([]any); ok {
 				for i := range arr {
 					arr[i] = Masked
@@ -103,7 +103,7 @@ func MaskValue(raw []byte) json.RawMessage {
 			} else {
 				m[f] = Masked
 			}
-		case "url":
+		case secretURL:
 			if str, ok := v.(string); ok {
 				m[f] = MaskURL(str)
 			} else {
@@ -118,4 +118,44 @@ func MaskValue(raw []byte) json.RawMessage {
 		return json.RawMessage(UnreadableValue)
 	}
 	return bytes.TrimRight(buf.Bytes(), "\n")
+}
+
+// What a config field holds that is secret.
+const (
+	notSecret  = iota
+	secretMap  // env, headers: every value
+	secretList // args: every element
+	secretURL  // url: userinfo, query values, fragment
+)
+
+// secretKind classifies a config field name in any spelling.
+func secretKind(field string) int {
+	switch strings.ToLower(field) {
+	case "env", "headers":
+		return secretMap
+	case "args":
+		return secretList
+	case "url":
+		return secretURL
+	}
+	return notSecret
+}
+
+// MaskField masks one field of a flattened config ("env.TOKEN",
+// "headers.Authorization", "args", "url") whose JSON-encoded value is v,
+// by the same rules as MaskValue; other fields come back unchanged.
+func MaskField(path, v string) string {
+	top, _, _ := strings.Cut(path, ".")
+	switch secretKind(top) {
+	case secretMap, secretList:
+		return Masked
+	case secretURL:
+		var u string
+		if json.Unmarshal([]byte(v), &u) != nil {
+			return Masked
+		}
+		b, _ := json.Marshal(MaskURL(u))
+		return string(b)
+	}
+	return v
 }

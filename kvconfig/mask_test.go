@@ -53,3 +53,19 @@ func TestMaskValue(t *testing.T) {
 		}
 	}
 }
+
+func TestMaskField(t *testing.T) {
+	for _, tc := range []struct{ path, v, want string }{
+		{"env.GITHUB_TOKEN", `"s3cret"`, Masked},
+		{"Headers.Authorization", `"Bearer s3cret"`, Masked},
+		{"args", `["--token","s3cret"]`, Masked},
+		{"url", `"https://u:s3cret@h/p?k=s3cret"`, `"https://****@h/p?k=****"`},
+		{"url", `7`, Masked},
+		{"command", `"npx"`, `"npx"`},
+		{"timeout", `"30s"`, `"30s"`},
+	} {
+		if got := MaskField(tc.path, tc.v); got != tc.want {
+			t.Errorf("MaskField(%q, %s) = %s, want %s", tc.path, tc.v, got, tc.want)
+		}
+	}
+}

@@ -63,16 +63,7 @@ func newReplyGuard(subj agentproto.Subjects, m *Metrics, log zerolog.Logger) *re
 // the requesting agent.
 func (g *replyGuard) guard(endpoint, verb string, named bool, h micro.HandlerFunc) micro.HandlerFunc {
 	return func(req micro.Request) {
-		allowed := false
-		switch agent, ok := g.agentOf(verb, req.Subject()); {
-		case !named:
-			allowed = replyAllowed(req.Reply(), "", g.prefix)
-		case ok:
-			allowed = replyAllowed(req.Reply(), agent, g.prefix)
-		default: // a malformed subject gets its 400, but only on the shared inbox
-			allowed = replyAllowed(req.Reply(), "", g.prefix) && strings.HasPrefix(req.Reply(), "_INBOX.")
-		}
-		if allowed {
+		if g.allowed(req, verb, named) {
 			h(req)
 			return
 		}
@@ -81,6 +72,18 @@ func (g *replyGuard) guard(endpoint, verb string, named bool, h micro.HandlerFun
 			Str("reply", kvconfig.Truncate(req.Reply(), 200)).
 			Msg("request refused: its reply subject is not the requester's inbox (reply-subject rule); no answer sent")
 	}
+}
+
+// allowed applies the rule to one request.
+func (g *replyGuard) allowed(req micro.Request, verb string, named bool) bool {
+	if !named {
+		return replyAllowed(req.Reply(), "", g.prefix)
+	}
+	if agent, ok := g.agentOf(verb, req.Subject()); ok {
+		return replyAllowed(req.Reply(), agent, g.prefix)
+	}
+	// A malformed subject gets its 400, but only on the shared inbox.
+	return strings.HasPrefix(req.Reply(), "_INBOX.") && replyAllowed(req.Reply(), "", g.prefix)
 }
 
 // agentOf is the agent a request's subject names; false if the token is

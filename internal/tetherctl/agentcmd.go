@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/tether-dev/tether/kvconfig"
@@ -219,7 +218,7 @@ func (a *app) agentList(ctx context.Context) error {
 		if role == "" {
 			role = "-"
 		}
-		fmt.Fprintf(a.out, "%-24s %-16s %s\n", id, role, strings.TrimSpace(fmt.Sprint(len(keys))))
+		fmt.Fprintf(a.out, "%-24s %-16s %d\n", id, role, len(keys))
 	}
 	return nil
 }

@@ -208,20 +208,10 @@ func (a *app) planItem(ctx context.Context, kv jetstream.KeyValue, kind kvconfig
 // diff lists added, removed and changed fields, secrets masked.
 func (a *app) diff(old, cur map[string]string) []change {
 	show := func(field, v string) string {
-		switch {
-		case a.g.showSecrets:
+		if a.g.showSecrets {
 			return v
-		case field == "url":
-			var u string
-			if json.Unmarshal([]byte(v), &u) == nil {
-				b, _ := json.Marshal(kvconfig.MaskURL(u))
-				return string(b)
-			}
-			return kvconfig.Masked
-		case isSecretField(field):
-			return kvconfig.Masked
 		}
-		return v
+		return kvconfig.MaskField(field, v)
 	}
 	var out []change
 	for _, f := range sortedKeys(cur) {

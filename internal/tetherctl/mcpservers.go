@@ -246,13 +246,3 @@ func flattenInto(prefix string, v any, out map[string]string) {
 	b, _ := json.Marshal(v)
 	out[prefix] = string(b)
 }
-
-// isSecretField reports whether a flattened path holds a secret value.
-func isSecretField(path string) bool {
-	for _, f := range secretFields {
-		if path == f || strings.HasPrefix(path, f+".") {
-			return true
-		}
-	}
-	return false
-}

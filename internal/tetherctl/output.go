@@ -14,10 +14,6 @@ import (
 	"github.com/tether-dev/tether/kvconfig"
 )
 
-// secretFields are the config fields whose values are secrets (see
-// kvconfig.MaskValue, the one rule set).
-var secretFields = []string{"env", "headers", "args"}
-
 // unreadableValue stands in for a stored value that is not JSON and so
 // cannot be masked field by field.
 const unreadableValue = `"<not JSON; hidden, --show-secrets shows it>"`

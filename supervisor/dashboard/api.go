@@ -329,7 +329,7 @@ func explainAll(ix *kvconfig.Index, id string, running map[string]fleet.ConfigSt
 	for _, it := range items {
 		names[it.Server] = nil
 		if it.Err == nil && it.Config != nil {
-			names[it.Server] = maskConfig(it.Config)
+			names[it.Server] = it.Config.Masked()
 		}
 	}
 	for s := range running {
@@ -350,9 +350,6 @@ func explainAll(ix *kvconfig.Index, id string, running map[string]fleet.ConfigSt
 	sort.Slice(out, func(i, j int) bool { return out[i].Server < out[j].Server })
 	return role, out, ""
 }
-
-// maskConfig is c with its secrets masked (kvconfig's one rule set).
-func maskConfig(c *kvconfig.ServerConfig) *kvconfig.ServerConfig { return c.Masked() }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

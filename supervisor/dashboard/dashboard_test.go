@@ -352,7 +352,7 @@ func TestDashboardHTTPEndpoints(t *testing.T) {
 	if gh.Explain == nil || gh.Explain.Winner != "role:coder" || len(gh.Explain.Shadowed) != 1 || gh.Config == nil || gh.Config.Env["GH_TOKEN"] != kvconfig.Masked {
 		t.Errorf("github: %+v", gh)
 	}
-	if got := maskConfig(&kvconfig.ServerConfig{URL: "https://u:pw@h.example/p?token=t&x=1"}).URL; strings.Contains(got, "pw") || strings.Contains(got, "=t") || strings.Contains(got, "x=1") {
+	if got := (&kvconfig.ServerConfig{URL: "https://u:pw@h.example/p?token=t&x=1"}).Masked().URL; strings.Contains(got, "pw") || strings.Contains(got, "=t") || strings.Contains(got, "x=1") {
 		t.Errorf("masked URL %s", got)
 	}
 	// An agent not in the fleet still gets its explain output.
