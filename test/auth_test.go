@@ -22,6 +22,7 @@ import (
 	"github.com/tether-dev/tether/internal/natstest"
 	"github.com/tether-dev/tether/internal/suptest"
 	"github.com/tether-dev/tether/internal/tetherctl"
+	"github.com/tether-dev/tether/supervisor"
 	"github.com/tether-dev/tether/supervisor/auth"
 	"github.com/tether-dev/tether/supervisor/fleet"
 )
@@ -62,12 +63,7 @@ func TestEmbeddedAuthAlwaysOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
-		if s.Index().AsOf().Configs < rev {
-			return errors.New("not applied yet")
-		}
-		return nil
-	})
+	waitApplied(t, s, rev)
 
 	m, err := auth.Load(dir)
 	if err != nil {
@@ -81,14 +77,7 @@ func TestEmbeddedAuthAlwaysOn(t *testing.T) {
 	if err := os.WriteFile(cf, creds, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ac := agentproto.DefaultConfig("a7")
-	ac.URLs, ac.CredsFile, ac.SkipInitialResolve = url, cf, true
-	ac.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	client, err := agentproto.Connect(ctx, ac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := connectAgent(t, ctx, url, "a7", cf)
 	if res, err := client.Resolve(ctx, "github"); err != nil || res.Revision != rev {
 		t.Fatalf("agent resolve: %+v %v", res, err)
 	}
@@ -107,6 +96,60 @@ func tetherctlRun(t *testing.T, args ...string) (int, string) {
 	var out, errb strings.Builder
 	code := tetherctl.Run(context.Background(), args, &out, &errb)
 	return code, out.String() + errb.String()
+}
+
+// addAgent issues id's credentials with tetherctl and returns their file.
+func addAgent(t *testing.T, url, dir, id, role string) string {
+	t.Helper()
+	creds := filepath.Join(t.TempDir(), id+".creds")
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", id, "--role", role, "--out", creds); code != 0 {
+		t.Fatalf("agent add %s: exit %d: %s", id, code, out)
+	}
+	return creds
+}
+
+// operatorConn connects as the operator of the data directory.
+func operatorConn(t *testing.T, url, dir string) *nats.Conn {
+	t.Helper()
+	return natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
+}
+
+// connectAgent connects agent id with its own credentials.
+func connectAgent(t *testing.T, ctx context.Context, url, id, creds string) *agentproto.Client {
+	t.Helper()
+	cfg := agentproto.DefaultConfig(id)
+	cfg.URLs, cfg.CredsFile, cfg.SkipInitialResolve = url, creds, true
+	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	c, err := agentproto.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatalf("connect agent %s: %v", id, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// operatorConfigs opens mcp_configs as the operator of the data directory.
+func operatorConfigs(t *testing.T, url, dir string) jetstream.KeyValue {
+	t.Helper()
+	js, _ := jetstream.New(operatorConn(t, url, dir))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mcp_configs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+// waitApplied waits until s's index holds configs revision rev.
+func waitApplied(t *testing.T, s *supervisor.Supervisor, rev uint64) {
+	t.Helper()
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if s.Index().AsOf().Configs < rev {
+			return errors.New("not applied yet")
+		}
+		return nil
+	})
 }
 
 // TestAgentCredentialsAddListRevoke: tetherctl agent add issues working
@@ -191,22 +234,11 @@ func TestAttackerAgentReachesNothingOfAnother(t *testing.T) {
 	dir := t.TempDir()
 	s := suptest.Start(t, suptest.Embedded(t, dir))
 	url := s.ClientURL()
-	credsOf := map[string]string{}
-	for id, role := range map[string]string{"A": "ra", "B": "rb"} {
-		credsOf[id] = filepath.Join(t.TempDir(), id+".creds")
-		if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", id, "--role", role, "--out", credsOf[id]); code != 0 {
-			t.Fatalf("agent add %s: %s", id, out)
-		}
-	}
+	credsOf := map[string]string{"A": addAgent(t, url, dir, "A", "ra"), "B": addAgent(t, url, dir, "B", "rb")}
 	const secret = "SECRET-of-B-3f9c2a"
-	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
-	ojs, _ := jetstream.New(op)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := ojs.KeyValue(ctx, "mcp_configs")
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := operatorConfigs(t, url, dir)
 	var last uint64
 	for key, val := range map[string]string{
 		"agent.B.github":  `{"url":"https://b.example/mcp","headers":{"Authorization":"Bearer ` + secret + `-agent"}}`,
@@ -214,25 +246,11 @@ func TestAttackerAgentReachesNothingOfAnother(t *testing.T) {
 		"global.github":   `{"url":"https://global.example/mcp"}`,
 		"global.calendar": `{"url":"https://cal.example/mcp"}`,
 	} {
-		if last, err = kv.Put(ctx, key, []byte(val)); err != nil {
-			t.Fatal(err)
-		}
+		last = natstest.KVPut(t, kv, key, val)
 	}
-	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
-		if s.Index().AsOf().Configs < last {
-			return errors.New("not applied")
-		}
-		return nil
-	})
+	waitApplied(t, s, last)
 	// B works before, during and after.
-	bcfg := agentproto.DefaultConfig("B")
-	bcfg.URLs, bcfg.CredsFile, bcfg.SkipInitialResolve = url, credsOf["B"], true
-	bcfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	b, err := agentproto.Connect(ctx, bcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := connectAgent(t, ctx, url, "B", credsOf["B"])
 	bWorks := func(when string) {
 		t.Helper()
 		res, err := b.Resolve(ctx, "github")
@@ -299,7 +317,7 @@ func TestAttackerAgentReachesNothingOfAnother(t *testing.T) {
 	})
 	try(func() error { return a.Publish(subj.Command("B"), []byte(`{"id":"x","type":"reconnect"}`)) })
 	// A's own resolves with hostile reply subjects: the supervisor refuses them.
-	spy := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
+	spy := operatorConn(t, url, dir)
 	leaked := make(chan *nats.Msg, 64)
 	for _, subject := range []string{"$KV.mcp_configs.>", "$JS.API.>", subj.Heartbeat("B"), subj.Command("B"), "_INBOX_B.hb"} {
 		if _, err := spy.ChanSubscribe(subject, leaked); err != nil {
@@ -425,33 +443,12 @@ func TestExternalNATSFromTetherctlAuth(t *testing.T) {
 	cfg := suptest.Config(t, url)
 	cfg.CredsFile = filepath.Join(dir, auth.DirName, auth.SupervisorFile)
 	s := suptest.Start(t, cfg)
-	creds := filepath.Join(t.TempDir(), "e1.creds")
-	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "e1", "--role", "r", "--out", creds); code != 0 {
-		t.Fatalf("agent add: %s", out)
-	}
-	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
-	js, _ := jetstream.New(op)
+	creds := addAgent(t, url, dir, "e1", "r")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, "mcp_configs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev := natstest.KVPut(t, kv, "global.github", `{"url":"https://g.example/mcp"}`)
-	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
-		if s.Index().AsOf().Configs < rev {
-			return errors.New("not applied")
-		}
-		return nil
-	})
-	ac := agentproto.DefaultConfig("e1")
-	ac.URLs, ac.CredsFile, ac.SkipInitialResolve = url, creds, true
-	ac.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	client, err := agentproto.Connect(ctx, ac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	rev := natstest.KVPut(t, operatorConfigs(t, url, dir), "global.github", `{"url":"https://g.example/mcp"}`)
+	waitApplied(t, s, rev)
+	client := connectAgent(t, ctx, url, "e1", creds)
 	if res, err := client.Resolve(ctx, "github"); err != nil || res.Revision != rev {
 		t.Fatalf("agent on the external server: %+v %v", res, err)
 	}
@@ -476,18 +473,10 @@ func TestSupervisorNeedsNothingBeyondItsPermissions(t *testing.T) {
 	cfg.LeaseTTL = 300 * time.Millisecond
 	s := suptest.Start(t, cfg)
 	url := s.ClientURL()
-	creds := filepath.Join(t.TempDir(), "w1.creds")
-	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "w1", "--role", "r", "--out", creds); code != 0 {
-		t.Fatalf("agent add: %s", out)
-	}
-	op := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.OperatorFile)))
-	js, _ := jetstream.New(op)
+	creds := addAgent(t, url, dir, "w1", "r")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, "mcp_configs")
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := operatorConfigs(t, url, dir)
 	natstest.KVPut(t, kv, "global.github", `{"url":"https://g1.example/mcp"}`)
 	natstest.KVPut(t, kv, "global.old", `{"url":"https://old.example/mcp"}`)
 	ac := faultConfig(t, url, "w1")
@@ -520,7 +509,7 @@ func TestSupervisorNeedsNothingBeyondItsPermissions(t *testing.T) {
 	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
 		t.Fatal(err)
 	}
-	if _, e := natstest.Request(t, op, subj.Explain("w1", "github"), nil); e != nil {
+	if _, e := natstest.Request(t, operatorConn(t, url, dir), subj.Explain("w1", "github"), nil); e != nil {
 		t.Fatalf("explain: %+v", e)
 	}
 	viewer := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile)))
