@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -106,9 +107,10 @@ type StoreConfig struct {
 // Store is an Index kept current by watchers on the configs and agents
 // buckets.
 type Store struct {
-	index    *Index
-	watchers []*Watcher
-	ready    chan struct{}
+	index     *Index
+	watchers  []*Watcher
+	ready     chan struct{}
+	readyOnce sync.Once
 }
 
 // OpenStore starts the watchers. The index becomes ready when both
@@ -133,11 +135,9 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 		ready := func() {
 			s.index.MarkReady(bucket)
 			if s.index.Ready() {
-				select {
-				case <-s.ready:
-				default:
-					close(s.ready)
-				}
+				// Both buckets' watchers may get here at once, and again
+				// after a new bucket epoch: close exactly once.
+				s.readyOnce.Do(func() { close(s.ready) })
 			}
 		}
 		w, err := StartWatcher(WatcherConfig{
