@@ -247,6 +247,15 @@ func (ix *Index) Role(agent string) (string, error) {
 	return re.role, re.err
 }
 
+// Registered reports whether agent has an entry in the role registry
+// (mcp_agents), valid or not: the supervisor's admission test.
+func (ix *Index) Registered(agent string) bool {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	_, ok := ix.registry[agent]
+	return ok
+}
+
 // Invalid returns the malformed config entries, sorted by key.
 func (ix *Index) Invalid() []*Entry {
 	ix.mu.RLock()

@@ -17,6 +17,10 @@ const (
 	DefaultHistory = 10
 	// MinHistory is the least history the contract allows for mcp_configs.
 	MinHistory = 5
+	// MaxFleetRecordBytes is mcp_fleet's max value size: the supervisor
+	// trims a record over it (see fleet) so that a write never fails for
+	// size.
+	MaxFleetRecordBytes = 64 << 10
 )
 
 // BucketConfig says how the buckets are created when missing.
@@ -26,6 +30,9 @@ type BucketConfig struct {
 	Replicas int
 	// History kept per config key, at least MinHistory. Default DefaultHistory.
 	History int
+	// FleetMaxBytes bounds the mcp_fleet bucket on disk; the supervisor
+	// sets it to its max agents times MaxFleetRecordBytes. Zero: no bound.
+	FleetMaxBytes int64
 }
 
 func (c *BucketConfig) defaults() error {
@@ -85,7 +92,32 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfg BucketConfig
 	if b.Fleet, err = open(BucketFleet, "Tether fleet status, written by the supervisor", 1); err != nil {
 		return b, err
 	}
+	if err = boundFleet(ctx, js, cfg.FleetMaxBytes); err != nil {
+		return b, err
+	}
 	return b, nil
+}
+
+// boundFleet gives mcp_fleet (which only the supervisor writes) its max
+// value size and max bytes, also when an older version created it
+// without: one record per agent, so bounded agents bound the bucket.
+func boundFleet(ctx context.Context, js jetstream.JetStream, maxBytes int64) error {
+	st, err := js.Stream(ctx, "KV_"+BucketFleet)
+	if err != nil {
+		return fmt.Errorf("kvconfig: bucket %s: %w", BucketFleet, err)
+	}
+	sc := st.CachedInfo().Config
+	if maxBytes <= 0 {
+		maxBytes = -1
+	}
+	if sc.MaxMsgSize == MaxFleetRecordBytes && sc.MaxBytes == maxBytes {
+		return nil
+	}
+	sc.MaxMsgSize, sc.MaxBytes = MaxFleetRecordBytes, maxBytes
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		return fmt.Errorf("kvconfig: bound bucket %s (max value %d bytes, max %d bytes): %w", BucketFleet, MaxFleetRecordBytes, maxBytes, err)
+	}
+	return nil
 }
 
 // StoreConfig configures a Store.

@@ -259,3 +259,31 @@ func TestWatcherFollowsRecreatedBucket(t *testing.T) {
 		t.Fatalf("new bucket at revision %d", last)
 	}
 }
+
+// mcp_fleet gets a max value size and max bytes, also when it already
+// existed without them (created by an older version, or by hand).
+func TestEnsureBucketsBoundsTheFleetBucket(t *testing.T) {
+	nc := natstest.RunServer(t).Connect()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketFleet}); err != nil {
+		t.Fatal(err)
+	}
+	const maxBytes = 1000 * MaxFleetRecordBytes
+	if _, err := EnsureBuckets(ctx, js, BucketConfig{FleetMaxBytes: maxBytes}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "KV_"+BucketFleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := st.CachedInfo().Config
+	if sc.MaxMsgSize != MaxFleetRecordBytes || sc.MaxBytes != maxBytes {
+		t.Fatalf("mcp_fleet max value %d, max bytes %d; want %d and %d", sc.MaxMsgSize, sc.MaxBytes, MaxFleetRecordBytes, maxBytes)
+	}
+	kv, _ := js.KeyValue(ctx, BucketFleet)
+	if _, err := kv.Put(ctx, "big", make([]byte, MaxFleetRecordBytes+1)); err == nil {
+		t.Fatal("a value over the max value size was stored")
+	}
+}

@@ -52,6 +52,9 @@ type WatcherConfig struct {
 	// RetryDelay is the wait before the attempt-th (1, 2, …) retry of a
 	// failed open; nil waits CheckInterval every time.
 	RetryDelay func(attempt int) time.Duration
+	// MetaOnly delivers entries without their values (operation, key and
+	// revision only): for a watcher that needs only deletes.
+	MetaOnly bool
 	// Logger receives one line per restart. Default: disabled.
 	Logger *zerolog.Logger
 }
@@ -256,6 +259,9 @@ func (w *Watcher) open(ctx context.Context) (*session, error) {
 	var opts []jetstream.WatchOpt
 	if rev := w.rev.Load(); rev > 0 {
 		opts = append(opts, jetstream.ResumeFromRevision(rev+1))
+	}
+	if w.cfg.MetaOnly {
+		opts = append(opts, jetstream.MetaOnly())
 	}
 	// The watch context lives as long as the session (cancelling it
 	// unsubscribes); a timer bounds only its creation.

@@ -29,6 +29,18 @@ const (
 	DefaultRetryAfterNotReady = 250 * time.Millisecond
 )
 
+// Admission modes (Config.Admission).
+const (
+	// AdmitRegistered tracks an agent id only once it is registered in
+	// mcp_agents ('tetherctl agent add' registers every agent it issues
+	// credentials for).
+	AdmitRegistered = "registered"
+	// AdmitAny tracks every id that heartbeats, up to Fleet.MaxAgents: for
+	// a NATS whose permissions already pin each agent to its own subjects,
+	// and for simulations.
+	AdmitAny = "any"
+)
+
 // Config configures a Supervisor. Start from DefaultConfig.
 type Config struct {
 	// NATSURL is the NATS server(s) to use, comma separated. Empty: start an
@@ -82,6 +94,11 @@ type Config struct {
 	// the leader lease (see LeaseTTL). A non-nil IsLeader replaces the
 	// lease entirely (no lease is taken); tests use that.
 	Fleet fleet.Config
+	// Admission says which agent ids are tracked: AdmitRegistered (the
+	// default) or AdmitAny. A heartbeat from an id refused is discarded
+	// and counted (tether_heartbeats_discarded_total{reason="unregistered"}).
+	// With AdmitRegistered the supervisor sets Fleet.Admit itself.
+	Admission string
 	// ReplicaID names this supervisor among the replicas sharing one NATS
 	// (cluster): it is the leader lease's value and tags leadership logs.
 	// Unique per process; up to 128 printable characters without spaces.
@@ -111,6 +128,7 @@ func DefaultConfig() Config {
 		WatchCheckInterval: kvconfig.DefaultCheckInterval,
 		ReconnectWait:      DefaultReconnectWait,
 		Fleet:              fleet.DefaultConfig(),
+		Admission:          AdmitRegistered,
 		LeaseTTL:           lease.DefaultTTL,
 		Logger:             zerolog.Nop(),
 	}
@@ -176,6 +194,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Fleet.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Admission != AdmitRegistered && c.Admission != AdmitAny {
+		errs = append(errs, fmt.Errorf("Admission %q: want %q or %q", c.Admission, AdmitRegistered, AdmitAny))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("supervisor: invalid config: %w", err)

@@ -141,6 +141,7 @@ func TestDashboardWiredIntoSupervisor(t *testing.T) {
 		f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = interval, 2*interval, 2*interval
 		f.PersistInterval = 10 * time.Millisecond
 		s := startSupervisor(t, cfg)
+		registerAgents(t, s, id)
 		a := startRawAgent(t, nc, id, interval)
 		base := "http://" + s.HTTPAddr()
 		resp, err := http.Get(base + "/")
@@ -177,4 +178,23 @@ func TestDashboardWiredIntoSupervisor(t *testing.T) {
 		}
 		a.Stop()
 	}
+}
+
+// registerAgents puts ids into s's role registry and waits until s admits
+// them (only registered agents are tracked by default).
+func registerAgents(t *testing.T, s *Supervisor, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := s.Buckets().Agents.Put(context.Background(), id, []byte(`{"role":"dev"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		for _, id := range ids {
+			if !s.Index().Registered(id) {
+				return fmt.Errorf("%s not registered yet", id)
+			}
+		}
+		return nil
+	})
 }

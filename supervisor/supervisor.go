@@ -104,10 +104,19 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	if s.js, err = jetstream.New(s.nc); err != nil {
 		return nil, fmt.Errorf("supervisor: jetstream: %w", err)
 	}
-	if s.buckets, err = kvconfig.EnsureBuckets(ctx, s.js, cfg.Buckets); err != nil {
+	bcfg := cfg.Buckets
+	if bcfg.FleetMaxBytes == 0 { // one bounded record per agent
+		bcfg.FleetMaxBytes = int64(cfg.Fleet.MaxAgents) * kvconfig.MaxFleetRecordBytes
+	}
+	if s.buckets, err = kvconfig.EnsureBuckets(ctx, s.js, bcfg); err != nil {
 		return nil, err
 	}
-	fl, err := fleet.New(fleet.Options{Config: cfg.Fleet, Prefix: cfg.Prefix, Conn: s.nc, KV: s.buckets.Fleet,
+	fcfg := cfg.Fleet
+	if cfg.Admission == AdmitRegistered {
+		// s.store is set below, before fl.Start subscribes to heartbeats.
+		fcfg.Admit = func(id string) bool { return s.store.Index().Registered(id) }
+	}
+	fl, err := fleet.New(fleet.Options{Config: fcfg, Prefix: cfg.Prefix, Conn: s.nc, KV: s.buckets.Fleet, WatchCheckInterval: cfg.WatchCheckInterval,
 		Metrics: s.metrics.Fleet, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: %w", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
 	"github.com/tether-dev/tether/supervisor"
 	"github.com/tether-dev/tether/supervisor/fleet"
 
@@ -129,6 +130,9 @@ func TestClusterLeaderFailover(t *testing.T) {
 		}
 		return nil
 	})
+	for _, s := range sups {
+		suptest.Register(t, s, "dev", "c1")
+	}
 	acfg := faultConfig(t, c.URLs(), "c1")
 	acfg.SkipInitialResolve = false
 	agent := startAgent(t, acfg)

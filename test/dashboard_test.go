@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
 	"github.com/tether-dev/tether/supervisor"
 )
 
@@ -61,6 +62,8 @@ func TestDashboardBrowser(t *testing.T) {
 	if _, err := b.Agents.Put(ctx, id, []byte(`{"role":"coder"}`)); err != nil {
 		t.Fatal(err)
 	}
+	suptest.Register(t, sup, "coder", id)
+	suptest.Register(t, sup, "viewer", "html-escape-check")
 	if _, err := b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://mcp.github.example/mcp","headers":{"Authorization":"Bearer sekrit-global"}}`)); err != nil {
 		t.Fatal(err)
 	}

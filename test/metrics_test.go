@@ -64,6 +64,7 @@ func TestMetricsMove(t *testing.T) {
 		}
 		return nil
 	})
+	suptest.Register(t, sup, "dev", "m1")
 	agentCfg := faultConfig(t, srv.URL(), "m1")
 	agentCfg.SkipInitialResolve = false
 	agent := startAgent(t, agentCfg)

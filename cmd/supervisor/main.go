@@ -65,7 +65,11 @@ runs an embedded nats-server with auth always on (credentials in <data-dir>/auth
 	})
 	fs.StringVar(&cfg.Prefix, "prefix", cli.Env("TETHER_PREFIX", cfg.Prefix), "subject prefix (env TETHER_PREFIX)")
 	fs.IntVar(&cfg.Buckets.Replicas, "replicas", cfg.Buckets.Replicas, "replicas for KV buckets created by the supervisor (3 on a cluster)")
+	fs.StringVar(&cfg.Admission, "admission", cfg.Admission, "which agent ids are tracked: registered (only ids in mcp_agents; 'tetherctl agent add' registers them) or any (every id, up to --max-agents)")
 	f := &cfg.Fleet
+	fs.IntVar(&f.MaxAgents, "max-agents", f.MaxAgents, "most agents tracked; heartbeats from new ids past it are discarded (reason fleet_full) until gone agents are forgotten")
+	fs.DurationVar(&f.GoneAfter, "gone-after", f.GoneAfter, "silence after which a lost agent is gone")
+	fs.DurationVar(&f.ForgetAfter, "forget-after", f.ForgetAfter, "how long a gone agent is kept (memory and mcp_fleet) before it is forgotten; 0 keeps it forever")
 	fs.DurationVar(&f.HeartbeatInterval, "heartbeat-interval", f.HeartbeatInterval, "the agents' heartbeat interval, which detection is measured in")
 	fs.IntVar(&f.SuspectAfter, "suspect-after", f.SuspectAfter, "missed heartbeat intervals before an agent is suspect")
 	fs.IntVar(&f.LostAfter, "lost-after", f.LostAfter, "missed heartbeat intervals before an agent is lost")

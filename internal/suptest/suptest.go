@@ -5,6 +5,7 @@ package suptest
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"testing"
 	"time"
@@ -109,4 +110,27 @@ func Embedded(t testing.TB, dataDir string) supervisor.Config {
 	cfg := Config(t, "")
 	cfg.Listen, cfg.DataDir = addr, dataDir
 	return cfg
+}
+
+// Register puts each agent id into s's role registry (mcp_agents) with
+// role, as 'tetherctl agent add' does, and waits until s admits it: with
+// the default admission only registered agents are tracked.
+func Register(t testing.TB, s *supervisor.Supervisor, role string, ids ...string) {
+	t.Helper()
+	val, _ := json.Marshal(map[string]string{"role": role})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, id := range ids {
+		if _, err := s.Buckets().Agents.Put(ctx, id, val); err != nil {
+			t.Fatalf("suptest: register %s: %v", id, err)
+		}
+	}
+	for _, id := range ids {
+		for !s.Index().Registered(id) {
+			if ctx.Err() != nil {
+				t.Fatalf("suptest: %s not in the supervisor's registry within 10s", id)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
 }

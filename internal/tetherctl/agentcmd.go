@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/tether-dev/tether/kvconfig"
@@ -40,8 +41,10 @@ func (a *app) cmdAgent(ctx context.Context, args []string) error {
 		return a.agentRevoke(ctx, args[1])
 	case sub == "list" && len(args) == 1:
 		return a.agentList(ctx)
+	case sub == "forget" && len(args) == 2:
+		return a.agentForget(ctx, args[1])
 	}
-	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--out FILE]', 'agent revoke ID' or 'agent list'")
+	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--out FILE]', 'agent revoke ID', 'agent forget ID' or 'agent list'")
 }
 
 func (a *app) material() (*auth.Material, error) {
@@ -220,5 +223,59 @@ func (a *app) agentList(ctx context.Context) error {
 		}
 		fmt.Fprintf(a.out, "%-24s %-16s %d\n", id, role, len(keys))
 	}
+	return nil
+}
+
+// agentForget deletes a lost or gone agent's mcp_fleet record, which every
+// supervisor replica follows by forgetting the agent at once (instead of
+// after --forget-after). A live agent is refused: it would be back at its
+// next heartbeat.
+func (a *app) agentForget(ctx context.Context, id string) error {
+	if err := idArg(kvconfig.KindAgent, id); err != nil {
+		return err
+	}
+	if m, err := auth.Load(a.g.dataDir); err == nil {
+		a.defaultCreds(m, auth.OperatorFile)
+	}
+	a.f.agent = id
+	page, err := a.fetchFleet(ctx)
+	if err != nil {
+		return err
+	}
+	if len(page.Agents) == 0 {
+		return fail(ErrNotFound, nil, "the supervisor knows no agent %q: nothing to forget ('tetherctl fleet' lists the agents)", id)
+	}
+	state := str(decodeObject(page.Agents[0]), "state")
+	if state == "healthy" || state == "suspect" || state == "zombie" {
+		return fail(ErrConflict, nil, "agent %s is %s: only lost or gone agents can be forgotten (a live agent is back at its next heartbeat); stop it, or revoke it with 'tetherctl agent revoke %s', then forget it", id, state, id)
+	}
+	octx, cancel := a.opCtx(ctx)
+	defer cancel()
+	kv, err := a.js.KeyValue(octx, kvconfig.BucketFleet)
+	if err != nil {
+		return fail(ErrUnavailable, err, "open %s: %v", kvconfig.BucketFleet, err)
+	}
+	if err := kv.Purge(octx, id); err != nil {
+		return fail(ErrUnavailable, err, "delete %s from %s: %v", id, kvconfig.BucketFleet, err)
+	}
+	// The supervisor forgets it when its watcher sees the delete, unless it
+	// finds the agent live (a quarantined agent that still heartbeats).
+	for tick := time.NewTicker(20 * time.Millisecond); ; {
+		page, err := a.fetchFleet(octx)
+		if errors.Is(err, ErrNotFound) || err == nil && len(page.Agents) == 0 {
+			tick.Stop()
+			break
+		}
+		select {
+		case <-octx.Done():
+			tick.Stop()
+			if err != nil {
+				return fail(ErrUnavailable, err, "deleted %s's %s record, but cannot confirm the supervisor forgot it: %v", id, kvconfig.BucketFleet, err)
+			}
+			return fail(ErrConflict, nil, "the supervisor did not forget %s within --timeout %v: it still hears it (state %s); stop or revoke the agent first", id, a.g.timeout, state)
+		case <-tick.C:
+		}
+	}
+	fmt.Fprintf(a.out, "agent %s (%s) forgotten: its %s record is deleted and the supervisor drops it; it is tracked again if it heartbeats\n", id, state, kvconfig.BucketFleet)
 	return nil
 }

@@ -40,7 +40,8 @@ var (
 	ErrInvalidConfig = errors.New("tetherctl: invalid config")
 	// ErrNotFound is a missing key, revision, agent or server (ExitNotFound).
 	ErrNotFound = errors.New("tetherctl: not found")
-	// ErrConflict is a lost compare-and-swap (ExitConflict).
+	// ErrConflict is a lost compare-and-swap, or an operation the current
+	// state refuses (ExitConflict).
 	ErrConflict = errors.New("tetherctl: conflict")
 	// ErrUnavailable is NATS or the supervisor not answering (ExitUnavailable).
 	ErrUnavailable = errors.New("tetherctl: unavailable")

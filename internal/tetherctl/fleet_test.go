@@ -1,6 +1,7 @@
 package tetherctl
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/internal/suptest"
+	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
 // hbAgent is a minimal agent speaking the wire contract: it heartbeats,
@@ -29,8 +32,15 @@ type hbAgent struct {
 	acks     []string
 	got      []agentproto.Command
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// halt stops heartbeating and waits for the loop to end.
+func (a *hbAgent) halt() {
+	a.stopOnce.Do(func() { close(a.stop) })
+	a.wg.Wait()
 }
 
 func startHBAgent(t *testing.T, url, id string, revision uint64) *hbAgent {
@@ -47,7 +57,7 @@ func startHBAgent(t *testing.T, url, id string, revision uint64) *hbAgent {
 	}
 	a.wg.Add(1)
 	go a.loop()
-	t.Cleanup(func() { close(a.stop); a.wg.Wait() })
+	t.Cleanup(a.halt)
 	return a
 }
 
@@ -113,6 +123,7 @@ func TestRollbackPushedToAgentAndFleetShowsIt(t *testing.T) {
 	h := newHarness(t)
 	r1 := h.putRev("global", "github", writeFile(t, "v1.json", `{"url":"https://one.example/mcp"}`))
 	r2 := h.putRev("global", "github", writeFile(t, "v2.json", `{"url":"https://two.example/mcp"}`))
+	suptest.Register(t, h.sup, "dev", "a7")
 	a := startHBAgent(t, h.srv.URL(), "a7", r2)
 	h.waitFleet("a7", "healthy", fmt.Sprintf("github %d/%d", r2, r2))
 
@@ -150,4 +161,48 @@ func (h *harness) waitFleet(agent, state, cell string) {
 		}
 		return nil
 	})
+}
+
+// agent forget drops a lost agent from every view at once (mcp_fleet and
+// the supervisor's memory) and refuses a live one.
+func TestAgentForget(t *testing.T) {
+	srv := natstest.RunServer(t)
+	cfg := suptest.Config(t, srv.URL())
+	suptest.FastFleet(&cfg)
+	// hbAgent announces 500 ms beats: probe slower than that, so that the
+	// halted agent is judged lost, not a zombie first.
+	cfg.Fleet.ProbeInterval, cfg.Fleet.ProbeTimeout = 2*time.Second, 2*time.Second
+	sup := suptest.Start(t, cfg)
+	suptest.Register(t, sup, "dev", "f-live", "f-dead")
+	startHBAgent(t, srv.URL(), "f-live", 1)
+	dead := startHBAgent(t, srv.URL(), "f-dead", 1)
+	h := &harness{t: t, srv: srv, sup: sup}
+	h.waitFleet("f-dead", "healthy", "")
+	dead.halt()
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if st, _ := sup.Fleet().Agent("f-dead"); st.State != fleet.StateLost {
+			return fmt.Errorf("f-dead is %v", st.State)
+		}
+		return nil
+	})
+	h.waitFleet("f-live", "healthy", "")
+
+	r := h.must(ExitConflict, "agent", "forget", "f-live")
+	if !strings.Contains(r.stderr, "only lost or gone agents") {
+		t.Errorf("forget of a live agent: %s", r)
+	}
+	if _, ok := sup.Fleet().Agent("f-live"); !ok {
+		t.Fatal("the live agent was forgotten")
+	}
+	h.must(ExitOK, "agent", "forget", "f-dead")
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if _, ok := sup.Fleet().Agent("f-dead"); ok {
+			return errors.New("the supervisor still tracks f-dead")
+		}
+		return nil
+	})
+	if _, err := sup.Buckets().Fleet.Get(context.Background(), "f-dead"); err == nil {
+		t.Error("f-dead's mcp_fleet record is still there")
+	}
+	h.must(ExitNotFound, "agent", "forget", "f-dead")
 }

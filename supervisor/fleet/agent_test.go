@@ -27,6 +27,9 @@ func fleetTestConfig(t testing.TB, srv *natstest.Server, interval time.Duration)
 	f.ResendInterval = 2 * interval
 	f.PersistInterval = 10 * time.Millisecond
 	f.MassSilenceHold = time.Minute
+	// These tests judge agents, not admission (admission_test.go): every
+	// fake agent is tracked without registering it in mcp_agents.
+	cfg.Admission = supervisor.AdmitAny
 	return cfg
 }
 

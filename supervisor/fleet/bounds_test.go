@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 func TestMinIntervalMS(t *testing.T) {
@@ -152,5 +153,29 @@ func TestBoundsAndStaleAcksChangeNothing(t *testing.T) {
 			r.heartbeat("b1", "")
 		}
 		r.step()
+	}
+}
+
+// A record over mcp_fleet's max value size is written trimmed (no configs,
+// no recovery times) rather than failing every write.
+func TestEncodeRecordTrimsOversizedRecords(t *testing.T) {
+	r := Record{AgentStatus: AgentStatus{Agent: "big", State: StateHealthy, Configs: map[string]ConfigStatus{}}, Liveness: StateHealthy}
+	for i := range 2000 {
+		r.Configs[fmt.Sprintf("server-%04d", i)] = ConfigStatus{Error: strings.Repeat("e", 200)}
+	}
+	data, err := encodeRecord(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > kvconfig.MaxFleetRecordBytes {
+		t.Fatalf("record is %d bytes, over %d", len(data), kvconfig.MaxFleetRecordBytes)
+	}
+	var back Record
+	if err := json.Unmarshal(data, &back); err != nil || !back.Trimmed || back.Agent != "big" || len(back.Configs) != 0 {
+		t.Fatalf("trimmed record %+v %v", back, err)
+	}
+	small := Record{AgentStatus: AgentStatus{Agent: "small"}}
+	if data, _ := encodeRecord(&small); strings.Contains(string(data), "trimmed") {
+		t.Fatalf("a small record was trimmed: %s", data)
 	}
 }

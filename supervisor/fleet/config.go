@@ -15,7 +15,9 @@ const (
 	DefaultProbeTimeout      = 10 * time.Second
 	DefaultZombieAfter       = 3
 	DefaultGoneAfter         = time.Hour
-	DefaultForgetAfter       = 7 * 24 * time.Hour
+	DefaultForgetAfter       = 24 * time.Hour
+	DefaultMaxAgents         = 100_000
+	DefaultEstablishedAfter  = 3
 	DefaultCheckInterval     = 500 * time.Millisecond
 	DefaultResendInterval    = 5 * time.Second
 	DefaultRecoveryRate      = 200.0
@@ -68,8 +70,22 @@ type Config struct {
 	GoneAfter time.Duration
 	// ForgetAfter is how long a gone agent is kept (in memory and in
 	// mcp_fleet) before it is forgotten. Zero keeps it forever. Default
-	// DefaultForgetAfter (7 days).
+	// DefaultForgetAfter (24 h).
 	ForgetAfter time.Duration
+	// MaxAgents bounds the agents tracked (and so memory and mcp_fleet
+	// keys): a heartbeat from a new id past it is discarded (reason
+	// fleet_full) until gone agents are forgotten. Default
+	// DefaultMaxAgents (100,000).
+	MaxAgents int
+	// Admit decides whether a heartbeat from an id not tracked yet starts
+	// tracking it (admission); a refused one is discarded (reason
+	// unregistered). Called on the heartbeat path for unknown ids only.
+	// Nil admits every id.
+	Admit func(id string) bool
+	// EstablishedAfter is how many intervals an agent must have been heard
+	// over before it counts for mass silence, so one-shot ids (heard once,
+	// then silent) cannot trigger it. Default DefaultEstablishedAfter (3).
+	EstablishedAfter int
 	// CheckInterval is how often every agent is judged, probed and its
 	// pending commands re-sent: the resolution of every detection time.
 	// At most HeartbeatInterval. Default DefaultCheckInterval (500 ms).
@@ -136,6 +152,8 @@ func DefaultConfig() Config {
 		ZombieAfter:       DefaultZombieAfter,
 		GoneAfter:         DefaultGoneAfter,
 		ForgetAfter:       DefaultForgetAfter,
+		MaxAgents:         DefaultMaxAgents,
+		EstablishedAfter:  DefaultEstablishedAfter,
 		CheckInterval:     DefaultCheckInterval,
 		ResendInterval:    DefaultResendInterval,
 		RecoveryRate:      DefaultRecoveryRate,
@@ -213,6 +231,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MassSilenceMin < 1 {
 		bad("MassSilenceMin %d must be at least 1", c.MassSilenceMin)
+	}
+	if c.MaxAgents < 1 {
+		bad("MaxAgents %d must be at least 1", c.MaxAgents)
+	}
+	if c.EstablishedAfter < 1 {
+		bad("EstablishedAfter %d must be at least 1 interval", c.EstablishedAfter)
 	}
 	if c.MaxPending < 1 {
 		bad("MaxPending %d must be at least 1", c.MaxPending)

@@ -192,7 +192,8 @@ func (c *dispatcher) forget(agent string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	if err := c.kv.Delete(ctx, agent); err != nil {
+	// A purge keeps one small marker per forgotten id, not its record.
+	if err := c.kv.Purge(ctx, agent); err != nil {
 		c.log.Warn().Err(err).Str("agent", agent).Msg("cannot delete mcp_fleet record")
 	}
 }

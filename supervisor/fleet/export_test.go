@@ -62,3 +62,20 @@ func (m *Metrics) CounterValue(name string, labelValues ...string) float64 {
 	}
 	return counterValue(c)
 }
+
+// Established counts the agents that count for mass silence (heard over
+// EstablishedAfter intervals).
+func (f *Fleet) Established() int {
+	n := 0
+	for i := range f.t.shards {
+		sh := &f.t.shards[i]
+		sh.mu.Lock()
+		for _, a := range sh.list {
+			if a.established {
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}

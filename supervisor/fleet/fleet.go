@@ -34,15 +34,17 @@ var (
 // exactly the affected agents and serves mcp.v1.fleet.status. It is owned
 // by the Supervisor; Close stops every goroutine it started and waits.
 type Fleet struct {
-	cfg    Config
-	prefix string
-	log    zerolog.Logger
-	nc     *nats.Conn
-	t      *tracker
-	cmd    *dispatcher
-	push   *pusher
-	sub    *nats.Subscription
-	kv     jetstream.KeyValue // mcp_fleet
+	cfg        Config
+	prefix     string
+	log        zerolog.Logger
+	nc         *nats.Conn
+	t          *tracker
+	cmd        *dispatcher
+	push       *pusher
+	sub        *nats.Subscription
+	kv         jetstream.KeyValue // mcp_fleet
+	forget     *kvconfig.Watcher  // operator deletes of mcp_fleet records
+	watchCheck time.Duration
 
 	// hbGate lets Close wait for a heartbeat handler already running: each
 	// handler holds it shared, Close takes it exclusively and sets hbClosed.
@@ -70,6 +72,10 @@ type Options struct {
 	// Start and TakeLead and written to it while leading. Nil keeps the
 	// picture in memory only.
 	KV jetstream.KeyValue
+	// WatchCheckInterval is the stall check of the watcher that follows
+	// operator deletes of mcp_fleet records; zero is
+	// kvconfig.DefaultCheckInterval.
+	WatchCheckInterval time.Duration
 	// Metrics receives the fleet's metrics; nil counts nothing.
 	Metrics *Metrics
 	// Logger is the parent logger; the fleet logs as component fleet,
@@ -93,7 +99,7 @@ func New(o Options) (*Fleet, error) {
 		return nil, fmt.Errorf("fleet: dispatcher: %w", err)
 	}
 	t := newTracker(o.Config, o.Prefix, cmd, log, o.Metrics)
-	return &Fleet{cfg: o.Config, prefix: o.Prefix, log: log, nc: o.Conn, t: t, cmd: cmd, kv: o.KV,
+	return &Fleet{cfg: o.Config, prefix: o.Prefix, log: log, nc: o.Conn, t: t, cmd: cmd, kv: o.KV, watchCheck: o.WatchCheckInterval,
 		push: newPusher(t, o.Logger.With().Str("component", "push").Logger(), o.Metrics)}, nil
 }
 
@@ -128,7 +134,42 @@ func (f *Fleet) Start(ctx context.Context, ix *kvconfig.Index) error {
 	f.wg.Go(func() { f.push.run(lctx) })
 	var prev drift
 	f.wg.Go(func() { f.loop(lctx, reconcileEvery(&f.cfg), func() { f.reconcileDrift(&prev) }) })
+	if f.kv != nil {
+		if f.forget, err = f.watchForgets(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// watchForgets follows deletes of mcp_fleet records, which is how an
+// operator forgets an agent ('tetherctl agent forget ID' or 'nats kv del
+// mcp_fleet ID'); every replica hears them. Values are not fetched.
+func (f *Fleet) watchForgets() (*kvconfig.Watcher, error) {
+	js, err := jetstream.New(f.nc)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: jetstream: %w", err)
+	}
+	var ready bool // watcher goroutine only
+	w, err := kvconfig.StartWatcher(kvconfig.WatcherConfig{
+		Bucket:        kvconfig.BucketFleet,
+		JetStream:     func() (jetstream.JetStream, error) { return js, nil },
+		MetaOnly:      true,
+		CheckInterval: f.watchCheck,
+		Handle: func(e jetstream.KeyValueEntry) {
+			switch {
+			case e == nil:
+				ready = true // only deletes made from now on are forgets
+			case ready && (e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge):
+				f.t.forgetDeleted(e.Key())
+			}
+		},
+		Logger: &f.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: watch %s: %w", kvconfig.BucketFleet, err)
+	}
+	return w, nil
 }
 
 func (f *Fleet) loop(ctx context.Context, every time.Duration, fn func()) {
@@ -192,6 +233,9 @@ func (f *Fleet) Close() {
 			f.cancel()
 		}
 		f.wg.Wait()
+		if f.forget != nil {
+			f.forget.Close()
+		}
 	})
 }
 

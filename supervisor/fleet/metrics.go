@@ -22,6 +22,7 @@ type Metrics struct {
 	pushAgents      prometheus.Counter
 	pushSkips       *prometheus.CounterVec
 	massSilent      prometheus.Gauge
+	fleetFullG      prometheus.Gauge
 	duplicates      prometheus.Counter
 	quarantines     prometheus.Counter
 	recoveryBacklog prometheus.Gauge
@@ -51,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 	}
 	f.hbReceived = c("tether_heartbeats_received_total", "Heartbeats received, before validation.")
-	f.hbDiscarded = cv("tether_heartbeats_discarded_total", "Heartbeats not applied, by reason (bad_subject, too_large, bad_json, out_of_bounds, agent_mismatch, no_instance, old_seq, slow_consumer).", "reason")
+	f.hbDiscarded = cv("tether_heartbeats_discarded_total", "Heartbeats not applied, by reason (bad_subject, too_large, bad_json, out_of_bounds, agent_mismatch, no_instance, old_seq, slow_consumer, unregistered, fleet_full).", "reason")
 	f.agentsByState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tether_fleet_agents", Help: "Agents by state."}, []string{"state"})
 	f.transitions = cv("tether_fleet_transitions_total", "Agent state changes, by new state.", "to")
 	f.probesSent = c("tether_probes_sent_total", "Probes sent on agents' command subjects.")
@@ -63,12 +64,13 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 	f.pushAgents = c("tether_config_push_agents_total", "Agents sent reresolve because a change affected their resolution.")
 	f.pushSkips = cv("tether_config_push_skipped_total", "KV changes not pushed, by reason (invalid).", "reason")
 	f.massSilent = g("tether_fleet_mass_silence", "1 while a large share of the fleet is silent at once (broker or own link suspected).")
+	f.fleetFullG = g("tether_fleet_full", "1 while the fleet holds --max-agents agents and heartbeats from new ids are discarded.")
 	f.duplicates = c("tether_fleet_duplicate_agents_total", "Agent ids found heartbeating from two instances alternately.")
 	f.quarantines = c("tether_fleet_quarantines_total", "Agents quarantined for exceeding the restart intensity.")
 	f.recoveryBacklog = g("tether_recovery_backlog", "Recovery commands waiting for the fleet-wide recovery rate.")
 	f.kvWrites = cv("tether_fleet_kv_writes_total", "mcp_fleet record writes, by outcome (ok, failed).", "outcome")
 	reg.MustRegister(f.hbReceived, f.hbDiscarded, f.agentsByState, f.transitions, f.probesSent, f.probesOverdue,
-		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.duplicates,
+		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.fleetFullG, f.duplicates,
 		f.quarantines, f.recoveryBacklog, f.kvWrites)
 	return f
 }
@@ -159,6 +161,17 @@ func (m *Metrics) massSilence(on bool) {
 		v = 1
 	}
 	m.massSilent.Set(v)
+}
+
+func (m *Metrics) fleetFull(on bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if on {
+		v = 1
+	}
+	m.fleetFullG.Set(v)
 }
 
 func (m *Metrics) duplicate() {

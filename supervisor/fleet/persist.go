@@ -25,6 +25,12 @@ type Record struct {
 	Zombie      bool  `json:"zombie,omitempty"`
 	Quarantined bool  `json:"quarantined,omitempty"`
 	Goodbye     bool  `json:"goodbye,omitempty"`
+	// Established: heard over several intervals, so it counts for mass
+	// silence (one-shot ids never do).
+	Established bool `json:"established,omitempty"`
+	// Trimmed: the record was over mcp_fleet's max value size, so its
+	// configs and recovery times were left out.
+	Trimmed bool `json:"trimmed,omitempty"`
 	// RecoveryTimes are the recovery events within the quarantine period.
 	RecoveryTimes []time.Time `json:"recovery_times,omitempty"`
 	// PendingCommands are sent until the agent acks their id.
@@ -45,7 +51,7 @@ type PendingCommand struct {
 // record builds an agent's Record; the shard lock is held.
 func (t *tracker) record(a *agent, now int64, wall time.Time) Record {
 	r := Record{AgentStatus: t.snapshot(a, now, wall), PrevInstance: a.prevInst, Liveness: a.live,
-		Zombie: a.zombie, Quarantined: a.quarantined, Goodbye: a.goodbye, Updated: wall.UTC()}
+		Zombie: a.zombie, Quarantined: a.quarantined, Goodbye: a.goodbye, Established: a.established, Updated: wall.UTC()}
 	for _, ev := range a.recoveries {
 		r.RecoveryTimes = append(r.RecoveryTimes, wall.Add(time.Duration(ev-now)).UTC())
 	}
@@ -85,9 +91,9 @@ func (t *tracker) flush() {
 	}
 	writes := make([]fleetWrite, 0, len(recs))
 	for i := range recs {
-		data, err := json.Marshal(&recs[i])
+		data, err := encodeRecord(&recs[i])
 		if err != nil {
-			t.log.Error().Err(err).Str("agent", recs[i].Agent).Msg("cannot encode fleet record")
+			t.warn.Error().Err(err).Str("agent", recs[i].Agent).Msg("cannot encode fleet record; not written")
 			continue
 		}
 		writes = append(writes, fleetWrite{agent: recs[i].Agent, data: data})
@@ -100,6 +106,24 @@ func (t *tracker) flush() {
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// encodeRecord encodes r within mcp_fleet's max value size: a record over
+// it is written without its configs and recovery times (Trimmed), so that
+// one agent's oversized picture never fails its writes.
+func encodeRecord(r *Record) ([]byte, error) {
+	data, err := json.Marshal(r)
+	if err != nil || len(data) <= kvconfig.MaxFleetRecordBytes {
+		return data, err
+	}
+	r.Configs, r.RecoveryTimes, r.Trimmed = nil, nil, true
+	if data, err = json.Marshal(r); err != nil {
+		return nil, err
+	}
+	if len(data) > kvconfig.MaxFleetRecordBytes {
+		return nil, fmt.Errorf("record is %d bytes even without its configs, over mcp_fleet's max value size %d", len(data), kvconfig.MaxFleetRecordBytes)
+	}
+	return data, nil
 }
 
 // load rebuilds the fleet picture from mcp_fleet. Silence of agents that
@@ -209,10 +233,17 @@ func (t *tracker) restore(r *Record) {
 			sends: p.Sends, queued: p.Queued, recovery: p.Recovery})
 		queued = queued || p.Queued
 	}
+	a.established = r.Established
 	sh := t.shard(a.id)
 	sh.mu.Lock()
 	if old := sh.m[a.id]; old != nil {
 		t.counts[old.state].Add(-1)
+	} else if t.size.Load() >= int64(t.cfg.MaxAgents) {
+		sh.mu.Unlock()
+		t.refuse(DiscardFull, a.id)
+		return
+	} else {
+		t.size.Add(1)
 	}
 	sh.add(a)
 	t.setState(a, deriveState(a.live, a.zombie, a.quarantined), now)

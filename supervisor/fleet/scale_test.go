@@ -100,6 +100,13 @@ func TestFleetMassSilenceNoStampede(t *testing.T) {
 // status, every agent held at suspect, nothing sent.
 func holdSilence(t *testing.T, s *supervisor.Supervisor, f *simFleet, d time.Duration) {
 	fl, n := s.Fleet(), len(f.ids)
+	// Only agents heard over a few intervals count for mass silence.
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if e := fl.Established(); e != n {
+			return fmt.Errorf("%d of %d agents established", e, n)
+		}
+		return nil
+	})
 	silentAt := time.Now()
 	f.setSilent(true)
 	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {

@@ -63,15 +63,19 @@ func (t *tracker) sweepOnce() {
 		sh.mu.Lock()
 		for i := 0; i < len(sh.list); i++ {
 			a := sh.list[i]
-			if a.live == StateHealthy || a.live == StateSuspect {
+			// Only established agents count for mass silence: ids heard once
+			// and never again (a one-shot publisher) must not freeze judgement.
+			est := t.isEstablished(a)
+			if est && (a.live == StateHealthy || a.live == StateSuspect) {
 				candidates++
 			}
-			if !behind && t.judge(a, now, freeze) {
+			if !behind && t.judge(a, now, freeze) && est {
 				silent++
 			}
 			if a.live == StateGone && t.cfg.ForgetAfter > 0 && now-a.heard >= int64(t.cfg.ForgetAfter) {
 				t.counts[a.state].Add(-1)
 				sh.remove(a)
+				t.size.Add(-1)
 				s.forget = append(s.forget, a.id)
 				i-- // the last agent moved into this slot
 				continue
@@ -124,6 +128,16 @@ func (t *tracker) judge(a *agent, now int64, freeze bool) bool {
 		}
 	}
 	return wasLive && live >= StateSuspect
+}
+
+// isEstablished reports whether a has been heard over EstablishedAfter of
+// its intervals; once established, always (until forgotten).
+func (t *tracker) isEstablished(a *agent) bool {
+	if !a.established {
+		span := time.Duration(a.heard - a.joined)
+		a.established = span >= time.Duration(t.cfg.EstablishedAfter)*effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS)
+	}
+	return a.established
 }
 
 // commandDue detects zombies, schedules probes and collects pending
@@ -316,7 +330,44 @@ func (t *tracker) act() {
 			t.cmd.forget(id)
 		}
 	}
+	t.checkRoom()
 	t.metrics.fleetGauges(&t.counts, s.overdue, t.recoveryBacklog())
+}
+
+// forgetDeleted forgets an agent whose mcp_fleet record an operator
+// deleted, unless it is live: a live agent's delete (or the supervisor's
+// own forget racing the agent's return) is undone by writing its record
+// again.
+func (t *tracker) forgetDeleted(id string) {
+	sh := t.shard(id)
+	sh.mu.Lock()
+	a := sh.m[id]
+	if a == nil {
+		sh.mu.Unlock()
+		return
+	}
+	if a.live < StateLost {
+		a.dirty |= dirtyOther
+		st := a.state
+		sh.mu.Unlock()
+		t.log.Warn().Str("agent", id).Stringer("state", st).Msg("mcp_fleet record deleted while the agent is live: not forgotten, record written again (forget only lost or gone agents)")
+		return
+	}
+	t.counts[a.state].Add(-1)
+	sh.remove(a)
+	t.size.Add(-1)
+	sh.mu.Unlock()
+	t.idsGen.Add(1)
+	t.log.Info().Str("agent", id).Msg("agent forgotten: its mcp_fleet record was deleted")
+	t.checkRoom()
+}
+
+// checkRoom clears the fleet-full flag once agents were forgotten.
+func (t *tracker) checkRoom() {
+	if n := t.size.Load(); n < int64(t.cfg.MaxAgents) && t.full.Swap(false) {
+		t.metrics.fleetFull(false)
+		t.log.Warn().Int64("agents", n).Int("max_agents", t.cfg.MaxAgents).Msg("fleet no longer full: new agent ids are tracked again")
+	}
 }
 
 func (t *tracker) recoveryBacklog() int {

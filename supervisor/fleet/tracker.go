@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"strings"
@@ -28,6 +29,10 @@ const (
 	DiscardInstance = "no_instance"
 	DiscardOldSeq   = "old_seq"
 	DiscardDropped  = "slow_consumer"
+	// DiscardUnregistered: admission refused a new id (Config.Admit).
+	DiscardUnregistered = "unregistered"
+	// DiscardFull: a new id past Config.MaxAgents.
+	DiscardFull = "fleet_full"
 )
 
 // Dirty bits of an agent record: what changed since the last mcp_fleet write.
@@ -109,6 +114,7 @@ type agent struct {
 	id, instance, prevInst string
 	seq, prevSeq           uint64
 	heard, heardWall       int64
+	joined                 int64 // first heard (monotonic); see established
 	since                  int64
 	lastRestart, dupAt     int64
 	probeNext              int64
@@ -130,6 +136,7 @@ type agent struct {
 	zombie, quarantined    bool
 	duplicate, skewed      bool
 	goodbye                bool
+	established            bool // heard over EstablishedAfter intervals: counts for mass silence
 	dirty                  uint8
 }
 
@@ -182,6 +189,8 @@ type tracker struct {
 	behind   atomic.Bool // heartbeat backlog: silence is not the agents' fault
 	mass     atomic.Bool
 	silent   atomic.Int64  // silent agents at the last sweep
+	size     atomic.Int64  // agents tracked; changed under a shard lock
+	full     atomic.Bool   // size reached MaxAgents at the last refusal
 	idsGen   atomic.Uint64 // bumped when an agent joins or is forgotten: the sorted id list is stale
 
 	sortMu    sync.Mutex
@@ -305,8 +314,14 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 	}
 	var out ingestOut
 	if a == nil {
-		a = &agent{id: strings.Clone(id)}
+		if reason := t.admit(id); reason != "" {
+			sh.mu.Unlock()
+			t.refuse(reason, id)
+			return
+		}
+		a = &agent{id: strings.Clone(id), joined: now}
 		sh.add(a)
+		t.size.Add(1)
 		out.created = true
 	}
 	// Commands go back only to the agent's own heartbeat inbox: a reply
@@ -314,6 +329,34 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 	t.ingest(a, &hb, now, wall, agentproto.IsHeartbeatReply(id, msg.Reply), &out)
 	sh.mu.Unlock()
 	t.afterIngest(id, &hb, msg.Reply, &out)
+}
+
+// admit decides whether a new id is tracked: "" to track it, else the
+// discard reason. The caller holds the id's shard lock; heartbeats arrive
+// on one subscription, so size cannot pass MaxAgents.
+func (t *tracker) admit(id string) string {
+	if t.size.Load() >= int64(t.cfg.MaxAgents) {
+		return DiscardFull
+	}
+	if t.cfg.Admit != nil && !t.cfg.Admit(id) {
+		return DiscardUnregistered
+	}
+	return ""
+}
+
+// refuse counts and (sampled) logs a heartbeat from a new id that is not
+// tracked; reaching MaxAgents is logged once, at error, with what to do.
+func (t *tracker) refuse(reason, id string) {
+	if reason == DiscardFull && !t.full.Swap(true) {
+		t.metrics.fleetFull(true)
+		t.log.Error().Int("max_agents", t.cfg.MaxAgents).Str("agent", kvconfig.Truncate(id, 80)).
+			Msg("fleet full: heartbeats from new agent ids are discarded until gone agents are forgotten; raise --max-agents (TETHER_MAX_AGENTS) or forget gone agents with 'tetherctl agent forget ID'")
+	}
+	var err error
+	if reason == DiscardUnregistered {
+		err = errors.New("agent id is not registered in mcp_agents: register it with 'tetherctl agent add ID --role ROLE'")
+	}
+	t.discard(reason, id, err)
 }
 
 func (t *tracker) discard(reason, id string, err error) {
