@@ -171,6 +171,37 @@ func TestMalformedRoleRecord(t *testing.T) {
 	}
 }
 
+// An invalid entry keeps every problem of its value, each naming the key
+// and revision, for resolve's 422, explain and the supervisor's log.
+func TestInvalidEntryListsEveryProblem(t *testing.T) {
+	ix := readyIndex()
+	ch := ix.ApplyConfig("global.github", 4, OpPut,
+		[]byte(`{"transport":"http","retry":{"max_attemps":3},"env":{"TOKEN":"a","TOKEN":"b"}}`))
+	probs := Problems(ch.Err)
+	if len(probs) != 3 {
+		t.Fatalf("change error %v: want 3 problems", ch.Err)
+	}
+	for _, p := range probs {
+		if p.Bucket != BucketConfigs || p.Key != "global.github" || p.Revision != 4 {
+			t.Errorf("problem %v does not name the key and revision", p)
+		}
+	}
+	_, err := ix.Resolve("a7", "github")
+	want := `kvconfig: invalid mcp_configs "global.github" revision 4: 3 problems: field "retry.max_attemps": unknown field`
+	if !strings.HasPrefix(fmt.Sprint(err), want) || !strings.Contains(err.Error(), `field "env.TOKEN": duplicate key`) ||
+		!strings.Contains(err.Error(), `field "url": required`) {
+		t.Fatalf("resolve error %v", err)
+	}
+	if inv := ix.Invalid(); len(inv) != 1 || inv[0].Err.Error() != err.Error() {
+		t.Fatalf("Invalid() = %v", inv)
+	}
+	ch = ix.ApplyAgent("a7", 5, OpPut, []byte(`{"role":"coder","role":"admin"}`))
+	var ce *ConfigError
+	if !errors.As(ch.Err, &ce) || ce.Bucket != BucketAgents || ce.Key != "a7" || ce.Revision != 5 || ce.Field != "role" {
+		t.Fatalf("duplicate role: %v", ch.Err)
+	}
+}
+
 func TestResolveRejectsBadIDsAndNotReady(t *testing.T) {
 	ix := NewIndex()
 	if _, err := ix.Resolve("a7", "github"); !errors.Is(err, ErrNotReady) {
