@@ -1,8 +1,10 @@
 package kvconfig
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -263,21 +265,46 @@ func TestDecodeAgentRecord(t *testing.T) {
 	}
 }
 
+// FuzzDecodeConfig: DecodeConfig never panics; every failure is a bounded
+// list of *ConfigError; an accepted value validates, and re-encoding it
+// decodes to an equal config.
 func FuzzDecodeConfig(f *testing.F) {
-	for _, s := range []string{`{"transport":"http","url":"https://x"}`, `{"command":"x","args":["a"]}`, `{"retry":{"jitter":0.5}}`, `{`, `null`} {
+	for _, s := range validConfigs {
+		f.Add([]byte(s))
+	}
+	for _, tc := range invalidConfigs {
+		if len(tc.in) < 4<<10 {
+			f.Add([]byte(tc.in))
+		}
+	}
+	for _, s := range []string{`{"retry":{"jitter":0.5}}`, `{`, `{"command":"x","args":["a"],"args":["b"]}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeConfig(b)
 		if err != nil {
-			var ce *ConfigError
-			if !errors.As(err, &ce) {
-				t.Fatalf("error %v is not a *ConfigError", err)
+			probs := Problems(err)
+			if len(probs) == 0 || len(probs) > MaxProblems || !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("error %v: %d problems", err, len(probs))
+			}
+			if n := len(err.Error()); n > 16<<10 {
+				t.Fatalf("error message of %d bytes", n)
 			}
 			return
 		}
 		if err := c.Validate(); err != nil {
 			t.Fatalf("decoded config does not validate: %v", err)
+		}
+		enc, err := json.Marshal(c)
+		if err != nil {
+			t.Fatalf("re-encode %+v: %v", c, err)
+		}
+		again, err := DecodeConfig(enc)
+		if err != nil {
+			t.Fatalf("re-encoded %s does not decode: %v", enc, err)
+		}
+		if !reflect.DeepEqual(c, again) {
+			t.Fatalf("round trip changed the config:\n%+v\n%+v (via %s)", c, again, enc)
 		}
 	})
 }
