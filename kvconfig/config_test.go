@@ -265,6 +265,20 @@ func TestDecodeAgentRecord(t *testing.T) {
 	}
 }
 
+func TestDuplicateKeys(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{"a":1,"b":{"a":1,"a":2},"a":3,"\u0061":4,"c":5,"c":6}`, "a c"}, // the top level only
+		{`{"a":1,"b":2}`, ""},
+		{`[1,1]`, ""},
+		{`{"a":1,"a":2,"b":`, "a"}, // a syntax error ends the scan
+		{``, ""},
+	} {
+		if got := strings.Join(DuplicateKeys([]byte(tc.in)), " "); got != tc.want {
+			t.Errorf("DuplicateKeys(%s) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 // FuzzDecodeConfig: DecodeConfig never panics; every failure is a bounded
 // list of *ConfigError; an accepted value validates, and re-encoding it
 // decodes to an equal config.

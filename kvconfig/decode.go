@@ -173,6 +173,23 @@ func objectMembers(raw []byte) (members []member, ok bool) {
 	return members, true
 }
 
+// DuplicateKeys returns each key that appears more than once at the top
+// level of the JSON object data, in document order; nil when there is none
+// or data is not an object (a syntax error ends the scan). It is for
+// callers that read an object into a Go map, which silently keeps only the
+// last value of a repeated key.
+func DuplicateKeys(data []byte) []string {
+	members, _ := objectMembers(data)
+	seen := make(map[string]int, len(members))
+	var dups []string
+	for _, m := range members {
+		if seen[m.key]++; seen[m.key] == 2 {
+			dups = append(dups, m.key)
+		}
+	}
+	return dups
+}
+
 // arrayElems returns the elements of raw, a syntactically valid JSON value;
 // ok is false when raw is not an array.
 func arrayElems(raw []byte) (elems []json.RawMessage, ok bool) {
