@@ -187,10 +187,13 @@ func TestInvalidEntryListsEveryProblem(t *testing.T) {
 		}
 	}
 	_, err := ix.Resolve("a7", "github")
-	want := `kvconfig: invalid mcp_configs "global.github" revision 4: 3 problems: field "retry.max_attemps": unknown field`
-	if !strings.HasPrefix(fmt.Sprint(err), want) || !strings.Contains(err.Error(), `field "env.TOKEN": duplicate key`) ||
-		!strings.Contains(err.Error(), `field "url": required`) {
-		t.Fatalf("resolve error %v", err)
+	// As agentproto/PROTOCOL.md shows it.
+	want := `kvconfig: invalid mcp_configs "global.github" revision 4: 3 problems: ` +
+		`field "retry.max_attemps": unknown field (check the spelling; retry's fields are max_attempts, base_delay, max_delay, jitter); ` +
+		`field "env.TOKEN": duplicate key (it appears more than once); keep exactly one; ` +
+		`field "url": required for transport http: add "url":"https://..."`
+	if fmt.Sprint(err) != want {
+		t.Fatalf("resolve error\n got %v\nwant %s", err, want)
 	}
 	if inv := ix.Invalid(); len(inv) != 1 || inv[0].Err.Error() != err.Error() {
 		t.Fatalf("Invalid() = %v", inv)
