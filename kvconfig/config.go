@@ -1,17 +1,14 @@
 package kvconfig
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"net/url"
 	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -34,7 +31,8 @@ const (
 )
 
 // ServerConfig is one MCP server entry in the shape MCP clients use for
-// "mcpServers", decoded strictly: an unknown field is an error.
+// "mcpServers", decoded strictly (see DecodeConfig): an unknown, misspelt
+// or repeated key is an error.
 type ServerConfig struct {
 	// Transport is "stdio", "http" or "sse". When omitted it is inferred:
 	// a command means stdio, a url means http.
@@ -89,143 +87,63 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// ConfigError reports an invalid config value. It names the KV key and the
-// revision (when known) and the offending field.
-type ConfigError struct {
-	Bucket   string
-	Key      string
-	Revision uint64
-	Field    string // JSON path of the bad field, "" for the whole value
-	Err      error
-}
-
-func (e *ConfigError) Error() string {
-	var b strings.Builder
-	b.WriteString("kvconfig: invalid ")
-	if e.Key != "" {
-		fmt.Fprintf(&b, "%s %q", orDefault(e.Bucket, BucketConfigs), e.Key)
-		if e.Revision != 0 {
-			fmt.Fprintf(&b, " revision %d", e.Revision)
-		}
-	} else {
-		b.WriteString("config")
-	}
-	if e.Field != "" {
-		fmt.Fprintf(&b, ": field %q", e.Field)
-	}
-	fmt.Fprintf(&b, ": %v", e.Err)
-	return b.String()
-}
-
-func (e *ConfigError) Unwrap() error { return e.Err }
-
-// ErrInvalidConfig is wrapped by every *ConfigError, so callers can test
-// errors.Is(err, ErrInvalidConfig).
-var ErrInvalidConfig = errors.New("kvconfig: invalid config")
-
-// Is reports ErrInvalidConfig.
-func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
-}
-
-// DecodeConfig decodes and validates a config value strictly: unknown
-// fields, trailing data, wrong types and semantic mistakes are errors that
-// name the field. The returned error is a *ConfigError without key or
-// revision; callers that know them fill them in (see Index).
-func DecodeConfig(data []byte) (*ServerConfig, error) {
-	if len(data) > MaxConfigBytes {
-		return nil, &ConfigError{Err: fmt.Errorf("value is %d bytes, more than the %d allowed", len(data), MaxConfigBytes)}
-	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, &ConfigError{Err: errors.New("value is empty; write a JSON object such as {\"url\":\"https://...\"}")}
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var c ServerConfig
-	if err := dec.Decode(&c); err != nil {
-		return nil, decodeError(err)
-	}
-	if err := exactKeys(data, "", configFields); err != nil {
-		return nil, err
-	}
-	var top map[string]json.RawMessage
-	if json.Unmarshal(data, &top) == nil && c.Retry != nil {
-		if err := exactKeys(top["retry"], "retry.", retryFields); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, &ConfigError{Err: errors.New("trailing data after the JSON object")}
-	}
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-func decodeError(err error) error {
-	var ute *json.UnmarshalTypeError
-	if errors.As(err, &ute) {
-		if ute.Type == durationType {
-			return &ConfigError{Field: ute.Field, Err: fmt.Errorf("%s is not a duration: want a duration string such as \"30s\" or \"500ms\"", ute.Value)}
-		}
-		return &ConfigError{Field: ute.Field, Err: fmt.Errorf("wrong type: JSON %s where %s is expected", ute.Value, ute.Type)}
-	}
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		return &ConfigError{Err: fmt.Errorf("malformed JSON at byte %d: %w", se.Offset, err)}
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return &ConfigError{Err: errors.New("malformed JSON: the value ends before the object is closed")}
-	}
-	msg := err.Error()
-	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
-		return &ConfigError{Field: strings.Trim(f, `"`), Err: errors.New("unknown field (check the spelling; fields are transport, command, args, env, url, headers, timeout, retry)")}
-	}
-	return &ConfigError{Err: err}
-}
-
-// The exact field names of a config value. encoding/json matches names
-// case-insensitively; a value must not, or {"ENV":{...}} would be stored
-// and then escape masking that looks for "env".
-var (
-	configFields = []string{"transport", "command", "args", "env", "url", "headers", "timeout", "retry"}
-	retryFields  = []string{"max_attempts", "base_delay", "max_delay", "jitter"}
-)
-
-// exactKeys fails on an object key that is not spelled exactly as one of
-// fields.
-func exactKeys(obj []byte, prefix string, fields []string) error {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(obj, &m); err != nil {
-		return nil // not an object: the typed decode reports it
-	}
-	for k := range m {
-		if !slices.Contains(fields, k) {
-			return &ConfigError{Field: prefix + Truncate(k, 64), Err: fmt.Errorf("unknown field (names are case-sensitive; fields are %s)", strings.Join(fields, ", "))}
-		}
-	}
-	return nil
-}
-
 var (
 	envName    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	headerName = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 )
 
-// Validate checks the semantic rules: a known transport, stdio has a
-// command and no url, http/sse have an absolute http(s) url and no command,
-// positive bounded durations, jitter in [0,1], and size limits. It infers an
-// omitted transport.
+// Validate checks the semantic rules and reports every broken one (a
+// *ConfigErrors): a known transport, stdio has a command and no url,
+// http/sse have an absolute http(s) url and no command, positive bounded
+// durations, jitter in [0,1], and size limits. It infers an omitted
+// transport.
 func (c *ServerConfig) Validate() error {
-	fail := func(field, format string, a ...any) error {
-		return &ConfigError{Field: field, Err: fmt.Errorf(format, a...)}
+	var p problems
+	c.validate(&p, false)
+	return p.err()
+}
+
+// validate adds every broken rule to p; skipTransport leaves out the
+// transport rules (their fields did not decode).
+func (c *ServerConfig) validate(p *problems, skipTransport bool) {
+	if !skipTransport {
+		c.validateTransport(p)
 	}
+	if len(c.Command) > MaxStringLen {
+		p.addf("command", "longer than %d bytes", MaxStringLen)
+	}
+	if len(c.URL) > MaxStringLen {
+		p.addf("url", "longer than %d bytes", MaxStringLen)
+	}
+	if len(c.Args) > MaxArgs {
+		p.addf("args", "%d entries, more than %d", len(c.Args), MaxArgs)
+	}
+	for i, a := range c.Args {
+		if len(a) > MaxStringLen {
+			p.addf(fmt.Sprintf("args[%d]", i), "longer than %d bytes", MaxStringLen)
+		}
+	}
+	checkMap(p, "env", c.Env, envName, "an environment variable name (letters, digits and _, not starting with a digit)")
+	checkMap(p, "headers", c.Headers, headerName, "an HTTP header name")
+	checkDuration(p, "timeout", c.Timeout)
+	if r := c.Retry; r != nil {
+		if r.MaxAttempts < 0 || r.MaxAttempts > MaxRetryAttempt {
+			p.addf("retry.max_attempts", "%d is outside 0..%d", r.MaxAttempts, MaxRetryAttempt)
+		}
+		checkDuration(p, "retry.base_delay", r.BaseDelay)
+		checkDuration(p, "retry.max_delay", r.MaxDelay)
+		if r.BaseDelay > 0 && r.MaxDelay > 0 && r.MaxDelay < r.BaseDelay {
+			p.addf("retry.max_delay", "%v is shorter than base_delay %v", r.MaxDelay.D(), r.BaseDelay.D())
+		}
+		if r.Jitter != nil && !(*r.Jitter >= 0 && *r.Jitter <= 1) {
+			p.addf("retry.jitter", "%v is outside [0,1]", *r.Jitter)
+		}
+	}
+}
+
+// validateTransport infers an omitted transport and checks the fields each
+// transport needs and forbids.
+func (c *ServerConfig) validateTransport(p *problems) {
 	if c.Transport == "" {
 		switch {
 		case c.Command != "" && c.URL == "":
@@ -233,72 +151,36 @@ func (c *ServerConfig) Validate() error {
 		case c.URL != "" && c.Command == "":
 			c.Transport = TransportHTTP
 		default:
-			return fail("transport", "missing: set \"transport\" to stdio (with \"command\") or http/sse (with \"url\")")
+			p.addf("transport", "missing: set \"transport\" to stdio (with \"command\") or http/sse (with \"url\")")
+			return
 		}
 	}
 	switch c.Transport {
 	case TransportStdio:
 		if c.Command == "" {
-			return fail("command", "required for transport stdio")
+			p.addf("command", "required for transport stdio: add \"command\", the program the agent starts")
 		}
 		if c.URL != "" {
-			return fail("url", "not used by transport stdio; remove it or use transport http")
+			p.addf("url", "not used by transport stdio; remove it or use transport http")
 		}
 		if len(c.Headers) > 0 {
-			return fail("headers", "not used by transport stdio")
+			p.addf("headers", "not used by transport stdio; remove them or use transport http")
 		}
 	case TransportHTTP, TransportSSE:
 		if c.Command != "" || len(c.Args) > 0 {
-			return fail("command", "not used by transport %s; remove command/args or use transport stdio", c.Transport)
+			p.addf("command", "not used by transport %s; remove command/args or use transport stdio", c.Transport)
 		}
 		if c.URL == "" {
-			return fail("url", "required for transport %s", c.Transport)
+			p.addf("url", "required for transport %s: add \"url\":\"https://...\"", c.Transport)
+			return
 		}
 		u, err := url.Parse(c.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fail("url", "%s is not an absolute http:// or https:// URL", redactURL(c.URL))
+			p.addf("url", "%s is not an absolute http:// or https:// URL", redactURL(c.URL))
 		}
 	default:
-		return fail("transport", "%q is not one of stdio, http, sse", Truncate(c.Transport, 40))
+		p.addf("transport", "%q is not one of stdio, http, sse", Truncate(c.Transport, 40))
 	}
-	if len(c.Command) > MaxStringLen || len(c.URL) > MaxStringLen {
-		return fail("command", "longer than %d bytes", MaxStringLen)
-	}
-	if len(c.Args) > MaxArgs {
-		return fail("args", "%d entries, more than %d", len(c.Args), MaxArgs)
-	}
-	for i, a := range c.Args {
-		if len(a) > MaxStringLen {
-			return fail(fmt.Sprintf("args[%d]", i), "longer than %d bytes", MaxStringLen)
-		}
-	}
-	if err := checkMap("env", c.Env, envName, "an environment variable name"); err != nil {
-		return err
-	}
-	if err := checkMap("headers", c.Headers, headerName, "an HTTP header name"); err != nil {
-		return err
-	}
-	if err := checkDuration("timeout", c.Timeout, true); err != nil {
-		return err
-	}
-	if r := c.Retry; r != nil {
-		if r.MaxAttempts < 0 || r.MaxAttempts > MaxRetryAttempt {
-			return fail("retry.max_attempts", "%d is outside 0..%d", r.MaxAttempts, MaxRetryAttempt)
-		}
-		if err := checkDuration("retry.base_delay", r.BaseDelay, true); err != nil {
-			return err
-		}
-		if err := checkDuration("retry.max_delay", r.MaxDelay, true); err != nil {
-			return err
-		}
-		if r.BaseDelay != 0 && r.MaxDelay != 0 && r.MaxDelay < r.BaseDelay {
-			return fail("retry.max_delay", "%v is shorter than base_delay %v", r.MaxDelay.D(), r.BaseDelay.D())
-		}
-		if r.Jitter != nil && !(*r.Jitter >= 0 && *r.Jitter <= 1) {
-			return fail("retry.jitter", "%v is outside [0,1]", *r.Jitter)
-		}
-	}
-	return nil
 }
 
 // redactURL quotes a URL for an error message without the secrets URLs
@@ -317,31 +199,30 @@ func redactURL(s string) string {
 	return strconv.Quote(Truncate(u.String(), 200))
 }
 
-func checkMap(field string, m map[string]string, name *regexp.Regexp, what string) error {
+// checkMap checks a map's size and, in key order, each name against name
+// and each value's length.
+func checkMap(p *problems, field string, m map[string]string, name *regexp.Regexp, what string) {
 	if len(m) > MaxMapEntries {
-		return &ConfigError{Field: field, Err: fmt.Errorf("%d entries, more than %d", len(m), MaxMapEntries)}
+		p.addf(field, "%d entries, more than %d", len(m), MaxMapEntries)
 	}
-	for k, v := range m {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if !name.MatchString(k) || len(k) > 256 {
-			return &ConfigError{Field: field + "." + Truncate(k, 64), Err: fmt.Errorf("%q is not %s", Truncate(k, 64), what)}
+			p.addf(field+"."+Truncate(k, 64), "%q is not %s", Truncate(k, 64), what)
 		}
-		if len(v) > MaxStringLen {
-			return &ConfigError{Field: field + "." + k, Err: fmt.Errorf("value longer than %d bytes", MaxStringLen)}
+		if len(m[k]) > MaxStringLen {
+			p.addf(field+"."+Truncate(k, 64), "value longer than %d bytes", MaxStringLen)
 		}
 	}
-	return nil
 }
 
-func checkDuration(field string, d Duration, zeroOK bool) error {
+// checkDuration checks a duration is not negative and at most MaxTimeout.
+func checkDuration(p *problems, field string, d Duration) {
 	switch {
 	case d < 0:
-		return &ConfigError{Field: field, Err: fmt.Errorf("%v is negative", d.D())}
-	case d == 0 && !zeroOK:
-		return &ConfigError{Field: field, Err: errors.New("must be positive")}
+		p.addf(field, "%v is negative", d.D())
 	case d.D() > MaxTimeout:
-		return &ConfigError{Field: field, Err: fmt.Errorf("%v is longer than %v", d.D(), MaxTimeout)}
+		p.addf(field, "%v is longer than %v", d.D(), MaxTimeout)
 	}
-	return nil
 }
 
 func maskMap(in map[string]string) map[string]string {

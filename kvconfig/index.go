@@ -29,7 +29,8 @@ type Entry struct {
 	Raw json.RawMessage
 	// Config is the decoded value; nil when Err is set.
 	Config *ServerConfig
-	// Err is the *ConfigError of a malformed value, naming key and revision.
+	// Err is the *ConfigErrors of a malformed value: every problem (at most
+	// MaxProblems listed), each naming key and revision.
 	Err error
 }
 
@@ -130,12 +131,11 @@ func (ix *Index) ApplyConfig(key string, rev uint64, op Op, value []byte) Change
 	}
 	e := &Entry{Key: k, KeyName: key, Scope: k.Scope(), Revision: rev}
 	if cfg, err := DecodeConfig(value); err != nil {
-		ce := &ConfigError{Bucket: BucketConfigs, Key: key, Revision: rev, Err: err}
-		var inner *ConfigError
-		if errors.As(err, &inner) {
-			ce.Field, ce.Err = inner.Field, inner.Err
+		var ces *ConfigErrors
+		if errors.As(err, &ces) {
+			ces.locate(BucketConfigs, key, rev)
 		}
-		e.Err = ce
+		e.Err = err
 		ix.invalid[key] = e
 	} else {
 		var buf bytes.Buffer
@@ -208,9 +208,9 @@ func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Chang
 	rec, err := DecodeAgentRecord(value)
 	re := roleEntry{role: rec.Role, revision: rev}
 	if err != nil {
-		var ce *ConfigError
-		if errors.As(err, &ce) {
-			ce.Key, ce.Revision = agent, rev
+		var ces *ConfigErrors
+		if errors.As(err, &ces) {
+			ces.locate(BucketAgents, agent, rev)
 		}
 		re = roleEntry{revision: rev, err: err}
 		ch.Err = err

@@ -1,13 +1,5 @@
 package kvconfig
 
-import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-)
-
 // AgentRecord is a value of the operator-owned role registry (mcp_agents):
 // key <agent>, value {"role":"<role>"}. The role used in resolution comes
 // from here, never from what an agent claims about itself.
@@ -15,26 +7,27 @@ type AgentRecord struct {
 	Role string `json:"role"`
 }
 
-// DecodeAgentRecord decodes a registry value strictly and validates the role.
+// agentFields are the exact field names of a registry value.
+var agentFields = []string{"role"}
+
+// DecodeAgentRecord decodes a registry value strictly (exactly one JSON
+// object; no unknown, misspelt or duplicate keys) and validates the role.
+// The error is a *ConfigErrors naming bucket mcp_agents and every problem.
 func DecodeAgentRecord(data []byte) (AgentRecord, error) {
 	var r AgentRecord
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return r, &ConfigError{Bucket: BucketAgents, Err: fmt.Errorf("want {\"role\":\"<role>\"}: %w", err)}
+	p := &problems{bucket: BucketAgents}
+	members, ok := document(p, data, `{"role":"<role>"}`)
+	if !ok {
+		return r, p.err()
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, &ConfigError{Bucket: BucketAgents, Err: errors.New("trailing data after the JSON object")}
+	role := true
+	for _, m := range uniqueKeys(p, "", members, agentFields) {
+		role = decodeValue(p, m.key, m.raw, &r.Role)
 	}
-	if err := exactKeys(data, "", []string{"role"}); err != nil {
-		var ce *ConfigError
-		if errors.As(err, &ce) {
-			ce.Bucket = BucketAgents
+	if role {
+		if err := ValidateID(KindRole, r.Role); err != nil {
+			p.add("role", err)
 		}
-		return r, err
 	}
-	if err := ValidateID(KindRole, r.Role); err != nil {
-		return r, &ConfigError{Bucket: BucketAgents, Field: "role", Err: err}
-	}
-	return r, nil
+	return r, p.err()
 }

@@ -171,6 +171,40 @@ func TestMalformedRoleRecord(t *testing.T) {
 	}
 }
 
+// An invalid entry keeps every problem of its value, each naming the key
+// and revision, for resolve's 422, explain and the supervisor's log.
+func TestInvalidEntryListsEveryProblem(t *testing.T) {
+	ix := readyIndex()
+	ch := ix.ApplyConfig("global.github", 4, OpPut,
+		[]byte(`{"transport":"http","retry":{"max_attemps":3},"env":{"TOKEN":"a","TOKEN":"b"}}`))
+	probs := Problems(ch.Err)
+	if len(probs) != 3 {
+		t.Fatalf("change error %v: want 3 problems", ch.Err)
+	}
+	for _, p := range probs {
+		if p.Bucket != BucketConfigs || p.Key != "global.github" || p.Revision != 4 {
+			t.Errorf("problem %v does not name the key and revision", p)
+		}
+	}
+	_, err := ix.Resolve("a7", "github")
+	// As agentproto/PROTOCOL.md shows it.
+	want := `kvconfig: invalid mcp_configs "global.github" revision 4: 3 problems: ` +
+		`field "retry.max_attemps": unknown field (check the spelling; retry's fields are max_attempts, base_delay, max_delay, jitter); ` +
+		`field "env.TOKEN": duplicate key (it appears more than once); keep exactly one; ` +
+		`field "url": required for transport http: add "url":"https://..."`
+	if fmt.Sprint(err) != want {
+		t.Fatalf("resolve error\n got %v\nwant %s", err, want)
+	}
+	if inv := ix.Invalid(); len(inv) != 1 || inv[0].Err.Error() != err.Error() {
+		t.Fatalf("Invalid() = %v", inv)
+	}
+	ch = ix.ApplyAgent("a7", 5, OpPut, []byte(`{"role":"coder","role":"admin"}`))
+	var ce *ConfigError
+	if !errors.As(ch.Err, &ce) || ce.Bucket != BucketAgents || ce.Key != "a7" || ce.Revision != 5 || ce.Field != "role" {
+		t.Fatalf("duplicate role: %v", ch.Err)
+	}
+}
+
 func TestResolveRejectsBadIDsAndNotReady(t *testing.T) {
 	ix := NewIndex()
 	if _, err := ix.Resolve("a7", "github"); !errors.Is(err, ErrNotReady) {

@@ -35,7 +35,7 @@ func init() {
 		{name: "validate", args: "FILE...", minArgs: 1, maxArgs: -1, run: (*app).cmdValidate,
 			summary: "Strictly decode and validate config values, as the supervisor will (- reads stdin).",
 			detail: "A FILE holding an mcpServers object is checked as 'import' would convert it.\n" +
-				"Exit 3 names the file, the field and what to fix."},
+				"Exit 3 lists every problem at once, one per line: the file, the field and what to fix."},
 		{name: "get", args: "SCOPE SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdGet,
 			summary: "Show the stored value of SCOPE's SERVER config, its revision and whether it is valid.",
 			detail:  "SCOPE is global, role:<role> or agent:<agent>. Exit 4 when the key is absent or deleted."},

@@ -184,22 +184,65 @@ func displayName(name string) string {
 	return name
 }
 
-// configErr wraps a kvconfig validation error of the named source.
-func configErr(source string, err error, hint string) error {
-	return fail(ErrInvalidConfig, err, "invalid config in %s: %s%s", source, describeConfigErr(err), hint)
+// configErr wraps a kvconfig validation error of the named source. One
+// problem is one line, as before; several are a count, then one indented
+// line each that starts with label (the KV key being written, or the
+// source itself) and names the field, what is wrong and what to do.
+func configErr(source, label string, err error, hint string) error {
+	probs, more := configProblems(err)
+	if len(probs)+more <= 1 {
+		return fail(ErrInvalidConfig, err, "invalid config in %s: %s%s", source, describeConfigErr(err), hint)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "invalid config in %s: %d problems%s:", source, len(probs)+more, hint)
+	for _, line := range problemLines(label, probs, more) {
+		b.WriteString("\n  " + line)
+	}
+	return fail(ErrInvalidConfig, err, "%s", b.String())
+}
+
+// configProblems returns the listed problems of a kvconfig error and how
+// many more it found without listing them.
+func configProblems(err error) ([]*kvconfig.ConfigError, int) {
+	var ces *kvconfig.ConfigErrors
+	if errors.As(err, &ces) {
+		return ces.Problems, ces.More
+	}
+	return kvconfig.Problems(err), 0
+}
+
+// problemLines is one line per problem, each starting with label.
+func problemLines(label string, probs []*kvconfig.ConfigError, more int) []string {
+	lines := make([]string, 0, len(probs)+1)
+	for _, p := range probs {
+		lines = append(lines, label+": "+p.Detail())
+	}
+	if more > 0 {
+		lines = append(lines, fmt.Sprintf("%s: %d more problem(s) not listed; fix these and validate again", label, more))
+	}
+	return lines
 }
 
 // describeConfigErr says which field is wrong and why, without repeating
-// the package and "invalid config".
+// the package and "invalid config", on one line: several problems are
+// counted and joined with "; ".
 func describeConfigErr(err error) string {
-	var ce *kvconfig.ConfigError
-	if !errors.As(err, &ce) {
+	probs, more := configProblems(err)
+	switch {
+	case len(probs) == 0:
 		return trimPkg(err)
+	case len(probs) == 1 && more == 0:
+		return probs[0].Detail()
 	}
-	if ce.Field == "" {
-		return fmt.Sprint(ce.Err)
+	details := make([]string, len(probs))
+	for i, p := range probs {
+		details[i] = p.Detail()
 	}
-	return fmt.Sprintf("field %q: %v", ce.Field, ce.Err)
+	s := fmt.Sprintf("%d problems: %s", len(probs)+more, strings.Join(details, "; "))
+	if more > 0 {
+		s += fmt.Sprintf("; and %d more", more)
+	}
+	return s
 }
 
 // quoteList formats names for messages.

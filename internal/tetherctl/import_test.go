@@ -120,6 +120,8 @@ func TestConvertEntry(t *testing.T) {
 		{"a", `{"url":"https://x.example","command":"y"}`, false, `error: field "transport"`},
 		{"a", `"npx"`, false, "error: must be a JSON object"},
 		{"a.b", `{"command":"x"}`, false, "error: rename it"},
+		{"a", `{"command":"x","command":"y"}`, false, `error: field(s) "command" appear more than once`},
+		{"a", `{"command":"x","env":{"K":"a","K":"b"}}`, false, `error: kvconfig: invalid config: field "env.K": duplicate key`},
 	} {
 		e, err := convertEntry(tc.name, json.RawMessage(tc.entry), tc.drop)
 		var got string

@@ -54,12 +54,13 @@ type importReport struct {
 
 func (a *app) cmdValidate(_ context.Context, args []string) error {
 	type result struct {
-		File    string          `json:"file"`
-		Valid   bool            `json:"valid"`
-		Kind    string          `json:"kind"` // config or mcpServers
-		Servers []string        `json:"servers,omitempty"`
-		Error   string          `json:"error,omitempty"`
-		Config  json.RawMessage `json:"config,omitempty"`
+		File     string          `json:"file"`
+		Valid    bool            `json:"valid"`
+		Kind     string          `json:"kind"` // config or mcpServers
+		Servers  []string        `json:"servers,omitempty"`
+		Error    string          `json:"error,omitempty"`
+		Problems []problemView   `json:"problems,omitempty"` // of a config file: every one
+		Config   json.RawMessage `json:"config,omitempty"`
 	}
 	var results []result
 	var errs []error
@@ -79,7 +80,8 @@ func (a *app) cmdValidate(_ context.Context, args []string) error {
 				err = fail(ErrInvalidConfig, perr, "invalid mcpServers file %s:%s", r.File, indentErrs(perr))
 			}
 		} else if _, derr := kvconfig.DecodeConfig(data); derr != nil {
-			err = configErr(r.File, derr, "")
+			err = configErr(r.File, r.File, derr, "")
+			r.Problems = problemViews(derr)
 		} else {
 			r.Config = a.mask(data)
 		}
@@ -104,6 +106,24 @@ func (a *app) cmdValidate(_ context.Context, args []string) error {
 		return errs[0]
 	}
 	return fail(ErrInvalidConfig, errors.Join(errs...), "%d of %d files are invalid:%s", len(errs), len(args), indentErrs(errors.Join(errs...)))
+}
+
+// problemView is one problem of a config value, as validate --json prints it.
+type problemView struct {
+	Field string `json:"field,omitempty"` // JSON path, e.g. "retry.max_attempts"; "" for the whole value
+	Error string `json:"error"`
+}
+
+func problemViews(err error) []problemView {
+	probs, more := configProblems(err)
+	out := make([]problemView, 0, len(probs)+1)
+	for _, p := range probs {
+		out = append(out, problemView{Field: p.Field, Error: p.Err.Error()})
+	}
+	if more > 0 {
+		out = append(out, problemView{Error: fmt.Sprintf("%d more problem(s) not listed", more)})
+	}
+	return out
 }
 
 func serverList(names []string) string {

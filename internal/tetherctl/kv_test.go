@@ -60,6 +60,56 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// threeProblems has three independent problems: a misspelt nested field,
+// a duplicate env key and a missing url.
+const threeProblems = `{"transport":"http","retry":{"max_attemps":3},"env":{"TOKEN":"a","TOKEN":"b"}}`
+
+// validate reports every problem of a value at once, one per line, each
+// naming the file and the field path.
+func TestValidateReportsEveryProblem(t *testing.T) {
+	f := writeFile(t, "three.json", threeProblems)
+	r := runCLI("", "validate", f)
+	if r.code != ExitInvalidConfig {
+		t.Fatalf("want exit 3, got\n%s", r)
+	}
+	want := "tetherctl: invalid config in " + f + ": 3 problems:\n" +
+		"  " + f + `: field "retry.max_attemps": unknown field (check the spelling; retry's fields are max_attempts, base_delay, max_delay, jitter)` + "\n" +
+		"  " + f + `: field "env.TOKEN": duplicate key (it appears more than once); keep exactly one` + "\n" +
+		"  " + f + `: field "url": required for transport http: add "url":"https://..."` + "\n"
+	if r.stderr != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", r.stderr, want)
+	}
+	r = runCLI(threeProblems, "validate", "-", "--json")
+	var res []struct {
+		Valid    bool
+		Problems []struct{ Field, Error string }
+	}
+	if r.code != ExitInvalidConfig || json.Unmarshal([]byte(r.stdout), &res) != nil || len(res) != 1 || res[0].Valid {
+		t.Fatalf("--json: %s", r)
+	}
+	var fields []string
+	for _, p := range res[0].Problems {
+		fields = append(fields, p.Field)
+	}
+	if strings.Join(fields, " ") != "retry.max_attemps env.TOKEN url" {
+		t.Errorf("--json problems: %+v", res[0].Problems)
+	}
+	// In an mcpServers file, every problem of every server, one a line; a
+	// key repeated at any level is one of them.
+	servers := writeFile(t, "servers.json", `{"mcpServers":{"a":`+threeProblems+`,"b":{"url":"https://x.example","url":"https://evil.example"},"b":{"command":"y"}}}`)
+	r = runCLI("", "validate", servers)
+	if r.code != ExitInvalidConfig {
+		t.Fatalf("servers file: %s", r)
+	}
+	contains(t, "servers stderr", r.stderr, "invalid mcpServers file "+servers+":",
+		`  server "b" appears more than once in "mcpServers"; keep exactly one`,
+		`  server "a": field "retry.max_attemps": unknown field`,
+		`  server "a": field "env.TOKEN": duplicate key`,
+		`  server "a": field "url": required for transport http`)
+	r = runCLI("", "validate", writeFile(t, "dupentry.json", `{"mcpServers":{"b":{"url":"https://x.example","url":"https://evil.example"}}}`))
+	contains(t, "duplicate in an entry", r.stderr, `server "b": field(s) "url" appear more than once; keep exactly one of each`)
+}
+
 // putRev runs put --json and returns the revision written.
 func (h *harness) putRev(args ...string) uint64 {
 	h.t.Helper()
@@ -125,6 +175,15 @@ func TestPutInvalidWritesNothing(t *testing.T) {
 	rev := h.kvPut("global.github", `{"url":"https://one.example/mcp"}`)
 	r := h.must(ExitInvalidConfig, "put", "global", "github", writeFile(t, "bad.json", `{"url":"https://x.example","retry":{"jitter":2}}`))
 	contains(t, "stderr", r.stderr, `field "retry.jitter"`, "nothing was written", "tetherctl validate")
+	if got := h.revision("global.github"); got != rev {
+		t.Fatalf("revision moved from %d to %d", rev, got)
+	}
+	// Every problem at once, each line naming the key and the field.
+	r = h.must(ExitInvalidConfig, "put", "global", "github", writeFile(t, "three.json", threeProblems))
+	contains(t, "stderr", r.stderr, "3 problems; nothing was written. Fix it and check with 'tetherctl validate':",
+		`  global.github: field "retry.max_attemps": unknown field (check the spelling; retry's fields are`,
+		`  global.github: field "env.TOKEN": duplicate key`,
+		`  global.github: field "url": required for transport http`)
 	if got := h.revision("global.github"); got != rev {
 		t.Fatalf("revision moved from %d to %d", rev, got)
 	}

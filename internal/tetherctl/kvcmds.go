@@ -103,7 +103,8 @@ func (a *app) cmdPut(ctx context.Context, args []string) error {
 		return err
 	}
 	if _, err := kvconfig.DecodeConfig(data); err != nil {
-		return configErr(displayName(args[2]), err, "; nothing was written. Fix it and check with 'tetherctl validate'")
+		return configErr(displayName(args[2])+" for "+k.String(), k.String(), err,
+			"; nothing was written. Fix it and check with 'tetherctl validate'")
 	}
 	kv, err := a.configs(ctx)
 	if err != nil {

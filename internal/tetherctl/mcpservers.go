@@ -60,13 +60,18 @@ func isServersFile(data []byte) bool {
 	return a || b
 }
 
-// parseServersFile converts every entry; the error lists every invalid
-// entry (all-or-nothing).
+// parseServersFile converts every entry; the error lists every problem of
+// every invalid entry, one per line (all-or-nothing). A key repeated in the
+// file, in "mcpServers" or in an entry is an error: reading into a map
+// would keep only its last value, one a reviewer may not have looked at.
 func parseServersFile(data []byte, drop bool) (serversFile, error) {
 	var f serversFile
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {
 		return f, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if dups := kvconfig.DuplicateKeys(data); len(dups) > 0 {
+		return f, fmt.Errorf("top-level key(s) %s appear more than once; keep exactly one of each", quoteList(truncateAll(dups)))
 	}
 	raw, ok := top[fileKeyMCPServers]
 	if _, vs := top[fileKeyServers]; vs {
@@ -88,8 +93,17 @@ func parseServersFile(data []byte, drop bool) (serversFile, error) {
 		return f, errors.New(`"mcpServers" must be an object of server name -> entry`)
 	}
 	var errs []error
+	for _, name := range kvconfig.DuplicateKeys(raw) {
+		errs = append(errs, fmt.Errorf("server %q appears more than once in \"mcpServers\"; keep exactly one", kvconfig.Truncate(name, 64)))
+	}
 	for _, name := range sortedKeys(servers) {
 		e, err := convertEntry(name, servers[name], drop)
+		if probs, more := configProblems(err); len(probs) > 0 {
+			for _, line := range problemLines(fmt.Sprintf("server %q", name), probs, more) {
+				errs = append(errs, errors.New(line))
+			}
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("server %q: %w", name, err))
 			continue
@@ -108,6 +122,9 @@ func convertEntry(name string, raw json.RawMessage, drop bool) (serverEntry, err
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
 		return e, errors.New("the entry must be a JSON object")
+	}
+	if dups := kvconfig.DuplicateKeys(raw); len(dups) > 0 {
+		return e, fmt.Errorf("field(s) %s appear more than once; keep exactly one of each", quoteList(truncateAll(dups)))
 	}
 	if d, ok := m["disabled"]; ok {
 		var off bool
@@ -141,10 +158,19 @@ func convertEntry(name string, raw json.RawMessage, drop bool) (serverEntry, err
 		return e, err
 	}
 	if _, err := kvconfig.DecodeConfig(value); err != nil {
-		return e, errors.New(describeConfigErr(err))
+		return e, err // every problem; parseServersFile lists them
 	}
 	e.Value = value
 	return e, nil
+}
+
+// truncateAll bounds each of names for a message.
+func truncateAll(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = kvconfig.Truncate(n, 64)
+	}
+	return out
 }
 
 // mapType replaces the client's "type" with our "transport".

@@ -134,7 +134,7 @@ func (p *pusher) noteValidity(ch kvconfig.Change) {
 		delete(p.invalid, k)
 		return
 	}
-	p.invalid[k] = InvalidEntry{Bucket: ch.Bucket, Key: kvconfig.Truncate(ch.KeyName, 100), Revision: ch.Revision, Error: kvconfig.Truncate(ch.Err.Error(), 300)}
+	p.invalid[k] = InvalidEntry{Bucket: ch.Bucket, Key: kvconfig.Truncate(ch.KeyName, 100), Revision: ch.Revision, Error: kvconfig.Truncate(ch.Err.Error(), maxInvalidError)}
 }
 
 // invalidEntries returns up to n malformed entries, sorted by bucket and key.

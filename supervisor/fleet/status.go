@@ -20,6 +20,11 @@ const statusHeadroom = 4 << 10
 // maxInvalidShown bounds the invalid operator entries listed in a status reply.
 const maxInvalidShown = 50
 
+// maxInvalidError bounds the error text of one listed invalid entry: room
+// for every problem of a typical value (three come to ~340 bytes), while
+// 50 entries stay ~50 KiB of a reply.
+const maxInvalidError = 1 << 10
+
 // ConnInfo is an agent's connection as its last heartbeat reported it.
 type ConnInfo = connInfo
 
