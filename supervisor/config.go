@@ -27,6 +27,7 @@ const (
 	DefaultReconnectWait      = 50 * time.Millisecond
 	DefaultReadyWait          = 30 * time.Second
 	DefaultRetryAfterNotReady = 250 * time.Millisecond
+	DefaultLogSummary         = 10 * time.Second
 )
 
 // Admission modes (Config.Admission).
@@ -112,6 +113,10 @@ type Config struct {
 	// Even a lone supervisor takes the lease: it wins it at its first try,
 	// before Start returns.
 	LeaseTTL time.Duration
+	// LogSummaryInterval is how often one line per sampled log stream says
+	// how many lines were dropped (log lines caused by requests and
+	// heartbeats are sampled). Default DefaultLogSummary (10 s).
+	LogSummaryInterval time.Duration
 	// Logger receives everything; default disabled.
 	Logger zerolog.Logger
 }
@@ -130,6 +135,7 @@ func DefaultConfig() Config {
 		Fleet:              fleet.DefaultConfig(),
 		Admission:          AdmitRegistered,
 		LeaseTTL:           lease.DefaultTTL,
+		LogSummaryInterval: DefaultLogSummary,
 		Logger:             zerolog.Nop(),
 	}
 }
@@ -182,6 +188,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WatchCheckInterval <= 0 {
 		errs = append(errs, fmt.Errorf("WatchCheckInterval %v must be positive", c.WatchCheckInterval))
+	}
+	if c.LogSummaryInterval <= 0 {
+		errs = append(errs, fmt.Errorf("LogSummaryInterval %v must be positive", c.LogSummaryInterval))
 	}
 	if c.ReconnectWait <= 0 {
 		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))

@@ -21,7 +21,7 @@ func (s *Supervisor) startHTTP() error {
 	s.httpAddr = ln.Addr().String()
 	dash := dashboard.New(dashboard.ConfigFor(s.cfg.Fleet.HeartbeatInterval), dashboard.FromFleet(s.Fleet), s.Index,
 		s.log.With().Str("component", "dashboard").Logger())
-	guard, err := newHTTPGuard(&s.cfg, s.httpAddr, s.httpHandler(dash), s.log.With().Str("component", "http").Logger())
+	guard, err := newHTTPGuard(&s.cfg, s.httpAddr, s.httpHandler(dash), s.httpSampler.Logger(s.log.With().Str("component", "http").Logger()))
 	if err != nil {
 		_ = ln.Close()
 		s.httpAddr = ""

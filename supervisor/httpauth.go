@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
@@ -280,8 +279,7 @@ func newHTTPGuard(cfg *Config, listen string, next http.Handler, log zerolog.Log
 	if err != nil {
 		return nil, err
 	}
-	g := &httpGuard{next: next, hosts: hosts,
-		log: log.Sample(&zerolog.BurstSampler{Burst: 5, Period: 10 * time.Second})}
+	g := &httpGuard{next: next, hosts: hosts, log: log} // log is sampled by the caller
 	if !cfg.httpNeedsToken() {
 		return g, nil
 	}

@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
@@ -46,7 +45,7 @@ type replyGuard struct {
 	subj    agentproto.Subjects
 	prefix  string // the Tether subject prefix, e.g. "mcp"
 	metrics *Metrics
-	log     zerolog.Logger // sampled
+	log     zerolog.Logger // sampled by the caller
 }
 
 func newReplyGuard(subj agentproto.Subjects, m *Metrics, log zerolog.Logger) *replyGuard {
@@ -54,8 +53,7 @@ func newReplyGuard(subj agentproto.Subjects, m *Metrics, log zerolog.Logger) *re
 	if prefix == "" {
 		prefix = agentproto.DefaultPrefix
 	}
-	return &replyGuard{subj: subj, prefix: prefix, metrics: m,
-		log: log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})}
+	return &replyGuard{subj: subj, prefix: prefix, metrics: m, log: log}
 }
 
 // guard answers req with h only if its reply subject is allowed. verb is
@@ -94,16 +92,4 @@ func (g *replyGuard) agentOf(verb, subject string) (string, bool) {
 		return "", false
 	}
 	return toks[0], true
-}
-
-// requestLog samples per-request log lines so that no request storm can
-// fill a disk: per second the first 100 info and 20 warning or error lines
-// are written, then one in 100.
-func requestLog(log zerolog.Logger) zerolog.Logger {
-	return log.Sample(zerolog.LevelSampler{
-		DebugSampler: &zerolog.BurstSampler{Burst: 100, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
-		InfoSampler:  &zerolog.BurstSampler{Burst: 100, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
-		WarnSampler:  &zerolog.BurstSampler{Burst: 20, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
-		ErrorSampler: &zerolog.BurstSampler{Burst: 20, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}},
-	})
 }

@@ -30,7 +30,7 @@ func (r *resolver) errorReply(req micro.Request, err error) int {
 	code, msg := classifyResolveError(err)
 	data, _ := json.Marshal(agentproto.ErrorBody{Error: *r.detail(code, msg)})
 	if rerr := req.Error(strconv.Itoa(code), msg, data); rerr != nil {
-		r.log.Warn().Err(rerr).Str("subject", req.Subject()).Msg("cannot send error reply")
+		r.log.Warn().Err(rerr).Str("subject", kvconfig.Truncate(req.Subject(), 200)).Msg("cannot send error reply")
 	}
 	return code
 }
@@ -99,7 +99,7 @@ func (r *resolver) parseTokens(verb string, req micro.Request, kinds ...string) 
 		}
 		if json.Unmarshal(data, &body) == nil && body.Agent != "" && body.Agent != toks[0] {
 			r.metrics.spoofed("resolve")
-			return nil, &badRequest{agentproto.CodeForbidden, "supervisor: body agent " + strconv.Quote(body.Agent) + " disagrees with subject agent " + strconv.Quote(toks[0])}
+			return nil, &badRequest{agentproto.CodeForbidden, "supervisor: body agent " + strconv.Quote(kvconfig.Truncate(body.Agent, 80)) + " disagrees with subject agent " + strconv.Quote(toks[0])}
 		}
 	}
 	return toks, nil
@@ -121,7 +121,7 @@ func (r *resolver) handleResolve(req micro.Request) {
 		}
 		ev.Str("subject", kvconfig.Truncate(req.Subject(), 200)).Str("agent", res.Agent).Str("server", res.Server).
 			Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
-			Int("code", code).Err(err).Dur("latency", time.Since(start)).Msg("resolve failed")
+			Int("code", code).Str("error", errText(err)).Dur("latency", time.Since(start)).Msg("resolve failed")
 		return
 	}
 	bp := replyBufs.Get().(*[]byte)
@@ -185,13 +185,13 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 	}
 	if err != nil {
 		code := r.errorReply(req, err)
-		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Err(err).Msg("resolveall failed")
+		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Str("error", errText(err)).Msg("resolveall failed")
 		return
 	}
 	page, next, err := r.page(req.Data(), items)
 	if err != nil {
 		code := r.errorReply(req, err)
-		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Err(err).Msg("resolveall failed")
+		r.log.Warn().Str("subject", kvconfig.Truncate(req.Subject(), 200)).Int("code", code).Str("error", errText(err)).Msg("resolveall failed")
 		return
 	}
 	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Next: next,
@@ -204,7 +204,7 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 			reply.Servers[it.Server] = agentproto.ResolveResult{Scope: it.Scope, Key: it.Key, Revision: it.Revision,
 				Error: r.detail(code, msg)}
 			r.log.Error().Str("agent", toks[0]).Str("server", it.Server).Str("scope", it.Scope).Str("key", it.Key).
-				Uint64("revision", it.Revision).Err(it.Err).Msg("resolveall: server failed")
+				Uint64("revision", it.Revision).Str("error", errText(it.Err)).Msg("resolveall: server failed")
 			continue
 		}
 		reply.Servers[it.Server] = agentproto.ResolveResult{Scope: it.Scope, Key: it.Key, Revision: it.Revision, Config: it.Raw}
@@ -281,4 +281,13 @@ func (r *resolver) handleExplain(req micro.Request) {
 		r.log.Warn().Err(err).Msg("cannot send explain reply")
 	}
 	r.log.Info().Str("agent", x.Agent).Str("server", x.Server).Str("winner", x.WinnerKey).Str("outcome", x.Outcome).Msg("explained")
+}
+
+// errText is an error for a log line, bounded: request errors quote what
+// the requester sent.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return kvconfig.Truncate(err.Error(), 300)
 }

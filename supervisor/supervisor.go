@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/logsample"
 	"github.com/tether-dev/tether/kvconfig"
 	"github.com/tether-dev/tether/supervisor/auth"
 	"github.com/tether-dev/tether/supervisor/fleet"
@@ -42,6 +43,11 @@ type Supervisor struct {
 	httpAddr string
 	httpWG   sync.WaitGroup
 	fleet    atomic.Pointer[fleet.Fleet]
+
+	// Log lines outside traffic causes are sampled; a reporter writes what
+	// each sampler dropped (logsample).
+	reqSampler, guardSampler, httpSampler *logsample.Sampler
+	logReport                             *logsample.Reporter
 
 	// Leadership (leader.go); unused when the caller set Fleet.IsLeader.
 	lease      atomic.Pointer[lease.Lease]
@@ -71,7 +77,10 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		cfg.LeaseTTL = lease.DefaultTTL
 	}
 	useLease := cfg.Fleet.IsLeader == nil
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics()}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics(),
+		reqSampler:   logsample.New("requests", 100, time.Second),
+		guardSampler: logsample.New("refused replies", 10, time.Second),
+		httpSampler:  logsample.New("http refusals", 5, 10*time.Second)}
 	if useLease {
 		cfg.Fleet.IsLeader = s.commanding
 		s.cfg = cfg
@@ -122,6 +131,8 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		return nil, fmt.Errorf("supervisor: %w", err)
 	}
 	s.fleet.Store(fl)
+	s.logReport = logsample.Start(s.log, cfg.LogSummaryInterval,
+		append([]*logsample.Sampler{s.reqSampler, s.guardSampler, s.httpSampler}, fl.LogSamplers()...)...)
 	log := s.log.With().Str("component", "kvconfig").Logger()
 	s.store, err = kvconfig.OpenStore(kvconfig.StoreConfig{
 		JetStream:     s.js,
@@ -217,7 +228,7 @@ func (s *Supervisor) startService() error {
 	r := &resolver{
 		subj:       agentproto.Subjects{Prefix: s.cfg.Prefix},
 		index:      s.store.Index(),
-		log:        requestLog(s.log.With().Str("component", "resolver").Logger()),
+		log:        s.reqSampler.Logger(s.log.With().Str("component", "resolver").Logger()),
 		retryAfter: DefaultRetryAfterNotReady,
 		maxPayload: func() int { return int(s.nc.MaxPayload()) },
 		metrics:    s.metrics,
@@ -232,7 +243,7 @@ func (s *Supervisor) startService() error {
 		return fmt.Errorf("supervisor: register micro service: %w", err)
 	}
 	s.svc = svc
-	g := newReplyGuard(r.subj, s.metrics, s.log.With().Str("component", "service").Logger())
+	g := newReplyGuard(r.subj, s.metrics, s.guardSampler.Logger(s.log.With().Str("component", "service").Logger()))
 	f := s.fleet.Load()
 	for _, ep := range []struct {
 		name, verb, subject string
@@ -341,6 +352,9 @@ func (s *Supervisor) Close() {
 			f.Close()
 		}
 		s.releaseLease()
+		if s.logReport != nil {
+			s.logReport.Close()
+		}
 		if s.store != nil {
 			s.store.Close()
 		}

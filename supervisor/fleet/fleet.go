@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/logsample"
 	"github.com/tether-dev/tether/kvconfig"
 )
 
@@ -286,6 +287,13 @@ func (f *Fleet) LinkUp() {
 // for config push: the agents whose resolution it changes get reresolve.
 // It never blocks; call it from the KV watcher for every change.
 func (f *Fleet) ConfigChanged(ch kvconfig.Change) { f.push.enqueue(ch) }
+
+// LogSamplers sample the fleet's log lines that agents cause: bad, refused
+// or stale heartbeats, and agent state changes; the owner reports what
+// they dropped.
+func (f *Fleet) LogSamplers() []*logsample.Sampler {
+	return []*logsample.Sampler{f.t.sampler, f.t.changeSampler}
+}
 
 // AgentIDs returns every tracked agent id, sorted. The slice is shared:
 // do not modify it.

@@ -303,24 +303,24 @@ func (t *tracker) dueReply(a *agent, now int64) (*agentproto.Command, bool) {
 func (t *tracker) afterIngest(id string, hb *hbIn, reply string, out *ingestOut) {
 	if out.created {
 		t.idsGen.Add(1)
-		t.log.Debug().Str("agent", id).Str("instance", hb.Instance).Msg("agent joined")
+		t.change.Debug().Str("agent", id).Str("instance", hb.Instance).Msg("agent joined")
 	}
 	if out.discard != "" {
 		t.discard(out.discard, id, nil)
 		return
 	}
 	if out.restarted && !out.created {
-		t.log.Warn().Str("agent", id).Str("instance", hb.Instance).Msg("agent restarted")
+		t.change.Warn().Str("agent", id).Str("instance", hb.Instance).Msg("agent restarted")
 	}
 	if out.dup {
 		t.metrics.duplicate()
-		t.log.Error().Str("agent", id).Str("instance", hb.Instance).Msg("duplicate agent id: two instances heartbeat alternately under one id")
+		t.change.Error().Str("agent", id).Str("instance", hb.Instance).Msg("duplicate agent id: two instances heartbeat alternately under one id")
 	}
 	if out.skewFlag {
-		t.log.Warn().Str("agent", id).Str("sent_at", hb.SentAt).Msg("agent clock skewed beyond MaxClockSkew (judgement uses the supervisor's clock only)")
+		t.change.Warn().Str("agent", id).Str("sent_at", hb.SentAt).Msg("agent clock skewed beyond MaxClockSkew (judgement uses the supervisor's clock only)")
 	}
 	if out.quarantined {
-		t.log.Error().Str("agent", id).Msg("agent quarantined: restart intensity exceeded; no more recovery commands until it settles")
+		t.change.Error().Str("agent", id).Msg("agent quarantined: restart intensity exceeded; no more recovery commands until it settles")
 	}
 	if out.changed {
 		t.logTransition(id, out.from, out.to, "heartbeat")
@@ -335,12 +335,12 @@ func (t *tracker) afterIngest(id string, hb *hbIn, reply string, out *ingestOut)
 
 func (t *tracker) logTransition(id string, from, to State, why string) {
 	t.metrics.transition(to)
-	ev := t.log.Info()
+	ev := t.change.Info()
 	switch {
 	case to == StateSuspect || from == StateSuspect && to == StateHealthy || from == StateUnknown:
-		ev = t.log.Debug()
+		ev = t.change.Debug()
 	case to == StateZombie || to == StateQuarantined || to == StateLost:
-		ev = t.log.Warn()
+		ev = t.change.Warn()
 	}
 	ev.Str("agent", id).Stringer("from", from).Stringer("to", to).Str("cause", why).Msg("agent state changed")
 }

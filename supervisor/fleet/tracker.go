@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/logsample"
 	"github.com/tether-dev/tether/kvconfig"
 )
 
@@ -177,21 +178,26 @@ type tracker struct {
 	clock    Clock
 	base     time.Time
 	log      zerolog.Logger
-	warn     zerolog.Logger // sampled, for per-heartbeat problems
-	metrics  *Metrics
-	cmd      *dispatcher
-	index    atomic.Pointer[kvconfig.Index]
-	seed     maphash.Seed
-	shards   [numShards]shard
-	counts   [numStates]atomic.Int64
-	grace    atomic.Int64 // silence never counts from before this
-	linkDown atomic.Bool
-	behind   atomic.Bool // heartbeat backlog: silence is not the agents' fault
-	mass     atomic.Bool
-	silent   atomic.Int64  // silent agents at the last sweep
-	size     atomic.Int64  // agents tracked; changed under a shard lock
-	full     atomic.Bool   // size reached MaxAgents at the last refusal
-	idsGen   atomic.Uint64 // bumped when an agent joins or is forgotten: the sorted id list is stale
+	warn     zerolog.Logger // sampled by sampler, for per-heartbeat problems
+	sampler  *logsample.Sampler
+	// change is sampled by changeSampler: agent state changes, joins and
+	// restarts, one line each unless a whole fleet moves at once.
+	change        zerolog.Logger
+	changeSampler *logsample.Sampler
+	metrics       *Metrics
+	cmd           *dispatcher
+	index         atomic.Pointer[kvconfig.Index]
+	seed          maphash.Seed
+	shards        [numShards]shard
+	counts        [numStates]atomic.Int64
+	grace         atomic.Int64 // silence never counts from before this
+	linkDown      atomic.Bool
+	behind        atomic.Bool // heartbeat backlog: silence is not the agents' fault
+	mass          atomic.Bool
+	silent        atomic.Int64  // silent agents at the last sweep
+	size          atomic.Int64  // agents tracked; changed under a shard lock
+	full          atomic.Bool   // size reached MaxAgents at the last refusal
+	idsGen        atomic.Uint64 // bumped when an agent joins or is forgotten: the sorted id list is stale
 
 	sortMu    sync.Mutex
 	sorted    []string
@@ -209,7 +215,10 @@ func newTracker(cfg Config, prefix string, cmd *dispatcher, log zerolog.Logger, 
 	}
 	t.hbPrefix = strings.TrimSuffix(agentproto.Subjects{Prefix: prefix}.Wildcard("hb"), ">")
 	t.base = t.clock.Now()
-	t.warn = log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second})
+	t.sampler = logsample.New("heartbeats", 20, time.Second)
+	t.warn = t.sampler.Logger(log)
+	t.changeSampler = logsample.New("agent state changes", 200, time.Second)
+	t.change = t.changeSampler.Logger(log)
 	for i := range t.shards {
 		t.shards[i].m = map[string]*agent{}
 	}
@@ -361,7 +370,11 @@ func (t *tracker) refuse(reason, id string) {
 
 func (t *tracker) discard(reason, id string, err error) {
 	t.metrics.discarded(reason)
-	t.warn.Warn().Str("agent", kvconfig.Truncate(id, 80)).Str("reason", reason).Err(err).Msg("heartbeat discarded")
+	ev := t.warn.Warn().Str("agent", kvconfig.Truncate(id, 80)).Str("reason", reason)
+	if err != nil { // decode errors quote what the agent sent
+		ev = ev.Str("error", kvconfig.Truncate(err.Error(), 200))
+	}
+	ev.Msg("heartbeat discarded")
 }
 
 // spoofedBy counts a heartbeat whose body named another agent on the
