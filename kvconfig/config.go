@@ -256,7 +256,7 @@ func (c *ServerConfig) Validate() error {
 		}
 		u, err := url.Parse(c.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fail("url", "%s is not an absolute http:// or https:// URL", redactURL(c.URL))
+			return fail("url", "%s is not an absolute http:// or https:// URL", quoteURL(c.URL))
 		}
 	default:
 		return fail("transport", "%q is not one of stdio, http, sse", Truncate(c.Transport, 40))
@@ -301,20 +301,12 @@ func (c *ServerConfig) Validate() error {
 	return nil
 }
 
-// redactURL quotes a URL for an error message without the secrets URLs
-// often carry: user info and the query are masked.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
+// quoteURL quotes a URL for an error message, masked by MaskURL.
+func quoteURL(s string) string {
+	if _, err := url.Parse(s); err != nil {
 		return fmt.Sprintf("a %d-byte value that does not parse as a URL", len(s))
 	}
-	if u.User != nil {
-		u.User = url.User(Masked)
-	}
-	if u.RawQuery != "" {
-		u.RawQuery = Masked
-	}
-	return strconv.Quote(Truncate(u.String(), 200))
+	return strconv.Quote(Truncate(MaskURL(s), 200))
 }
 
 func checkMap(field string, m map[string]string, name *regexp.Regexp, what string) error {
