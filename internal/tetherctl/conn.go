@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tether-dev/tether/agentproto"
@@ -31,6 +32,9 @@ func (a *app) connect() error {
 	switch {
 	case a.g.creds != "":
 		opts = append(opts, nats.UserCredentials(a.g.creds))
+		if p := privateInbox(a.g.creds); p != "" {
+			opts = append(opts, nats.CustomInboxPrefix(p))
+		}
 	case a.g.user != "":
 		opts = append(opts, nats.UserInfo(a.g.user, a.g.password))
 	case a.g.token != "":
@@ -51,6 +55,37 @@ func (a *app) connect() error {
 	}
 	a.nc, a.js = nc, js
 	return nil
+}
+
+// privateInbox is the inbox prefix a .creds file's user must use: P when
+// the only inbox it may subscribe is P.> (a viewer's _INBOX.viewer, an
+// agent's _INBOX_<id>); "" for the shared inbox or a file it cannot read
+// (nats.go reports that).
+func privateInbox(credsFile string) string {
+	data, err := os.ReadFile(credsFile)
+	if err != nil {
+		return ""
+	}
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return ""
+	}
+	uc, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return ""
+	}
+	prefix := ""
+	for _, s := range uc.Sub.Allow {
+		p, ok := strings.CutSuffix(s, ".>")
+		if !ok || !strings.HasPrefix(p, "_INBOX") {
+			continue
+		}
+		if p == "_INBOX" || prefix != "" {
+			return "" // the shared inbox, or more than one
+		}
+		prefix = p
+	}
+	return prefix
 }
 
 // redactURLs hides passwords in a comma-separated URL list.
