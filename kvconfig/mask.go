@@ -94,6 +94,22 @@ func MaskURL(s string) string {
 	return b.String()
 }
 
+// MaskURLs masks each URL of a comma-separated list, such as NATS server
+// URLs (whose userinfo is a user and password, or a token), with MaskURL.
+// One without "://" is read as [userinfo@]host[:port], as NATS reads it.
+func MaskURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if strings.Contains(p, "://") {
+			parts[i] = MaskURL(p)
+		} else {
+			parts[i] = strings.TrimPrefix(MaskURL("//"+p), "//")
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 // maskPath replaces each segment of an escaped path that looksLikeToken
 // (judged percent-decoded) with the mask; false if none does.
 func maskPath(p string) (string, bool) {

@@ -69,6 +69,18 @@ func TestMaskURLPathSegments(t *testing.T) {
 	}
 }
 
+func TestMaskURLs(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
+		{"nats://sup:s3cret@h1:4222, nats://t0ken@h2:4222,tls://h3", "nats://****@h1:4222,nats://****@h2:4222,tls://h3"},
+		{"sup:s3cret@h1:4222,h2:4222", "****@h1:4222,h2:4222"}, // NATS adds the scheme
+	} {
+		if got := MaskURLs(tc.in); got != tc.want {
+			t.Errorf("MaskURLs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestMaskedHidesEverySecret(t *testing.T) {
 	c, err := DecodeConfig([]byte(`{"transport":"stdio","command":"srv","args":["--token","s3cret-arg"],"env":{"K":"s3cret-env"}}`))
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -42,7 +41,7 @@ func (a *app) connect() error {
 	}
 	nc, err := nats.Connect(a.g.url, opts...)
 	if err != nil {
-		where := redactURLs(a.g.url)
+		where := kvconfig.MaskURLs(a.g.url)
 		if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) {
 			return fail(nil, err, "NATS at %s refused the credentials (%v); check --creds, --user/--password or --token", where, err)
 		}
@@ -88,17 +87,6 @@ func privateInbox(credsFile string) string {
 	return prefix
 }
 
-// redactURLs hides passwords in a comma-separated URL list.
-func redactURLs(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
-		}
-	}
-	return strings.Join(parts, ",")
-}
-
 // configs opens the mcp_configs bucket.
 func (a *app) configs(ctx context.Context) (jetstream.KeyValue, error) {
 	if err := a.connect(); err != nil {
@@ -109,7 +97,7 @@ func (a *app) configs(ctx context.Context) (jetstream.KeyValue, error) {
 	kv, err := a.js.KeyValue(octx, kvconfig.BucketConfigs)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fail(ErrUnavailable, err, "KV bucket %s does not exist on %s: start the supervisor once (it creates the buckets), or check --nats-url",
-			kvconfig.BucketConfigs, redactURLs(a.g.url))
+			kvconfig.BucketConfigs, kvconfig.MaskURLs(a.g.url))
 	}
 	if err != nil {
 		return nil, a.natsFailure("open KV bucket "+kvconfig.BucketConfigs, err)
