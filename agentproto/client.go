@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // State is what a Client reports about itself (Client.State).
@@ -132,7 +133,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	nc, err := c.dial(ctx, 1)
 	if err != nil {
-		return nil, fmt.Errorf("agentproto: connect %s: %w", cfg.URLs, err)
+		return nil, fmt.Errorf("agentproto: connect %s: %w", kvconfig.MaskURLs(cfg.URLs), err)
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.mu.Lock()

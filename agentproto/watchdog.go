@@ -8,6 +8,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // options are the nats.go options of connection generation gen: the
@@ -173,7 +174,7 @@ func (c *Client) onReconnect(gen uint64, nc *nats.Conn) {
 		return
 	}
 	since := c.reconnSince.Swap(0)
-	ev := c.log.Info().Uint64(logKeyConnGen, gen).Str("server", nc.ConnectedUrlRedacted())
+	ev := c.log.Info().Uint64(logKeyConnGen, gen).Str("server", kvconfig.MaskURL(nc.ConnectedUrl()))
 	var took time.Duration
 	if since != 0 {
 		took = time.Since(time.Unix(0, since))

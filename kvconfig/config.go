@@ -176,27 +176,19 @@ func (c *ServerConfig) validateTransport(p *problems) {
 		}
 		u, err := url.Parse(c.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			p.addf("url", "%s is not an absolute http:// or https:// URL", redactURL(c.URL))
+			p.addf("url", "%s is not an absolute http:// or https:// URL", quoteURL(c.URL))
 		}
 	default:
 		p.addf("transport", "%q is not one of stdio, http, sse", Truncate(c.Transport, 40))
 	}
 }
 
-// redactURL quotes a URL for an error message without the secrets URLs
-// often carry: user info and the query are masked.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
+// quoteURL quotes a URL for an error message, masked by MaskURL.
+func quoteURL(s string) string {
+	if _, err := url.Parse(s); err != nil {
 		return fmt.Sprintf("a %d-byte value that does not parse as a URL", len(s))
 	}
-	if u.User != nil {
-		u.User = url.User(Masked)
-	}
-	if u.RawQuery != "" {
-		u.RawQuery = Masked
-	}
-	return strconv.Quote(Truncate(u.String(), 200))
+	return strconv.Quote(Truncate(MaskURL(s), 200))
 }
 
 // checkMap checks a map's size and, in key order, each name against name

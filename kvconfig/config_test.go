@@ -95,10 +95,17 @@ func TestDecodeConfigInvalid(t *testing.T) {
 	}
 }
 
+// TestBadURLErrorHidesSecrets: the error quotes the URL masked by MaskURL
+// (userinfo, query, fragment, a key in the path), not percent-encoded.
 func TestBadURLErrorHidesSecrets(t *testing.T) {
-	_, err := DecodeConfig([]byte(`{"transport":"http","url":"ftp://user:s3cret@host/x?api_key=k3y"}`))
-	if err == nil || strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "k3y") || !strings.Contains(err.Error(), "ftp://") {
-		t.Fatalf("error leaks or says nothing: %v", err)
+	_, err := DecodeConfig([]byte(`{"transport":"http","url":"ftp://tok3n-user:s3cret@host/x/sk-pathk3y12345?api_key=k3y#frag-s3cret"}`))
+	if err == nil || !strings.Contains(err.Error(), `"ftp://****@host/x/****?api_key=****#****"`) {
+		t.Fatalf("error does not quote the masked URL: %v", err)
+	}
+	for _, secret := range []string{"tok3n-user", "s3cret", "k3y", "%2A"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error shows %q: %v", secret, err)
+		}
 	}
 }
 

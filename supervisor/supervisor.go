@@ -108,7 +108,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 			Msg("embedded nats-server started; auth is on: connect with the credentials in the auth directory")
 	}
 	if s.nc, err = nats.Connect(url, s.natsOptions()...); err != nil {
-		return nil, fmt.Errorf("supervisor: connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("supervisor: connect to NATS at %s: %w", kvconfig.MaskURLs(url), err)
 	}
 	if s.js, err = jetstream.New(s.nc); err != nil {
 		return nil, fmt.Errorf("supervisor: jetstream: %w", err)
@@ -184,7 +184,7 @@ func (s *Supervisor) natsOptions() []nats.Option {
 			if f := s.fleet.Load(); f != nil {
 				f.LinkUp()
 			}
-			s.log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+			s.log.Info().Str("url", kvconfig.MaskURL(nc.ConnectedUrl())).Msg("nats reconnected")
 			if s.store != nil {
 				s.store.CheckWatchers()
 			}
@@ -379,7 +379,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := s.WaitReady(rctx); err != nil {
 		cfg.Logger.Warn().Err(err).Msg("config index still loading; resolves answer 503 until it is")
 	} else {
-		cfg.Logger.Info().Int("configs", s.Index().Len()).Str("nats", s.ClientURL()).Str("http", cfg.HTTPAddr).Msg("supervisor ready")
+		cfg.Logger.Info().Int("configs", s.Index().Len()).Str("nats", kvconfig.MaskURLs(s.ClientURL())).Str("http", cfg.HTTPAddr).Msg("supervisor ready")
 	}
 	cancel()
 	<-ctx.Done()

@@ -364,12 +364,32 @@ func TestAttackerAgentReachesNothingOfAnother(t *testing.T) {
 }
 
 // TestViewerReadsTheFleetOnly: the viewer credentials call fleet.status and
-// watch mcp_fleet, but read no config value and write nothing.
+// watch mcp_fleet on the viewers' own inbox, but read no config value —
+// not even the replies to the supervisor's and an operator's reads, on the
+// shared inbox — and write nothing.
 func TestViewerReadsTheFleetOnly(t *testing.T) {
 	dir := t.TempDir()
 	s := suptest.Start(t, suptest.Embedded(t, dir))
-	viewer := natstest.Connect(t, s.ClientURL(), nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile)),
-		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	viewerCreds := nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile))
+	quiet := nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
+	snoop := natstest.Connect(t, s.ClientURL(), viewerCreds, quiet)
+	seen := make(chan *nats.Msg, 1024)
+	for _, subject := range []string{"_INBOX.>", ">", "$KV.>"} {
+		_, _ = snoop.ChanSubscribe(subject, seen) // refused by the server
+	}
+	_ = snoop.Flush()
+	kv := operatorConfigs(t, s.ClientURL(), dir)
+	rev := natstest.KVPut(t, kv, "global.github", `{"url":"https://g.example/mcp","headers":{"Authorization":"Bearer viewer-must-not-see"}}`)
+	waitApplied(t, s, rev) // the supervisor's watcher delivered it, on its inbox
+	if _, err := kv.Get(context.Background(), "global.github"); err != nil {
+		t.Fatal(err) // an operator's read, answered on its inbox
+	}
+	_ = snoop.Flush()
+	for len(seen) > 0 {
+		m := <-seen
+		t.Errorf("a viewer received %s: %.120s", m.Subject, m.Data)
+	}
+	viewer := natstest.Connect(t, s.ClientURL(), viewerCreds, nats.CustomInboxPrefix(auth.ViewerInboxPrefix), quiet)
 	if _, e := natstest.Request(t, viewer, subj.FleetStatus(), nil); e != nil {
 		t.Fatalf("viewer fleet.status: %+v", e)
 	}
@@ -403,6 +423,13 @@ func TestViewerReadsTheFleetOnly(t *testing.T) {
 	}
 	if _, err := viewer.Request(subj.Resolve("a7", "github"), nil, 300*time.Millisecond); err == nil {
 		t.Error("viewer resolved a config")
+	}
+	// tetherctl takes the viewers' inbox from the credentials.
+	for _, args := range [][]string{{"fleet"}, {"explain", "a7", "github"}} {
+		code, out := tetherctlRun(t, append([]string{"--nats-url", s.ClientURL(), "--creds", filepath.Join(dir, auth.DirName, auth.ViewerFile), "--timeout", "2s"}, args...)...)
+		if code != 0 || !strings.Contains(out, "global.github") && args[0] == "explain" {
+			t.Errorf("tetherctl %s as a viewer: exit %d: %s", args[0], code, out)
+		}
 	}
 }
 
@@ -512,7 +539,7 @@ func TestSupervisorNeedsNothingBeyondItsPermissions(t *testing.T) {
 	if _, e := natstest.Request(t, operatorConn(t, url, dir), subj.Explain("w1", "github"), nil); e != nil {
 		t.Fatalf("explain: %+v", e)
 	}
-	viewer := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile)))
+	viewer := natstest.Connect(t, url, nats.UserCredentials(filepath.Join(dir, auth.DirName, auth.ViewerFile)), nats.CustomInboxPrefix(auth.ViewerInboxPrefix))
 	if _, e := natstest.Request(t, viewer, subj.FleetStatus(), nil); e != nil {
 		t.Fatalf("fleet.status: %+v", e)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	agentmcp "github.com/tether-dev/tether/agentproto/mcp"
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // Config configures the demo agent.
@@ -71,7 +72,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	client, err := agentproto.Connect(ctx, ccfg)
 	if err != nil {
-		return Result{}, fmt.Errorf("demoagent: connect %s: %w", cfg.NATSURL, err)
+		return Result{}, fmt.Errorf("demoagent: connect %s: %w", kvconfig.MaskURLs(cfg.NATSURL), err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

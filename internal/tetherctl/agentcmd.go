@@ -164,7 +164,7 @@ func (a *app) pushAccount(ctx context.Context, m *auth.Material, token string) e
 		nats.UserCredentials(m.Path(auth.SystemFile)))
 	if err != nil {
 		return fail(ErrUnavailable, err, "revocation saved in %s, but the server at %s cannot be told now (%v): it applies at the supervisor's next start; retry 'tetherctl agent revoke' to apply it at once",
-			m.Path("account.jwt"), redactURLs(a.g.url), err)
+			m.Path("account.jwt"), kvconfig.MaskURLs(a.g.url), err)
 	}
 	defer nc.Close()
 	octx, cancel := a.opCtx(ctx)

@@ -58,7 +58,7 @@ jetstream: {}
 # Then connect:
 #   supervisor:  go run ./cmd/supervisor --nats-url nats://<your-server>:4222 --creds %s
 #   operators:   nats --server nats://<your-server>:4222 --creds %s ...   (tetherctl uses it from --data-dir)
-#   viewers:     --creds %s
+#   viewers:     --creds %s --inbox-prefix _INBOX.viewer   (tetherctl needs only --creds)
 #   agents:      tetherctl --nats-url nats://<your-server>:4222 agent add <id> --role <role>
 #
 # With nsc and your own operator instead: import the Tether account (re-signed by your operator;

@@ -155,7 +155,7 @@ Global flags (before or after the command):
   --data-dir D         the supervisor's data directory, for agent commands (env TETHER_DATA_DIR, default ./data)
   --timeout D          bound on each NATS operation (env TETHER_TIMEOUT, default 5s)
   --json               machine-readable output on stdout (secrets still masked)
-  --show-secrets       show env and header values instead of ****
+  --show-secrets       show env and header values, args and URL secrets instead of ****
 
 Exit codes:
   0  ok

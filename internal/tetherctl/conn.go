@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tether-dev/tether/agentproto"
@@ -31,6 +31,9 @@ func (a *app) connect() error {
 	switch {
 	case a.g.creds != "":
 		opts = append(opts, nats.UserCredentials(a.g.creds))
+		if p := privateInbox(a.g.creds); p != "" {
+			opts = append(opts, nats.CustomInboxPrefix(p))
+		}
 	case a.g.user != "":
 		opts = append(opts, nats.UserInfo(a.g.user, a.g.password))
 	case a.g.token != "":
@@ -38,7 +41,7 @@ func (a *app) connect() error {
 	}
 	nc, err := nats.Connect(a.g.url, opts...)
 	if err != nil {
-		where := redactURLs(a.g.url)
+		where := kvconfig.MaskURLs(a.g.url)
 		if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) {
 			return fail(nil, err, "NATS at %s refused the credentials (%v); check --creds, --user/--password or --token", where, err)
 		}
@@ -53,15 +56,35 @@ func (a *app) connect() error {
 	return nil
 }
 
-// redactURLs hides passwords in a comma-separated URL list.
-func redactURLs(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
-		}
+// privateInbox is the inbox prefix a .creds file's user must use: P when
+// the only inbox it may subscribe is P.> (a viewer's _INBOX.viewer, an
+// agent's _INBOX_<id>); "" for the shared inbox or a file it cannot read
+// (nats.go reports that).
+func privateInbox(credsFile string) string {
+	data, err := os.ReadFile(credsFile)
+	if err != nil {
+		return ""
 	}
-	return strings.Join(parts, ",")
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return ""
+	}
+	uc, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return ""
+	}
+	prefix := ""
+	for _, s := range uc.Sub.Allow {
+		p, ok := strings.CutSuffix(s, ".>")
+		if !ok || !strings.HasPrefix(p, "_INBOX") {
+			continue
+		}
+		if p == "_INBOX" || prefix != "" {
+			return "" // the shared inbox, or more than one
+		}
+		prefix = p
+	}
+	return prefix
 }
 
 // configs opens the mcp_configs bucket.
@@ -74,7 +97,7 @@ func (a *app) configs(ctx context.Context) (jetstream.KeyValue, error) {
 	kv, err := a.js.KeyValue(octx, kvconfig.BucketConfigs)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fail(ErrUnavailable, err, "KV bucket %s does not exist on %s: start the supervisor once (it creates the buckets), or check --nats-url",
-			kvconfig.BucketConfigs, redactURLs(a.g.url))
+			kvconfig.BucketConfigs, kvconfig.MaskURLs(a.g.url))
 	}
 	if err != nil {
 		return nil, a.natsFailure("open KV bucket "+kvconfig.BucketConfigs, err)

@@ -18,9 +18,10 @@ import (
 // cannot be masked field by field.
 const unreadableValue = `"<not JSON; hidden, --show-secrets shows it>"`
 
-// mask returns raw with every env and header value replaced by "****",
-// unless --show-secrets. It works on invalid configs too, as long as they
-// are JSON objects; anything else is hidden whole.
+// mask returns raw with every secret replaced by "****" (kvconfig.MaskValue:
+// env and header values, args, URL userinfo, query, fragment and key-like
+// path segments), unless --show-secrets. It works on invalid configs too,
+// as long as they are JSON objects; anything else is hidden whole.
 func (a *app) mask(raw []byte) json.RawMessage {
 	if a.g.showSecrets {
 		if !json.Valid(raw) {

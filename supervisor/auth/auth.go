@@ -279,17 +279,27 @@ func AgentPermissions(id, prefix string) jwt.Permissions {
 	return perms
 }
 
+// ViewerInboxPrefix is the viewers' own inbox prefix, the only subjects
+// a viewer may subscribe: it connects with it (nats.go CustomInboxPrefix,
+// nats --inbox-prefix _INBOX.viewer; tetherctl finds it in the
+// credentials). The shared _INBOX.> is not a viewer's: the supervisor's
+// and operators' reads of mcp_configs and their resolve answers arrive
+// there in clear. (The token after "_INBOX." in a shared inbox is a
+// 22-character nuid, never "viewer".)
+const ViewerInboxPrefix = "_INBOX.viewer"
+
 // ViewerPermissions read the fleet: watch and get mcp_fleet, call
 // fleet.status, explain (which carries no config value) and the micro
-// service's discovery; no config value, no write.
+// service's discovery, with replies on ViewerInboxPrefix only; no config
+// value, no write.
 func ViewerPermissions(prefix string) jwt.Permissions {
 	p := prefixOr(prefix) + ".v1."
 	var perms jwt.Permissions
 	perms.Pub.Allow.Add(p+"fleet.status", p+"explain.>", "$SRV.>", "$JS.API.INFO",
 		"$JS.API.STREAM.INFO.KV_mcp_fleet", "$JS.API.STREAM.MSG.GET.KV_mcp_fleet", "$JS.API.DIRECT.GET.KV_mcp_fleet.>",
 		"$JS.API.CONSUMER.CREATE.KV_mcp_fleet.>", "$JS.API.CONSUMER.DELETE.KV_mcp_fleet.>", "$JS.API.CONSUMER.INFO.KV_mcp_fleet.>",
-		"$JS.FC.KV_mcp_fleet.>", "_INBOX.>")
-	perms.Sub.Allow.Add("_INBOX.>")
+		"$JS.FC.KV_mcp_fleet.>", ViewerInboxPrefix+".>")
+	perms.Sub.Allow.Add(ViewerInboxPrefix + ".>")
 	return perms
 }
 
