@@ -299,7 +299,7 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 		}
 	}
 	if f := s.fleet.Load(); f != nil {
-		f.Drain() // its last mcp_fleet write happens while still leading
+		f.Drain(ctx) // its last mcp_fleet write happens while still leading
 	}
 	s.stopLeading()
 	s.releaseLease()

@@ -178,10 +178,13 @@ func (f *Fleet) behind() bool {
 	return late
 }
 
-// Close unsubscribes and stops every loop, waiting for them. Immediate: a
-// last mcp_fleet write only happens in Drain. Safe to call twice.
+// Close unsubscribes and stops every loop, waiting for them; an mcp_fleet
+// write in flight is abandoned (its records stay unwritten), so Close does
+// not wait on a dead link. Immediate: a last mcp_fleet write only happens
+// in Drain. Safe to call twice.
 func (f *Fleet) Close() {
 	f.closeOnce.Do(func() {
+		f.cmd.abort()
 		if f.sub != nil {
 			_ = f.sub.Unsubscribe()
 		}
@@ -196,13 +199,15 @@ func (f *Fleet) Close() {
 }
 
 // Drain stops taking heartbeats, writes every changed record to mcp_fleet
-// and closes.
-func (f *Fleet) Drain() {
+// and closes, bounded by ctx: when ctx ends, the heartbeats still queued
+// are dropped and the writes in flight abandoned.
+func (f *Fleet) Drain(ctx context.Context) {
+	defer context.AfterFunc(ctx, f.cmd.abort)()
 	if f.sub != nil {
 		// Let the heartbeats already queued be handled before the last write.
 		if f.sub.Drain() == nil {
 			deadline := time.Now().Add(drainWait)
-			for f.sub.IsValid() && time.Now().Before(deadline) {
+			for f.sub.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
