@@ -27,6 +27,7 @@ const (
 	DefaultReconnectWait      = 50 * time.Millisecond
 	DefaultReadyWait          = 30 * time.Second
 	DefaultRetryAfterNotReady = 250 * time.Millisecond
+	DefaultCloseTimeout       = 5 * time.Second
 )
 
 // Config configures a Supervisor. Start from DefaultConfig.
@@ -95,6 +96,16 @@ type Config struct {
 	// Even a lone supervisor takes the lease: it wins it at its first try,
 	// before Start returns.
 	LeaseTTL time.Duration
+	// CloseTimeout bounds Close, even with NATS unreachable or mcp_fleet
+	// writes failing: writes in flight are abandoned at once; releasing the
+	// leader lease (at most LeaseTTL/3; an unreleased lease expires after
+	// LeaseTTL) and stopping the KV watchers share a quarter of it, or get
+	// nothing once the connection is known to be down; whatever is still
+	// running when it has passed (an embedded server slow to stop) is
+	// logged and finishes in the background. Drain takes at most its ctx
+	// plus CloseTimeout. Must be positive; default DefaultCloseTimeout
+	// (5 s).
+	CloseTimeout time.Duration
 	// Logger receives everything; default disabled.
 	Logger zerolog.Logger
 }
@@ -112,6 +123,7 @@ func DefaultConfig() Config {
 		ReconnectWait:      DefaultReconnectWait,
 		Fleet:              fleet.DefaultConfig(),
 		LeaseTTL:           lease.DefaultTTL,
+		CloseTimeout:       DefaultCloseTimeout,
 		Logger:             zerolog.Nop(),
 	}
 }
@@ -167,6 +179,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectWait <= 0 {
 		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))
+	}
+	if c.CloseTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("CloseTimeout %v must be positive", c.CloseTimeout))
 	}
 	if c.LeaseTTL != 0 && c.LeaseTTL < lease.MinTTL {
 		errs = append(errs, fmt.Errorf("LeaseTTL %v is below %v (zero means %v)", c.LeaseTTL, lease.MinTTL, lease.DefaultTTL))
