@@ -40,7 +40,12 @@ type Config struct {
 	CredsFile, User, Password, Token string
 	// Listen is the embedded server's client address. Default DefaultListen.
 	Listen string
-	// DataDir is the embedded server's JetStream store. Default DefaultDataDir.
+	// DataDir is the embedded server's JetStream store and auth material.
+	// Default DefaultDataDir. Start locks it (<DataDir>/LOCK, see
+	// datadir.go) before touching anything in it, so a second supervisor
+	// on the same directory fails at once with a *DataDirLockedError; the
+	// lock is released by Close, or by the OS when the process dies. With
+	// an external NATS it holds at most the HTTP token and is not locked.
 	DataDir string
 	// ServerPingInterval is how often the embedded server pings clients, so a
 	// dead client is noticed in seconds. Default DefaultServerPing.
@@ -102,9 +107,9 @@ type Config struct {
 	// LeaseTTL) and stopping the KV watchers share a quarter of it, or get
 	// nothing once the connection is known to be down; whatever is still
 	// running when it has passed (an embedded server slow to stop) is
-	// logged and finishes in the background. Drain takes at most its ctx
-	// plus CloseTimeout. Must be positive; default DefaultCloseTimeout
-	// (5 s).
+	// logged and finishes in the background, the data directory staying
+	// locked until it is done. Drain takes at most its ctx plus
+	// CloseTimeout. Must be positive; default DefaultCloseTimeout (5 s).
 	CloseTimeout time.Duration
 	// Logger receives everything; default disabled.
 	Logger zerolog.Logger

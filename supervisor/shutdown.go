@@ -50,13 +50,14 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 
 // Close stops everything at once and waits for every goroutine it started:
 // it stops commanding first, then releases the leader lease so another
-// replica takes over at once, closes the NATS connection and stops the
-// embedded server. It returns within
+// replica takes over at once, closes the NATS connection, stops the
+// embedded server and unlocks the data directory. It returns within
 // Config.CloseTimeout even when NATS is unreachable: mcp_fleet writes in
 // flight are abandoned, releasing the lease and stopping the KV watchers
 // wait a quarter of it at most (not at all once the connection is known
 // to be down), and a step still running when it has passed is logged and
-// left to finish in the background. Safe to call twice.
+// left to finish in the background, keeping the data directory locked
+// until it does. Safe to call twice.
 func (s *Supervisor) Close() {
 	s.closeOnce.Do(func() {
 		var step atomic.Value // string: the teardown step running
@@ -68,7 +69,7 @@ func (s *Supervisor) Close() {
 		case <-s.closed:
 		case <-bound.C:
 			s.log.Error().Str("step", step.Load().(string)).Dur("close_timeout", s.cfg.CloseTimeout).
-				Msg("close: a step is still running after CloseTimeout; returning without it, it finishes in the background")
+				Msg("close: a step is still running after CloseTimeout; returning without it, it finishes in the background and the data dir stays locked until then")
 		}
 	})
 }
@@ -130,4 +131,5 @@ func (s *Supervisor) teardown(step *atomic.Value) {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
 	}
+	s.lock.release() // only once the embedded server has stopped writing the store
 }

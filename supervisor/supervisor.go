@@ -53,6 +53,7 @@ type Supervisor struct {
 	leadCancel context.CancelFunc
 	leadWG     sync.WaitGroup
 
+	lock      *dataDirLock // the data directory's; nil with an external NATS
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close's teardown has finished
 }
@@ -84,6 +85,9 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	}()
 	url := cfg.NATSURL
 	if url == "" {
+		if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
 		m, created, err := auth.Ensure(cfg.DataDir, cfg.Prefix)
 		if err != nil {
 			return nil, fmt.Errorf("supervisor: auth material: %w", err)
