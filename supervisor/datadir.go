@@ -146,6 +146,24 @@ func readHolder(f *os.File) LockHolder {
 	return h
 }
 
+// peekDataDirLock reports the holder of dir's lock if another process
+// holds it, without creating anything. It takes a shared lock for an
+// instant: it runs only when Start is failing anyway (its port is taken),
+// and a supervisor starting on dir at that very instant fails as if dir
+// were locked.
+func peekDataDirLock(dir string) (LockHolder, bool) {
+	f, err := os.Open(lockPath(dir))
+	if err != nil {
+		return LockHolder{}, false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return readHolder(f), errors.Is(err, unix.EWOULDBLOCK)
+	}
+	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return LockHolder{}, false
+}
+
 // release gives the lock up. Safe on nil and twice.
 func (l *dataDirLock) release() {
 	if l != nil && l.f != nil {

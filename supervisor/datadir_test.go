@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,7 +18,7 @@ import (
 )
 
 // atOnce is how long a refused Start may take: it must not wait for
-// anything.
+// anything (the old port clash waited 10 s for the embedded server).
 const atOnce = time.Second
 
 // startErr starts a supervisor that must fail, and returns its error and
@@ -118,5 +119,53 @@ func TestDataDirLockReleasedOnClose(t *testing.T) {
 	var locked *supervisor.DataDirLockedError
 	if !errors.As(err, &locked) {
 		t.Fatalf("third supervisor: %v; want the lock refused", err)
+	}
+}
+
+// The port clash names the port, says another process (perhaps another
+// supervisor) holds it, and suggests stopping it or a different --listen
+// together with a different --data-dir, never --listen alone (which led
+// to a second store on the same dir); when that dir is locked as well,
+// the message names the holder.
+func TestListenInUseMessage(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := suptest.Embedded(t, t.TempDir())
+	cfg.Listen = ln.Addr().String()
+	_, port, _ := net.SplitHostPort(cfg.Listen)
+	err, took := startErr(t, cfg)
+	t.Logf("port clash reported after %v: %v", took.Round(time.Microsecond), err)
+	if took > atOnce {
+		t.Errorf("reported after %v, not at once", took)
+	}
+	mustContain(t, err.Error(), "--listen "+cfg.Listen, "port "+port+" is held by another process (possibly another supervisor)",
+		"stop it, or use a different --listen together with a different --data-dir")
+	if strings.Contains(err.Error(), "try --listen") {
+		t.Errorf("error %q still suggests --listen alone", err)
+	}
+	var inUse *supervisor.ListenInUseError
+	if !errors.As(err, &inUse) || inUse.Holder != nil {
+		t.Errorf("error %T %+v: want a *ListenInUseError without a lock holder", err, inUse)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, auth.DirName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused supervisor wrote auth material: %v", err)
+	}
+
+	// Same listen address and same data dir as a running supervisor.
+	dir := t.TempDir()
+	first := suptest.Start(t, suptest.Embedded(t, dir))
+	cfg = suptest.Embedded(t, dir)
+	cfg.Listen = first.ClientURL()[len("nats://"):]
+	_, port, _ = net.SplitHostPort(cfg.Listen)
+	err, _ = startErr(t, cfg)
+	t.Logf("port clash with the dir locked: %v", err)
+	pid := strconv.Itoa(os.Getpid())
+	mustContain(t, err.Error(), "port "+port+" is held by another process, probably the supervisor PID "+pid,
+		"that holds the data dir "+dir, "stop PID "+pid+", or use a different --listen together with a different --data-dir")
+	if !errors.As(err, &inUse) || inUse.Holder == nil || inUse.Holder.PID != os.Getpid() {
+		t.Errorf("error %T %+v: want a *ListenInUseError naming PID %d", err, inUse, os.Getpid())
 	}
 }

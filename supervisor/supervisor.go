@@ -85,6 +85,9 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	}()
 	url := cfg.NATSURL
 	if url == "" {
+		if err := checkListen(cfg.Listen, cfg.DataDir); err != nil {
+			return nil, err
+		}
 		if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
 			return nil, err
 		}
