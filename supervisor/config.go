@@ -27,6 +27,7 @@ const (
 	DefaultReconnectWait      = 50 * time.Millisecond
 	DefaultReadyWait          = 30 * time.Second
 	DefaultRetryAfterNotReady = 250 * time.Millisecond
+	DefaultCloseTimeout       = 5 * time.Second
 	DefaultLogSummary         = 10 * time.Second
 )
 
@@ -52,7 +53,12 @@ type Config struct {
 	CredsFile, User, Password, Token string
 	// Listen is the embedded server's client address. Default DefaultListen.
 	Listen string
-	// DataDir is the embedded server's JetStream store. Default DefaultDataDir.
+	// DataDir is the embedded server's JetStream store and auth material.
+	// Default DefaultDataDir. Start locks it (<DataDir>/LOCK, see
+	// datadir.go) before touching anything in it, so a second supervisor
+	// on the same directory fails at once with a *DataDirLockedError; the
+	// lock is released by Close, or by the OS when the process dies. With
+	// an external NATS it holds at most the HTTP token and is not locked.
 	DataDir string
 	// ServerPingInterval is how often the embedded server pings clients, so a
 	// dead client is noticed in seconds. Default DefaultServerPing.
@@ -113,6 +119,16 @@ type Config struct {
 	// Even a lone supervisor takes the lease: it wins it at its first try,
 	// before Start returns.
 	LeaseTTL time.Duration
+	// CloseTimeout bounds Close, even with NATS unreachable or mcp_fleet
+	// writes failing: writes in flight are abandoned at once; releasing the
+	// leader lease (at most LeaseTTL/3; an unreleased lease expires after
+	// LeaseTTL) and stopping the KV watchers share a quarter of it, or get
+	// nothing once the connection is known to be down; whatever is still
+	// running when it has passed (an embedded server slow to stop) is
+	// logged and finishes in the background, the data directory staying
+	// locked until it is done. Drain takes at most its ctx plus
+	// CloseTimeout. Must be positive; default DefaultCloseTimeout (5 s).
+	CloseTimeout time.Duration
 	// LogSummaryInterval is how often one line per sampled log stream says
 	// how many lines were dropped (log lines caused by requests and
 	// heartbeats are sampled). Default DefaultLogSummary (10 s).
@@ -135,6 +151,7 @@ func DefaultConfig() Config {
 		Fleet:              fleet.DefaultConfig(),
 		Admission:          AdmitRegistered,
 		LeaseTTL:           lease.DefaultTTL,
+		CloseTimeout:       DefaultCloseTimeout,
 		LogSummaryInterval: DefaultLogSummary,
 		Logger:             zerolog.Nop(),
 	}
@@ -194,6 +211,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectWait <= 0 {
 		errs = append(errs, fmt.Errorf("ReconnectWait %v must be positive", c.ReconnectWait))
+	}
+	if c.CloseTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("CloseTimeout %v must be positive", c.CloseTimeout))
 	}
 	if c.LeaseTTL != 0 && c.LeaseTTL < lease.MinTTL {
 		errs = append(errs, fmt.Errorf("LeaseTTL %v is below %v (zero means %v)", c.LeaseTTL, lease.MinTTL, lease.DefaultTTL))

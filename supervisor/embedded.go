@@ -1,9 +1,11 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -63,11 +65,64 @@ func startEmbedded(cfg Config, m *auth.Material, log zerolog.Logger) (*server.Se
 	}
 	ns.SetLoggerV2(serverLogger{log.With().Str("component", "nats-server").Logger()}, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
+	if !ns.ReadyForConnections(embeddedReadyWait) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("supervisor: embedded nats-server on %s not ready within 10s (is the port in use? try --listen)", cfg.Listen)
+		ns.WaitForShutdown()
+		if err := checkListen(cfg.Listen, ""); err != nil {
+			return nil, err // taken since Start checked it
+		}
+		return nil, fmt.Errorf("supervisor: embedded nats-server on %s not ready within %v; its log says why", cfg.Listen, embeddedReadyWait)
 	}
 	return ns, nil
+}
+
+// embeddedReadyWait bounds the embedded server's start.
+const embeddedReadyWait = 10 * time.Second
+
+// ListenInUseError is Start's error when another process holds the
+// embedded server's Listen address.
+type ListenInUseError struct {
+	Listen string
+	// DataDir and Holder are set when another process holds the data
+	// directory's lock too: most likely that supervisor holds the port.
+	DataDir string
+	Holder  *LockHolder
+	Err     error // the bind error
+}
+
+func (e *ListenInUseError) Error() string {
+	_, port, _ := net.SplitHostPort(e.Listen)
+	who, stop := "another process (possibly another supervisor)", "it"
+	if e.Holder != nil {
+		who = fmt.Sprintf("another process, probably the supervisor %s that holds the data dir %s", e.Holder, e.DataDir)
+		stop = e.Holder.stopHint()
+	}
+	return fmt.Sprintf("supervisor: --listen %s: port %s is held by %s; stop %s, or use a different --listen together with a different --data-dir: %v",
+		e.Listen, port, who, stop, e.Err)
+}
+
+func (e *ListenInUseError) Unwrap() error { return e.Err }
+
+// checkListen binds listen for a moment, so that a port held by another
+// process is reported at once and plainly (nats-server would only log it
+// and never become ready). When another process holds dataDir's lock (""
+// skips the check), the error names it.
+func checkListen(listen, dataDir string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err == nil {
+		_ = ln.Close()
+		return nil
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("supervisor: --listen %s: %w", listen, err)
+	}
+	e := &ListenInUseError{Listen: listen, Err: err}
+	if dataDir != "" {
+		if h, ok := peekDataDirLock(dataDir); ok {
+			e.DataDir, e.Holder = dataDir, &h
+		}
+	}
+	return e
 }
 
 // serverLogger adapts zerolog to nats-server's Logger.

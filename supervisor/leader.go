@@ -148,9 +148,10 @@ func (s *Supervisor) stopLeading() {
 }
 
 // releaseLease stops campaigning and releases the lease if held, so
-// another replica takes over at its next try instead of after the TTL.
-func (s *Supervisor) releaseLease() {
+// another replica takes over at its next try instead of after the TTL;
+// it waits for the release until ctx ends (at most LeaseTTL/3).
+func (s *Supervisor) releaseLease(ctx context.Context) {
 	if l := s.lease.Load(); l != nil {
-		l.Close()
+		l.Release(ctx)
 	}
 }

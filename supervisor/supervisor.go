@@ -59,7 +59,9 @@ type Supervisor struct {
 	leadCancel context.CancelFunc
 	leadWG     sync.WaitGroup
 
+	lock      *dataDirLock // the data directory's; nil with an external NATS
 	closeOnce sync.Once
+	closed    chan struct{} // closed when Close's teardown has finished
 }
 
 // Start connects (starting the embedded server when cfg.NATSURL is empty),
@@ -77,7 +79,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		cfg.LeaseTTL = lease.DefaultTTL
 	}
 	useLease := cfg.Fleet.IsLeader == nil
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics(),
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics(), closed: make(chan struct{}),
 		reqSampler:   logsample.New("requests", 100, time.Second),
 		guardSampler: logsample.New("refused replies", 10, time.Second),
 		httpSampler:  logsample.New("http refusals", 5, 10*time.Second)}
@@ -92,6 +94,12 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	}()
 	url := cfg.NATSURL
 	if url == "" {
+		if err := checkListen(cfg.Listen, cfg.DataDir); err != nil {
+			return nil, err
+		}
+		if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
 		m, created, err := auth.Ensure(cfg.DataDir, cfg.Prefix)
 		if err != nil {
 			return nil, fmt.Errorf("supervisor: auth material: %w", err)
@@ -164,6 +172,13 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	return s, nil
 }
 
+// natsWriteTimeout bounds one write to the NATS server (nats.go's
+// FlusherTimeout, a minute by default): a write to a server that stopped
+// reading fails the connection, which then reconnects, instead of holding
+// the connection's lock, and with it every publish and Close, for a
+// minute. The supervisor's pings take a link for dead after about as long.
+const natsWriteTimeout = 2 * time.Second
+
 func (s *Supervisor) natsOptions() []nats.Option {
 	opts := []nats.Option{
 		nats.Name("tether-supervisor"),
@@ -171,6 +186,7 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		nats.ReconnectWait(s.cfg.ReconnectWait),
 		nats.ReconnectJitter(s.cfg.ReconnectWait, s.cfg.ReconnectWait),
 		nats.RetryOnFailedConnect(false),
+		nats.FlusherTimeout(natsWriteTimeout),
 		nats.PingInterval(time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -303,73 +319,8 @@ func (s *Supervisor) Ready() (bool, string) {
 	return true, "ready"
 }
 
-// Drain stops taking new requests, lets in-flight ones finish, writes the
-// fleet's last records (while still leading), releases the leader lease
-// and closes everything, bounded by ctx.
-func (s *Supervisor) Drain(ctx context.Context) error {
-	var errs []error
-	if s.svc != nil {
-		if err := s.svc.Stop(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if s.http != nil {
-		if err := s.http.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if f := s.fleet.Load(); f != nil {
-		f.Drain() // its last mcp_fleet write happens while still leading
-	}
-	s.stopLeading()
-	s.releaseLease()
-	if s.nc != nil && !s.nc.IsClosed() {
-		if err := s.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-			errs = append(errs, err)
-		}
-		for s.nc.IsDraining() && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	s.Close()
-	return errors.Join(errs...)
-}
-
-// Close stops everything at once and waits for every goroutine it started:
-// it stops commanding first, then releases the leader lease so another
-// replica takes over at once. Safe to call twice.
-func (s *Supervisor) Close() {
-	s.closeOnce.Do(func() {
-		if s.svc != nil {
-			_ = s.svc.Stop()
-		}
-		if s.http != nil {
-			_ = s.http.Close()
-		}
-		s.httpWG.Wait()
-		s.stopLeading() // stop commanding before the lease is released
-		if f := s.fleet.Load(); f != nil {
-			f.Close()
-		}
-		s.releaseLease()
-		if s.logReport != nil {
-			s.logReport.Close()
-		}
-		if s.store != nil {
-			s.store.Close()
-		}
-		if s.nc != nil {
-			s.nc.Close()
-		}
-		if s.ns != nil {
-			s.ns.Shutdown()
-			s.ns.WaitForShutdown()
-		}
-	})
-}
-
 // Run starts the supervisor and serves until ctx is done, then drains
-// (bounded by 10 s) and returns.
+// (bounded by RunDrainTimeout, then Config.CloseTimeout) and returns.
 func Run(ctx context.Context, cfg Config) error {
 	s, err := Start(ctx, cfg)
 	if err != nil {
@@ -384,7 +335,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cancel()
 	<-ctx.Done()
 	cfg.Logger.Info().Msg("shutting down: draining")
-	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	dctx, dcancel := context.WithTimeout(context.Background(), RunDrainTimeout)
 	defer dcancel()
 	return s.Drain(dctx)
 }

@@ -55,7 +55,7 @@ runs an embedded nats-server with auth always on (credentials in <data-dir>/auth
 	fs.StringVar(&cfg.Password, "password", cli.Env("TETHER_NATS_PASSWORD", ""), "NATS password (env TETHER_NATS_PASSWORD)")
 	fs.StringVar(&cfg.Token, "token", cli.Env("TETHER_NATS_TOKEN", ""), "NATS token (env TETHER_NATS_TOKEN)")
 	fs.StringVar(&cfg.Listen, "listen", cli.Env("TETHER_LISTEN", cfg.Listen), "embedded nats-server client address (env TETHER_LISTEN)")
-	fs.StringVar(&cfg.DataDir, "data-dir", cli.Env("TETHER_DATA_DIR", cfg.DataDir), "embedded nats-server JetStream store, and auth/http.token (also with --nats-url) (env TETHER_DATA_DIR)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cli.Env("TETHER_DATA_DIR", cfg.DataDir), "embedded nats-server JetStream store and auth material, locked (<data-dir>/LOCK) so that one supervisor at a time uses it; with --nats-url only auth/http.token, unlocked (env TETHER_DATA_DIR)")
 	fs.StringVar(&cfg.HTTPAddr, "http", cli.Env("TETHER_HTTP", cfg.HTTPAddr), "HTTP address for the fleet dashboard (/), /api, /events, /metrics, /healthz, /readyz; empty disables; not loopback: all but /healthz and /readyz need the --http-token-file token (env TETHER_HTTP)")
 	fs.StringVar(&cfg.HTTPTokenFile, "http-token-file", cli.Env("TETHER_HTTP_TOKEN_FILE", cfg.HTTPTokenFile), "bearer token file for a non-loopback --http, generated when missing; empty: <data-dir>/auth/http.token (env TETHER_HTTP_TOKEN_FILE)")
 	cfg.HTTPAllowedHosts = splitList(cli.Env("TETHER_HTTP_ALLOWED_HOSTS", strings.Join(cfg.HTTPAllowedHosts, ",")))

@@ -25,6 +25,9 @@ const (
 // writeTimeout bounds one batch of mcp_fleet writes.
 const writeTimeout = 5 * time.Second
 
+// errWritesAborted fails mcp_fleet writes once the fleet is closing.
+var errWritesAborted = errors.New("fleet: closing: write abandoned")
+
 // dispatcher is the one component that sends probes and commands to agents
 // and writes mcp_fleet. Every method checks IsLeader first, so when several
 // supervisor replicas run, a lease can make exactly one of them act while
@@ -43,10 +46,17 @@ type dispatcher struct {
 	epoch       string
 	noncePrefix string
 	seq         atomic.Uint64
+
+	// stop is cancelled by abort: writes in flight end at once and later
+	// ones fail, so a closing fleet never waits out writeTimeout on a
+	// dead link.
+	stop  context.Context
+	abort context.CancelFunc
 }
 
 func newDispatcher(nc *nats.Conn, kv jetstream.KeyValue, prefix string, isLeader func() bool, log zerolog.Logger, m *Metrics) (*dispatcher, error) {
 	c := &dispatcher{nc: nc, kv: kv, subj: agentproto.Subjects{Prefix: prefix}, isLeader: isLeader, log: log, metrics: m}
+	c.stop, c.abort = context.WithCancel(context.Background())
 	c.epoch = strconv.FormatUint(rand.Uint64()>>16, 36)
 	c.noncePrefix = c.epoch + "-p"
 	if nc != nil {
@@ -145,12 +155,20 @@ type fleetWrite struct {
 }
 
 // write puts records into mcp_fleet with asynchronous publishes awaited as
-// a batch. It returns the agents whose write failed (to retry later).
+// a batch, for at most writeTimeout or until abort. It returns the agents
+// whose write failed (to retry later).
 func (c *dispatcher) write(recs []fleetWrite) []string {
 	if !c.Leader() || len(recs) == 0 || c.js == nil {
 		return nil
 	}
 	var failed []string
+	if c.stop.Err() != nil {
+		for _, r := range recs {
+			failed = append(failed, r.agent)
+		}
+		c.log.Warn().Err(errWritesAborted).Int("failed", len(failed)).Msg("mcp_fleet writes not sent")
+		return failed
+	}
 	futures := make([]jetstream.PubAckFuture, 0, len(recs))
 	sent := make([]string, 0, len(recs))
 	for _, r := range recs {
@@ -161,9 +179,14 @@ func (c *dispatcher) write(recs []fleetWrite) []string {
 		}
 		futures, sent = append(futures, f), append(sent, r.agent)
 	}
+	timeout := time.NewTimer(writeTimeout)
+	defer timeout.Stop()
+	unacked := errors.New("no ack within " + writeTimeout.String())
 	select {
 	case <-c.js.PublishAsyncComplete():
-	case <-time.After(writeTimeout):
+	case <-timeout.C:
+	case <-c.stop.Done():
+		unacked = errWritesAborted
 	}
 	var lastErr error
 	for i, f := range futures {
@@ -173,7 +196,7 @@ func (c *dispatcher) write(recs []fleetWrite) []string {
 		case err := <-f.Err():
 			lastErr = err
 		default:
-			lastErr = errors.New("no ack within " + writeTimeout.String())
+			lastErr = unacked
 		}
 		failed = append(failed, sent[i])
 	}
@@ -185,12 +208,13 @@ func (c *dispatcher) write(recs []fleetWrite) []string {
 	return failed
 }
 
-// forget deletes a long-gone agent's mcp_fleet record.
+// forget deletes a long-gone agent's mcp_fleet record (bounded by
+// writeTimeout and abort).
 func (c *dispatcher) forget(agent string) {
 	if !c.Leader() || c.kv == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	ctx, cancel := context.WithTimeout(c.stop, writeTimeout)
 	defer cancel()
 	// A purge keeps one small marker per forgotten id, not its record.
 	if err := c.kv.Purge(ctx, agent); err != nil {

@@ -220,10 +220,22 @@ func (f *Fleet) behind() bool {
 	return late
 }
 
-// Close unsubscribes and stops every loop, waiting for them. Immediate: a
-// last mcp_fleet write only happens in Drain. Safe to call twice.
+// Close unsubscribes and stops every loop, waiting for them; an mcp_fleet
+// write in flight is abandoned (its records stay unwritten), so Close does
+// not wait on a dead link. Immediate: a last mcp_fleet write only happens
+// in Drain. Safe to call twice.
 func (f *Fleet) Close() {
+	f.Stop()
+	f.CloseWatcher()
+}
+
+// Stop is Close without waiting for the mcp_fleet watcher, whose stop asks
+// the server to delete its consumer and so may wait on a dead link: the
+// owner finishes with CloseWatcher, which it can run beside its other
+// polite requests. Safe to call twice.
+func (f *Fleet) Stop() {
 	f.closeOnce.Do(func() {
+		f.cmd.abort()
 		if f.sub != nil {
 			_ = f.sub.Unsubscribe()
 		}
@@ -234,20 +246,28 @@ func (f *Fleet) Close() {
 			f.cancel()
 		}
 		f.wg.Wait()
-		if f.forget != nil {
-			f.forget.Close()
-		}
 	})
 }
 
+// CloseWatcher stops the watcher of operator deletes in mcp_fleet and
+// waits for it. Safe to call twice.
+func (f *Fleet) CloseWatcher() {
+	if f.forget != nil {
+		f.forget.Close()
+	}
+}
+
 // Drain stops taking heartbeats, writes every changed record to mcp_fleet
-// and closes.
-func (f *Fleet) Drain() {
+// and stops (Stop), bounded by ctx: when ctx ends, the heartbeats still
+// queued are dropped and the writes in flight abandoned. CloseWatcher (or
+// Close) finishes.
+func (f *Fleet) Drain(ctx context.Context) {
+	defer context.AfterFunc(ctx, f.cmd.abort)()
 	if f.sub != nil {
 		// Let the heartbeats already queued be handled before the last write.
 		if f.sub.Drain() == nil {
 			deadline := time.Now().Add(drainWait)
-			for f.sub.IsValid() && time.Now().Before(deadline) {
+			for f.sub.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
@@ -257,7 +277,7 @@ func (f *Fleet) Drain() {
 	}
 	f.wg.Wait()
 	f.t.flush()
-	f.Close()
+	f.Stop()
 }
 
 // drainWait bounds Drain's wait for queued heartbeats.

@@ -261,13 +261,20 @@ func (l *Lease) set(leader bool, holder string, err error) {
 }
 
 // Close stops campaigning and, if leading, releases the lease so another
-// replica takes over at its next try instead of after the TTL. Safe twice.
-func (l *Lease) Close() {
+// replica takes over at its next try instead of after the TTL, waiting at
+// most TTL/3 for that. Safe twice.
+func (l *Lease) Close() { l.Release(context.Background()) }
+
+// Release is Close with its wait for the release bounded by ctx too: a
+// lease it could not release (NATS unreachable) expires after the TTL.
+// Close and Release are safe to call twice, in any mix; only the first
+// call releases.
+func (l *Lease) Release(ctx context.Context) {
 	l.once.Do(func() {
 		l.cancel()
 		<-l.done
 		if l.leader.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), l.cfg.TTL/3)
+			ctx, cancel := context.WithTimeout(ctx, l.cfg.TTL/3)
 			defer cancel()
 			_ = l.kv.Delete(ctx, Key, jetstream.LastRevision(l.rev))
 			l.set(false, "", nil)
