@@ -30,6 +30,15 @@ func NewTracker(cfg Config, isLeader func() bool) *Tracker {
 	return &Tracker{t: newTracker(cfg, "mcp", cmd, zerolog.Nop(), nil)}
 }
 
+// NewUnboundedTracker is NewTracker without the heartbeat bounds (decoded
+// configs are still bounded where they are decoded), for measuring what
+// the bounds cost.
+func NewUnboundedTracker(cfg Config) *Tracker {
+	tr := NewTracker(cfg, nil)
+	tr.t.unbounded = true
+	return tr
+}
+
 // HandleHeartbeat ingests one heartbeat message.
 func (x *Tracker) HandleHeartbeat(m *nats.Msg) { x.t.handleHeartbeat(m) }
 
