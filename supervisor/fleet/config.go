@@ -11,15 +11,12 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultSuspectAfter      = 2
 	DefaultLostAfter         = 3
-	DefaultProbeInterval     = 5 * time.Second
-	DefaultProbeTimeout      = 10 * time.Second
 	DefaultZombieAfter       = 3
 	DefaultGoneAfter         = time.Hour
 	DefaultForgetAfter       = 24 * time.Hour
 	DefaultMaxAgents         = 100_000
 	DefaultEstablishedAfter  = 3
 	DefaultCheckInterval     = 500 * time.Millisecond
-	DefaultResendInterval    = 5 * time.Second
 	DefaultRecoveryRate      = 200.0
 	DefaultRecoveryBurst     = 20
 	DefaultMaxSpread         = 30 * time.Second
@@ -46,8 +43,11 @@ type Clock interface{ Now() time.Time }
 // duration is measured on the supervisor's own monotonic clock.
 type Config struct {
 	// HeartbeatInterval is the agents' heartbeat period. An agent that
-	// announces interval_ms is judged by that, clamped to [1/10, 10x] this.
-	// Default DefaultHeartbeatInterval (5 s).
+	// announces interval_ms is judged in its own interval, clamped to
+	// [1/10, 10x] this: its silence thresholds, probe cadence, probe
+	// deadline and command re-sends are the durations below scaled by
+	// (its interval / HeartbeatInterval), so every agent gets the same
+	// number of its own intervals. Default DefaultHeartbeatInterval (5 s).
 	HeartbeatInterval time.Duration
 	// SuspectAfter is how many missed intervals make an agent suspect.
 	// Default DefaultSuspectAfter (2).
@@ -55,12 +55,14 @@ type Config struct {
 	// LostAfter is how many missed intervals make it lost; > SuspectAfter.
 	// Default DefaultLostAfter (3).
 	LostAfter int
-	// ProbeInterval is how often each live agent is probed on its command
-	// subject. Default DefaultProbeInterval (5 s).
+	// ProbeInterval is how often an agent beating at HeartbeatInterval is
+	// probed on its command subject (others in proportion). Zero (the
+	// default) is one HeartbeatInterval.
 	ProbeInterval time.Duration
-	// ProbeTimeout is how long a probe may wait for a heartbeat naming it;
-	// at least HeartbeatInterval, since only a heartbeat can answer it.
-	// Default DefaultProbeTimeout (10 s).
+	// ProbeTimeout is how long a probe may wait for a heartbeat naming it
+	// (scaled likewise); at least HeartbeatInterval, since only the next
+	// heartbeat can answer it. Zero (the default) is 1.25 HeartbeatInterval:
+	// one interval plus a quarter for delivery and the agent's phase.
 	ProbeTimeout time.Duration
 	// ZombieAfter is how many unanswered, overdue probes make an agent that
 	// still heartbeats a zombie. 1..MaxZombieAfter. Default 3.
@@ -91,8 +93,9 @@ type Config struct {
 	// At most HeartbeatInterval. Default DefaultCheckInterval (500 ms).
 	CheckInterval time.Duration
 	// ResendInterval is how long an unacknowledged command waits before it
-	// is sent again. At least HeartbeatInterval (an ack rides on the next
-	// heartbeat). Default DefaultResendInterval (5 s).
+	// is sent again (scaled likewise). At least HeartbeatInterval (an ack
+	// rides on the next heartbeat). Zero (the default) is two
+	// HeartbeatIntervals.
 	ResendInterval time.Duration
 	// RecoveryRate is the fleet-wide rate of recovery commands (reconnect,
 	// re-resolve after an outage), per second, with bursts of
@@ -147,15 +150,12 @@ func DefaultConfig() Config {
 		HeartbeatInterval: DefaultHeartbeatInterval,
 		SuspectAfter:      DefaultSuspectAfter,
 		LostAfter:         DefaultLostAfter,
-		ProbeInterval:     DefaultProbeInterval,
-		ProbeTimeout:      DefaultProbeTimeout,
 		ZombieAfter:       DefaultZombieAfter,
 		GoneAfter:         DefaultGoneAfter,
 		ForgetAfter:       DefaultForgetAfter,
 		MaxAgents:         DefaultMaxAgents,
 		EstablishedAfter:  DefaultEstablishedAfter,
 		CheckInterval:     DefaultCheckInterval,
-		ResendInterval:    DefaultResendInterval,
 		RecoveryRate:      DefaultRecoveryRate,
 		RecoveryBurst:     DefaultRecoveryBurst,
 		MaxSpread:         DefaultMaxSpread,
@@ -171,6 +171,21 @@ func DefaultConfig() Config {
 	}
 }
 
+// withDerived fills the timings whose zero means "derived from
+// HeartbeatInterval".
+func (c Config) withDerived() Config {
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = c.HeartbeatInterval
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = c.HeartbeatInterval + c.HeartbeatInterval/4
+	}
+	if c.ResendInterval == 0 {
+		c.ResendInterval = 2 * c.HeartbeatInterval
+	}
+	return c
+}
+
 // LostWindow is how long silence takes to make an agent lost.
 func (c *Config) LostWindow() time.Duration {
 	return time.Duration(c.LostAfter) * c.HeartbeatInterval
@@ -178,6 +193,8 @@ func (c *Config) LostWindow() time.Duration {
 
 // Validate rejects impossible combinations, naming the field.
 func (c *Config) Validate() error {
+	d := c.withDerived()
+	c = &d
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("Fleet."+format, a...)) }
 	for _, f := range []struct {

@@ -94,6 +94,7 @@ func New(o Options) (*Fleet, error) {
 	if err := o.Config.Validate(); err != nil {
 		return nil, err
 	}
+	o.Config = o.Config.withDerived()
 	log := o.Logger.With().Str("component", "fleet").Logger()
 	cmd, err := newDispatcher(o.Conn, o.KV, o.Prefix, o.Config.IsLeader, o.Logger.With().Str("component", "dispatcher").Logger(), o.Metrics)
 	if err != nil {

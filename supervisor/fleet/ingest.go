@@ -287,7 +287,7 @@ func (t *tracker) collapsePending(a *agent) {
 // marks it sent: a zombie's commands travel on its heartbeat's reply.
 func (t *tracker) dueReply(a *agent, now int64) (*agentproto.Command, bool) {
 	for _, p := range a.pending {
-		if p.queued || p.lastSent != 0 && now-p.lastSent < int64(t.cfg.ResendInterval) {
+		if p.queued || p.lastSent != 0 && now-p.lastSent < int64(t.timing(a).resend) {
 			continue
 		}
 		resend := p.sends > 0

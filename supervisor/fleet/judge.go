@@ -77,6 +77,16 @@ func effectiveInterval(configured time.Duration, reportedMS int64) time.Duration
 	return min(max(d, configured/10), configured*10)
 }
 
+// scaled converts d, a timing set for agents beating at configured, to an
+// agent beating at interval (its effective interval): judgement in the
+// agent's own interval.
+func scaled(d, configured, interval time.Duration) time.Duration {
+	if interval == configured || configured <= 0 {
+		return d
+	}
+	return time.Duration(float64(d) * float64(interval) / float64(configured))
+}
+
 // liveness is what silence alone says: healthy until suspectAfter missed
 // intervals, suspect until lostAfter, lost until goneAfter, then gone.
 func liveness(silence, interval time.Duration, suspectAfter, lostAfter int, goneAfter time.Duration) State {

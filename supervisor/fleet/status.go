@@ -115,7 +115,7 @@ func (t *tracker) snapshot(a *agent, now int64, wall time.Time) AgentStatus {
 	st := AgentStatus{
 		Agent: a.id, State: a.state, Reason: a.reason, Instance: a.instance, Seq: a.seq,
 		IntervalMS: a.intervalMS, Conn: a.conn, Calls: a.calls, Restarts: a.restarts,
-		Recoveries: len(a.recoveries), Pending: len(a.pending), ProbesUnacked: overdueProbes(a.probes, now, t.cfg.ProbeTimeout),
+		Recoveries: len(a.recoveries), Pending: len(a.pending), ProbesUnacked: overdueProbes(a.probes, now, t.timing(a).probeTimeout),
 		Duplicate: a.duplicate, Spoofed: a.spoofed, ClockSkewMS: a.skewMS, ClockSkewed: a.skewed,
 	}
 	st.Since = wall.Add(time.Duration(a.since - now)).UTC()

@@ -130,6 +130,19 @@ func (t *tracker) judge(a *agent, now int64, freeze bool) bool {
 	return wasLive && live >= StateSuspect
 }
 
+// agentTiming is one agent's probe cadence, probe deadline and re-send
+// interval: the configured ones in its own interval.
+type agentTiming struct {
+	interval, probeEvery, probeTimeout, resend time.Duration
+}
+
+func (t *tracker) timing(a *agent) agentTiming {
+	hb := t.cfg.HeartbeatInterval
+	iv := effectiveInterval(hb, a.intervalMS)
+	return agentTiming{interval: iv, probeEvery: scaled(t.cfg.ProbeInterval, hb, iv),
+		probeTimeout: scaled(t.cfg.ProbeTimeout, hb, iv), resend: scaled(t.cfg.ResendInterval, hb, iv)}
+}
+
 // isEstablished reports whether a has been heard over EstablishedAfter of
 // its intervals; once established, always (until forgotten).
 func (t *tracker) isEstablished(a *agent) bool {
@@ -147,28 +160,29 @@ func (t *tracker) commandDue(a *agent, now int64, behind bool) {
 	if a.live != StateHealthy {
 		return
 	}
-	s.overdue += overdueProbes(a.probes, now, t.cfg.ProbeTimeout)
-	if !behind && zombieDue(a.probes, now, t.cfg.ProbeTimeout, t.cfg.ZombieAfter) {
+	tm := t.timing(a)
+	s.overdue += overdueProbes(a.probes, now, tm.probeTimeout)
+	if !behind && zombieDue(a.probes, now, tm.probeTimeout, t.cfg.ZombieAfter) {
 		t.zombieEpisode(a, now)
 	}
 	switch {
 	case behind: // answers may be in the backlog: neither judge nor add probes
 	case a.probeNext == 0:
-		a.probeNext = now + int64(hashOffset(a.id, t.cfg.ProbeInterval))
+		a.probeNext = now + int64(hashOffset(a.id, tm.probeEvery))
 	case now >= a.probeNext:
 		nonce, seq := t.cmd.newNonce()
 		a.probeSent = seq
 		if len(a.probes) < t.cfg.ZombieAfter {
 			a.probes = append(a.probes, probeRec{seq: seq, at: now})
 		}
-		a.probeNext = now + int64(t.cfg.ProbeInterval)
+		a.probeNext = now + int64(tm.probeEvery)
 		s.probes = append(s.probes, probeOut{agent: a.id, nonce: nonce})
 	}
 	if a.zombie {
 		return // its commands ride on heartbeat replies
 	}
 	for _, p := range a.pending {
-		if p.queued || p.lastSent != 0 && now-p.lastSent < int64(t.cfg.ResendInterval) {
+		if p.queued || p.lastSent != 0 && now-p.lastSent < int64(tm.resend) {
 			continue
 		}
 		s.sends = append(s.sends, sendOut{agent: a.id, cmd: p.cmd, resend: p.sends > 0})

@@ -212,6 +212,7 @@ type tracker struct {
 }
 
 func newTracker(cfg Config, prefix string, cmd *dispatcher, log zerolog.Logger, m *Metrics) *tracker {
+	cfg = cfg.withDerived()
 	t := &tracker{cfg: cfg, clock: cfg.Clock, log: log, metrics: m, cmd: cmd, seed: maphash.MakeSeed()}
 	if t.clock == nil {
 		t.clock = realClock{}
