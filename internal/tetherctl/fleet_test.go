@@ -206,3 +206,39 @@ func TestAgentForget(t *testing.T) {
 	}
 	h.must(ExitNotFound, "agent", "forget", "f-dead")
 }
+
+// A fleet.status request the supervisor refuses (here a relay adds a
+// typo'd key to what tetherctl sends, as a mismatched client would) is
+// shown with the supervisor's whole message and exits 2, never as an
+// empty or whole-fleet table.
+func TestFleetShowsRefusedFilter(t *testing.T) {
+	h := newHarness(t)
+	relay := h.srv.Connect()
+	sub, err := relay.Subscribe("relay.v1.fleet.status", func(m *nats.Msg) {
+		var body map[string]any
+		_ = json.Unmarshal(m.Data, &body)
+		if body == nil {
+			body = map[string]any{}
+		}
+		body["stat"] = "zombie"
+		data, _ := json.Marshal(body)
+		reply, err := relay.Request(agentproto.Subjects{}.FleetStatus(), data, 2*time.Second)
+		if err != nil {
+			return
+		}
+		reply.Subject = m.Reply
+		_ = relay.PublishMsg(reply)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := relay.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI("", "--nats-url", h.srv.URL(), "--prefix", "relay", "fleet")
+	want := `tetherctl: supervisor answered 400 bad_request: fleet.status unknown key "stat" (did you mean "state"?); the accepted keys are agent, state, role, after, limit`
+	if r.code != ExitUsage || !strings.Contains(r.stderr, want) || r.stdout != "" {
+		t.Errorf("refused filter: want exit 2 and %q on stderr, got\n%s", want, r)
+	}
+}

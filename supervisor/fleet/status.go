@@ -179,39 +179,6 @@ func (t *tracker) lookup(id string) (AgentStatus, bool) {
 	return t.snapshot(a, t.now(), t.clock.Now()), true
 }
 
-// statusQuery is a validated fleet.status request.
-type statusQuery struct {
-	agentproto.FleetStatusRequest
-	state State
-}
-
-func parseStatusRequest(data []byte) (statusQuery, error) {
-	var q statusQuery
-	if data = bytes.TrimSpace(data); len(data) > 0 {
-		if err := json.Unmarshal(data, &q.FleetStatusRequest); err != nil {
-			return q, errors.New(`supervisor: fleet.status body is not {"agent","state","role","after","limit"}: ` + err.Error())
-		}
-	}
-	for _, f := range []struct{ kind, v string }{{kvconfig.KindAgent, q.Agent}, {kvconfig.KindRole, q.Role}, {"after", q.After}} {
-		if f.v != "" {
-			if err := kvconfig.ValidateID(f.kind, f.v); err != nil {
-				return q, err
-			}
-		}
-	}
-	if q.State != "" {
-		st, ok := ParseState(q.State)
-		if !ok {
-			return q, errors.New("fleet: fleet.status state " + strconv.Quote(q.State) + " is not one of healthy, suspect, lost, zombie, quarantined, gone")
-		}
-		q.state = st
-	}
-	if q.Limit < 0 {
-		return q, errors.New("fleet: fleet.status limit " + strconv.Itoa(q.Limit) + " is negative")
-	}
-	return q, nil
-}
-
 // status builds one page: agents after q.After matching the filters, at most
 // q.Limit (0: as many as fit) and at most maxBytes of JSON in all.
 func (f *Fleet) status(q statusQuery, maxBytes int) ([]byte, error) {
