@@ -59,6 +59,11 @@ type Index struct {
 	// configsRev and agentsRev are the highest revisions applied per bucket:
 	// the index is at least this current.
 	configsRev, agentsRev uint64
+	// gen counts every change to the index, for answers cached across
+	// changes (rolesCache, under cacheMu, which is taken before mu).
+	gen        uint64
+	cacheMu    sync.Mutex
+	rolesCache rolesCache
 }
 
 // NewIndex returns an empty index that is not ready.
@@ -114,6 +119,7 @@ func (ix *Index) ApplyConfig(key string, rev uint64, op Op, value []byte) Change
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.configsRev = max(ix.configsRev, rev)
+	ix.gen++
 	if err != nil {
 		ch.Err = err
 		if op == OpPut {
@@ -200,6 +206,7 @@ func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Chang
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.agentsRev = max(ix.agentsRev, rev)
+	ix.gen++
 	ch.OldRole = ix.registry[agent].role
 	if op == OpDelete {
 		delete(ix.registry, agent)
@@ -224,6 +231,7 @@ func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Chang
 func (ix *Index) MarkReady(bucket string) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	ix.gen++
 	switch bucket {
 	case BucketConfigs:
 		ix.configsReady = true
@@ -299,6 +307,7 @@ func (ix *Index) Len() int {
 func (ix *Index) ResetBucket(bucket string) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	ix.gen++
 	switch bucket {
 	case BucketConfigs:
 		ix.global = map[string]*Entry{}

@@ -169,6 +169,11 @@ type Explanation struct {
 	// Outcome is "ok", "invalid_config" or "not_found".
 	Outcome string `json:"outcome"`
 	Error   string `json:"error,omitempty"`
+	// Warnings are what this resolution does quietly that an operator most
+	// likely did not mean (warnings.go): the agent has no entry in
+	// mcp_agents, its role is named by no config, a shadowed entry is
+	// invalid, an unrecognised key ends in this server's name.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Explain reports every scope consulted for (agent, server).
@@ -230,6 +235,7 @@ func (ix *Index) Explain(agent, server string) (Explanation, error) {
 	default:
 		x.Outcome, x.Error = "invalid_config", err.Error()
 	}
+	x.Warnings = ix.explainWarningsLocked(&x)
 	return x, nil
 }
 

@@ -23,6 +23,9 @@ type resolver struct {
 	retryAfter time.Duration
 	metrics    *Metrics
 	maxPayload func() int // the connection's max payload, for paging
+	// admitRegistered: only agents in mcp_agents are tracked (explain
+	// warns that an unregistered agent's heartbeats are discarded).
+	admitRegistered bool
 }
 
 // errorReply maps an error to its contract code and answers the request.
@@ -277,10 +280,15 @@ func (r *resolver) handleExplain(req micro.Request) {
 		r.errorReply(req, err)
 		return
 	}
+	if r.admitRegistered && !r.index.Registered(x.Agent) {
+		x.Warnings = append(x.Warnings, fmt.Sprintf("the supervisor does not track agent %s: with admission %q (the default) its heartbeats are discarded until it has an entry in %s",
+			x.Agent, AdmitRegistered, kvconfig.BucketAgents))
+	}
 	if err := req.RespondJSON(x); err != nil {
 		r.log.Warn().Err(err).Msg("cannot send explain reply")
 	}
-	r.log.Info().Str("agent", x.Agent).Str("server", x.Server).Str("winner", x.WinnerKey).Str("outcome", x.Outcome).Msg("explained")
+	r.log.Info().Str("agent", x.Agent).Str("server", x.Server).Str("winner", x.WinnerKey).Str("outcome", x.Outcome).
+		Int("warnings", len(x.Warnings)).Msg("explained")
 }
 
 // errText is an error for a log line, bounded: request errors quote what

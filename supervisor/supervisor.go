@@ -242,12 +242,13 @@ func (s *Supervisor) onChange(ch kvconfig.Change) {
 
 func (s *Supervisor) startService() error {
 	r := &resolver{
-		subj:       agentproto.Subjects{Prefix: s.cfg.Prefix},
-		index:      s.store.Index(),
-		log:        s.reqSampler.Logger(s.log.With().Str("component", "resolver").Logger()),
-		retryAfter: DefaultRetryAfterNotReady,
-		maxPayload: func() int { return int(s.nc.MaxPayload()) },
-		metrics:    s.metrics,
+		subj:            agentproto.Subjects{Prefix: s.cfg.Prefix},
+		index:           s.store.Index(),
+		log:             s.reqSampler.Logger(s.log.With().Str("component", "resolver").Logger()),
+		retryAfter:      DefaultRetryAfterNotReady,
+		maxPayload:      func() int { return int(s.nc.MaxPayload()) },
+		metrics:         s.metrics,
+		admitRegistered: s.cfg.Admission == AdmitRegistered,
 	}
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        DefaultServiceName,

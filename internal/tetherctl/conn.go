@@ -130,7 +130,9 @@ func (a *app) request(ctx context.Context, subject string, body []byte) ([]byte,
 	if json.Unmarshal(msg.Data, &eb) == nil && eb.Error.Message != "" {
 		text = eb.Error.Message
 	}
-	text = strings.TrimPrefix(strings.TrimPrefix(text, "kvconfig: "), "supervisor: ")
+	for _, pkg := range []string{"kvconfig: ", "supervisor: ", "fleet: "} {
+		text = strings.TrimPrefix(text, pkg)
+	}
 	var kind error
 	switch n {
 	case agentproto.CodeBadRequest:

@@ -31,6 +31,8 @@ type fleetPage struct {
 	MassSilence bool           `json:"mass_silence,omitempty"`
 	Silent      int            `json:"silent,omitempty"`
 	Invalid     []invalidEntry `json:"invalid,omitempty"`
+	// UnconfiguredRoles: roles agents have that no config names.
+	UnconfiguredRoles []kvconfig.RoleUse `json:"unconfigured_roles,omitempty"`
 }
 
 // invalidEntry is a malformed operator KV entry the supervisor reports.
@@ -100,7 +102,7 @@ func (a *app) fetchFleet(ctx context.Context) (fleetPage, error) {
 			return all, fail(nil, err, "cannot decode the supervisor's %s reply: %v", subject, err)
 		}
 		if page == 0 {
-			all.Counts, all.MassSilence, all.Silent, all.Invalid = p.Counts, p.MassSilence, p.Silent, p.Invalid
+			all.Counts, all.MassSilence, all.Silent, all.Invalid, all.UnconfiguredRoles = p.Counts, p.MassSilence, p.Silent, p.Invalid, p.UnconfiguredRoles
 		}
 		all.Agents = append(all.Agents, p.Agents...)
 		if p.Next == "" {
@@ -117,7 +119,7 @@ func (a *app) printFleet(all fleetPage) {
 	t := newTable(a.out, "AGENT", "STATE", "ROLE", "LAST HEARD", "RTT", "CONFIGS (applied/current)", "REASON")
 	for _, raw := range all.Agents {
 		m := decodeObject(raw)
-		t.row(str(m, "agent", "id"), str(m, "state"), str(m, "role"), a.lastHeard(m), rtt(m),
+		t.row(str(m, "agent", "id"), str(m, "state"), roleCell(m), a.lastHeard(m), rtt(m),
 			configsCell(m["configs"]), str(m, "reason"))
 	}
 	t.flush()
@@ -132,6 +134,22 @@ func (a *app) printFleet(all fleetPage) {
 	for _, e := range all.Invalid {
 		fmt.Fprintf(a.out, "invalid entry: %s %s revision %d: %s\n", e.Bucket, e.Key, e.Revision, strings.TrimPrefix(e.Error, "kvconfig: "))
 	}
+	for _, u := range all.UnconfiguredRoles {
+		fmt.Fprintf(a.out, "WARNING: %s\n", u.Warning())
+	}
+}
+
+// roleCell is the agent's role, flagged when the status warns about it
+// (the fleet-level WARNING line below the table says what to do).
+func roleCell(m map[string]any) string {
+	role := str(m, "role")
+	ws, _ := m["warnings"].([]any)
+	for _, w := range ws {
+		if s, _ := w.(string); role != "" && strings.HasPrefix(s, "role "+strconv.Quote(role)+" is named by no config") {
+			return role + " (no config names it)"
+		}
+	}
+	return role
 }
 
 func countsLine(counts map[string]int) string {

@@ -206,3 +206,70 @@ func TestAgentForget(t *testing.T) {
 	}
 	h.must(ExitNotFound, "agent", "forget", "f-dead")
 }
+
+// A fleet.status request the supervisor refuses (here a relay adds a
+// typo'd key to what tetherctl sends, as a mismatched client would) is
+// shown with the supervisor's whole message and exits 2, never as an
+// empty or whole-fleet table.
+func TestFleetShowsRefusedFilter(t *testing.T) {
+	h := newHarness(t)
+	relay := h.srv.Connect()
+	sub, err := relay.Subscribe("relay.v1.fleet.status", func(m *nats.Msg) {
+		var body map[string]any
+		_ = json.Unmarshal(m.Data, &body)
+		if body == nil {
+			body = map[string]any{}
+		}
+		body["stat"] = "zombie"
+		data, _ := json.Marshal(body)
+		reply, err := relay.Request(agentproto.Subjects{}.FleetStatus(), data, 2*time.Second)
+		if err != nil {
+			return
+		}
+		reply.Subject = m.Reply
+		_ = relay.PublishMsg(reply)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := relay.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI("", "--nats-url", h.srv.URL(), "--prefix", "relay", "fleet")
+	want := `tetherctl: supervisor answered 400 bad_request: fleet.status unknown key "stat" (did you mean "state"?); the accepted keys are agent, state, role, after, limit`
+	if r.code != ExitUsage || !strings.Contains(r.stderr, want) || r.stdout != "" {
+		t.Errorf("refused filter: want exit 2 and %q on stderr, got\n%s", want, r)
+	}
+}
+
+// tetherctl fleet and explain show what the supervisor warns of: a role
+// that no config names (issue 12).
+func TestFleetAndExplainShowWarnings(t *testing.T) {
+	h := newHarness(t)
+	h.putRev("global", "github", writeFile(t, "g.json", `{"url":"https://g.example/mcp"}`))
+	suptest.Register(t, h.sup, "coderz", "w-1")
+	startHBAgent(t, h.srv.URL(), "w-1", 1)
+	h.waitFleet("w-1", "healthy", "")
+
+	r := h.must(ExitOK, "fleet")
+	contains(t, "fleet", r.stdout, "coderz (no config names it)",
+		`WARNING: role "coderz" is named by no config in mcp_configs: agent w-1 gets global configs only; check the role in mcp_agents`)
+	r = h.must(ExitOK, "fleet", "--json")
+	var all struct {
+		UnconfiguredRoles []struct {
+			Role   string
+			Agents int
+		} `json:"unconfigured_roles"`
+		Agents []struct{ Warnings []string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil || len(all.UnconfiguredRoles) != 1 || all.UnconfiguredRoles[0].Role != "coderz" ||
+		len(all.Agents) != 1 || len(all.Agents[0].Warnings) != 1 {
+		t.Errorf("fleet --json: %v\n%s", err, r)
+	}
+	r = h.must(ExitOK, "explain", "w-1", "github")
+	contains(t, "explain", r.stdout, "outcome: ok: agent w-1 gets global.github (global)",
+		`WARNING: role "coderz" is named by no config in mcp_configs: agent w-1 gets global configs only; check the role in mcp_agents`)
+	r = h.must(ExitOK, "explain", "nobody", "github")
+	contains(t, "explain", r.stdout, `WARNING: agent "nobody" has no entry in mcp_agents`, "WARNING: the supervisor does not track agent nobody")
+}

@@ -112,6 +112,9 @@ func (a *app) printExplain(x kvconfig.Explanation) {
 	if len(x.Shadowed) > 0 {
 		fmt.Fprintf(a.out, "shadowed (present, not used): %s\n", strings.Join(x.Shadowed, ", "))
 	}
+	for _, w := range x.Warnings {
+		fmt.Fprintf(a.out, "WARNING: %s\n", w)
+	}
 }
 
 func yesNo(b bool) string {

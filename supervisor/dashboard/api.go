@@ -48,6 +48,8 @@ type agentRow struct {
 	Restarts   uint32      `json:"restarts,omitempty"`
 	Duplicate  bool        `json:"duplicate,omitempty"`
 	Skewed     bool        `json:"skewed,omitempty"`
+	// Warnings are the status's (a role no config names).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // configRow is one server's config revision: what the agent runs (Rev,
@@ -67,7 +69,7 @@ func makeRow(st fleet.AgentStatus) agentRow {
 		HeardMS: -1, IntervalMS: st.IntervalMS, Conn: st.Conn.State, RTT: round2(st.Conn.RTTMS),
 		Reconnects: st.Conn.Reconnects, OK: st.Calls.OK, Retried: st.Calls.Retried, Failed: st.Calls.Failed,
 		ErrClass: st.Calls.LastErrorClass, Pending: st.Pending, Unacked: st.ProbesUnacked,
-		Restarts: st.Restarts, Duplicate: st.Duplicate, Skewed: st.ClockSkewed}
+		Restarts: st.Restarts, Duplicate: st.Duplicate, Skewed: st.ClockSkewed, Warnings: st.Warnings}
 	if !st.Since.IsZero() {
 		r.Since = st.Since.UnixMilli()
 	}
@@ -217,7 +219,10 @@ type fleetReply struct {
 	MassSilence bool           `json:"mass_silence,omitempty"`
 	Leader      bool           `json:"leader"`
 	Roles       []string       `json:"roles,omitempty"`
-	Page        *pageReply     `json:"page,omitempty"`
+	// Notices are the invalid entries and the roles no config names
+	// (notices.go); a stream sends them only when they changed.
+	Notices json.RawMessage `json:"notices,omitempty"`
+	Page    *pageReply      `json:"page,omitempty"`
 }
 
 func (d *Dashboard) head(s *fleetSnap) fleetReply {
@@ -234,7 +239,7 @@ func (d *Dashboard) serveFleet(w http.ResponseWriter, r *http.Request) {
 	}
 	s, _ := d.rec.current()
 	rep := d.head(s)
-	rep.Roles = s.roles
+	rep.Roles, rep.Notices = s.roles, s.notices
 	p := s.page(q)
 	rep.Page = &p
 	secure(w)
@@ -272,14 +277,17 @@ func nonNil[T any](s []T) []T {
 // pending commands, and for every server visible to it the explain output
 // and the winning config with secrets masked.
 type agentDetail struct {
-	Agent      string               `json:"agent"`
-	Known      bool                 `json:"known"`
-	Status     *fleet.AgentStatus   `json:"status,omitempty"`
-	Pending    []agentproto.Command `json:"pending,omitempty"`
-	Role       string               `json:"role,omitempty"`
-	IndexError string               `json:"index_error,omitempty"`
-	Servers    []serverDetail       `json:"servers"`
-	Events     []stateEvent         `json:"events"`
+	Agent   string               `json:"agent"`
+	Known   bool                 `json:"known"`
+	Status  *fleet.AgentStatus   `json:"status,omitempty"`
+	Pending []agentproto.Command `json:"pending,omitempty"`
+	Role    string               `json:"role,omitempty"`
+	// Warnings are about the agent's registration: no entry in
+	// mcp_agents, or a role that no config names (explain's texts).
+	Warnings   []string       `json:"warnings,omitempty"`
+	IndexError string         `json:"index_error,omitempty"`
+	Servers    []serverDetail `json:"servers"`
+	Events     []stateEvent   `json:"events"`
 }
 
 // serverDetail is one server as the agent would resolve it now.
@@ -310,6 +318,7 @@ func (d *Dashboard) serveAgent(w http.ResponseWriter, r *http.Request) {
 		det.IndexError = "config index not open yet"
 	} else {
 		det.Role, det.Servers, det.IndexError = explainAll(ix, id, running)
+		det.Warnings = ix.AgentWarnings(id)
 	}
 	secure(w)
 	writeJSON(w, http.StatusOK, det)

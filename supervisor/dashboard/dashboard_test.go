@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,9 +27,11 @@ import (
 
 // fakeFleet is a Source the test changes directly.
 type fakeFleet struct {
-	mu     sync.Mutex
-	agents map[string]fleet.AgentStatus
-	mass   bool
+	mu      sync.Mutex
+	agents  map[string]fleet.AgentStatus
+	mass    bool
+	invalid []fleet.InvalidEntry
+	roles   []kvconfig.RoleUse
 }
 
 func newFakeFleet() *fakeFleet { return &fakeFleet{agents: map[string]fleet.AgentStatus{}} }
@@ -79,6 +82,18 @@ func (f *fakeFleet) Pending(id string) []agentproto.Command {
 
 func (f *fakeFleet) MassSilence() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.mass }
 func (f *fakeFleet) Leader() bool      { return true }
+
+func (f *fakeFleet) InvalidEntries(n int) []fleet.InvalidEntry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.invalid[:min(n, len(f.invalid))])
+}
+
+func (f *fakeFleet) UnconfiguredRoles(n int) []kvconfig.RoleUse {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.roles[:min(n, len(f.roles))])
+}
 
 func testDashConfig(interval time.Duration) Config {
 	return Config{Interval: interval, MaxEvents: DefaultEvents, MaxSamples: DefaultSamples}
@@ -372,6 +387,7 @@ type sseFrame struct {
 		Events  []stateEvent    `json:"events"`
 		Samples []latencySample `json:"samples"`
 		Roles   []string        `json:"roles"`
+		Notices *notices        `json:"notices"`
 		Page    *pageReply      `json:"page"`
 	}
 }

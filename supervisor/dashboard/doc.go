@@ -1,7 +1,10 @@
 // Package dashboard is the supervisor's live fleet dashboard: the static
 // pages in web/ (embedded), the JSON API under /api/, the server-sent event
 // stream /events, and the recorder that samples the fleet to diff states
-// into events and keep latency history.
+// into events and keep latency history. Above its table the fleet page
+// shows notices of what resolution does quietly — invalid KV entries and
+// roles no config names (notices.go) — and the agent page explain's
+// warnings.
 //
 // Entry points: New (with Config, ConfigFor and a Source such as FromFleet),
 // Dashboard.Routes to mount it on a mux, Start, StopStreams and Close. It

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
 	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
@@ -22,6 +23,12 @@ type Source interface {
 	Pending(id string) []agentproto.Command
 	MassSilence() bool
 	Leader() bool
+	// InvalidEntries are up to n malformed operator entries (mcp_configs
+	// values and keys, mcp_agents records), as fleet.status lists them.
+	InvalidEntries(n int) []fleet.InvalidEntry
+	// UnconfiguredRoles are up to n roles that agents in mcp_agents have
+	// but no config names.
+	UnconfiguredRoles(n int) []kvconfig.RoleUse
 }
 
 // FromFleet is the Source of a supervisor's fleet: f returns it, or nil
@@ -60,6 +67,20 @@ func (v fleetView) MassSilence() bool {
 func (v fleetView) Leader() bool {
 	f := v.f()
 	return f != nil && f.Leader()
+}
+
+func (v fleetView) InvalidEntries(n int) []fleet.InvalidEntry {
+	if f := v.f(); f != nil {
+		return f.InvalidEntries(n)
+	}
+	return nil
+}
+
+func (v fleetView) UnconfiguredRoles(n int) []kvconfig.RoleUse {
+	if f := v.f(); f != nil {
+		return f.UnconfiguredRoles(n)
+	}
+	return nil
 }
 
 // stateEvent is one state change seen between two samples. From is "" when
@@ -101,6 +122,9 @@ type fleetSnap struct {
 	roles  []string
 	mass   bool
 	leader bool
+	// notices is the JSON of what the fleet page shows above the table
+	// (invalid entries, roles no config names), sent when it changes.
+	notices []byte
 }
 
 // recorder samples the fleet every interval, diffs states into events and
@@ -198,7 +222,7 @@ func (r *recorder) sample() {
 	r.mu.Unlock()
 	first := prev.seq == 0
 	snap := &fleetSnap{seq: prev.seq + 1, at: now, rows: rows, counts: emptyCounts(),
-		mass: r.src.MassSilence(), leader: r.src.Leader()}
+		mass: r.src.MassSilence(), leader: r.src.Leader(), notices: sampleNotices(r.src)}
 	snap.bySev = bySeverity(rows)
 	roles := map[string]struct{}{}
 	r.rtts, r.ages = r.rtts[:0], r.ages[:0]

@@ -40,6 +40,7 @@ type stream struct {
 	evSeq    uint64
 	smpSeq   uint64
 	roles    string
+	notices  []byte
 	page     []byte
 	lastSent time.Time
 	started  bool
@@ -143,6 +144,9 @@ func (d *Dashboard) message(st *stream, snap *fleetSnap) []byte {
 		if m.Roles == nil {
 			m.Roles = []string{}
 		}
+	}
+	if st.q.agent == "" && (!bytes.Equal(snap.notices, st.notices) || !st.started) {
+		m.Notices, st.notices = snap.notices, snap.notices
 	}
 	page, _ := json.Marshal(snap.page(st.q))
 	if !bytes.Equal(page, st.page) {

@@ -328,6 +328,16 @@ func (f *Fleet) Leader() bool { return f.cmd.Leader() }
 // mcp_agents), sorted by bucket and key.
 func (f *Fleet) InvalidEntries(n int) []InvalidEntry { return f.push.invalidEntries(n) }
 
+// UnconfiguredRoles returns up to n roles (0: all) that records in
+// mcp_agents name but no key in mcp_configs does, sorted by role; nil
+// before the config index is open and loaded.
+func (f *Fleet) UnconfiguredRoles(n int) []kvconfig.RoleUse {
+	if ix := f.t.index.Load(); ix != nil {
+		return ix.UnconfiguredRoles(n)
+	}
+	return nil
+}
+
 // Agent returns one agent's status.
 func (f *Fleet) Agent(id string) (AgentStatus, bool) { return f.t.lookup(id) }
 

@@ -20,6 +20,9 @@ const statusHeadroom = 4 << 10
 // maxInvalidShown bounds the invalid operator entries listed in a status reply.
 const maxInvalidShown = 50
 
+// maxRolesShown bounds the unconfigured roles listed in a status reply.
+const maxRolesShown = 50
+
 // maxInvalidError bounds the error text of one listed invalid entry: room
 // for every problem of a typical value (three come to ~340 bytes), while
 // 50 entries stay ~50 KiB of a reply.
@@ -73,6 +76,10 @@ type AgentStatus struct {
 	Spoofed     uint32 `json:"spoofed,omitempty"`
 	ClockSkewMS int64  `json:"clock_skew_ms,omitempty"`
 	ClockSkewed bool   `json:"clock_skewed,omitempty"`
+	// Warnings: what an operator most likely did not mean, such as a role
+	// in mcp_agents that no config names (the agent silently gets global
+	// configs only); the text is the one explain shows.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // InvalidEntry is an operator-written KV entry that is malformed: it is
@@ -108,6 +115,10 @@ type statusHead struct {
 	Leader bool `json:"leader"`
 	// Invalid lists malformed operator entries (first 50 by bucket and key).
 	Invalid []InvalidEntry `json:"invalid,omitempty"`
+	// UnconfiguredRoles lists roles that records in mcp_agents name but no
+	// key in mcp_configs does (first 50 by role): their agents get global
+	// configs only. Fleet-wide, whatever the filters.
+	UnconfiguredRoles []kvconfig.RoleUse `json:"unconfigured_roles,omitempty"`
 }
 
 // snapshot is an agent's status; the shard lock is held.
@@ -125,7 +136,10 @@ func (t *tracker) snapshot(a *agent, now int64, wall time.Time) AgentStatus {
 	}
 	ix := t.index.Load()
 	if ix != nil {
-		st.Role, _ = ix.Role(a.id)
+		var w string
+		if st.Role, w = ix.RoleWarning(a.id); w != "" {
+			st.Warnings = []string{w}
+		}
 	}
 	if len(a.configs) > 0 {
 		st.Configs = make(map[string]ConfigStatus, len(a.configs))
@@ -179,39 +193,6 @@ func (t *tracker) lookup(id string) (AgentStatus, bool) {
 	return t.snapshot(a, t.now(), t.clock.Now()), true
 }
 
-// statusQuery is a validated fleet.status request.
-type statusQuery struct {
-	agentproto.FleetStatusRequest
-	state State
-}
-
-func parseStatusRequest(data []byte) (statusQuery, error) {
-	var q statusQuery
-	if data = bytes.TrimSpace(data); len(data) > 0 {
-		if err := json.Unmarshal(data, &q.FleetStatusRequest); err != nil {
-			return q, errors.New(`supervisor: fleet.status body is not {"agent","state","role","after","limit"}: ` + err.Error())
-		}
-	}
-	for _, f := range []struct{ kind, v string }{{kvconfig.KindAgent, q.Agent}, {kvconfig.KindRole, q.Role}, {"after", q.After}} {
-		if f.v != "" {
-			if err := kvconfig.ValidateID(f.kind, f.v); err != nil {
-				return q, err
-			}
-		}
-	}
-	if q.State != "" {
-		st, ok := ParseState(q.State)
-		if !ok {
-			return q, errors.New("fleet: fleet.status state " + strconv.Quote(q.State) + " is not one of healthy, suspect, lost, zombie, quarantined, gone")
-		}
-		q.state = st
-	}
-	if q.Limit < 0 {
-		return q, errors.New("fleet: fleet.status limit " + strconv.Itoa(q.Limit) + " is negative")
-	}
-	return q, nil
-}
-
 // status builds one page: agents after q.After matching the filters, at most
 // q.Limit (0: as many as fit) and at most maxBytes of JSON in all.
 func (f *Fleet) status(q statusQuery, maxBytes int) ([]byte, error) {
@@ -225,7 +206,7 @@ func (f *Fleet) status(q statusQuery, maxBytes int) ([]byte, error) {
 		ids = ids[i : i+1]
 	}
 	head := statusHead{Counts: f.counts(ids, q.Role), Leader: f.cmd.Leader(), MassSilence: t.mass.Load(),
-		Silent: int(t.silent.Load()), Invalid: f.push.invalidEntries(maxInvalidShown)}
+		Silent: int(t.silent.Load()), Invalid: f.push.invalidEntries(maxInvalidShown), UnconfiguredRoles: f.UnconfiguredRoles(maxRolesShown)}
 	for _, n := range head.Counts {
 		head.Total += n
 	}

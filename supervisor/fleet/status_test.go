@@ -71,6 +71,7 @@ func TestFleetStatusPagesFiltersAndPayloadLimit(t *testing.T) {
 		{`{"agent":"a.b"}`, "400"},
 		{`{"limit":-1}`, "400"},
 		{`not json`, "400"},
+		{`{"stat":"zombie"}`, "400"},
 	} {
 		if _, e := natstest.Request(t, nc, subj.FleetStatus(), []byte(tc.body)); e == nil || e.Code != tc.code {
 			t.Errorf("%s: got %+v, want %s", tc.body, e, tc.code)
@@ -78,6 +79,47 @@ func TestFleetStatusPagesFiltersAndPayloadLimit(t *testing.T) {
 	}
 	if _, e := natstest.Request(t, nc, subj.FleetStatus(), nil); e != nil { // nats req mcp.v1.fleet.status ''
 		t.Errorf("empty request: %+v", e)
+	}
+}
+
+// A typo'd filter is refused with a 400 in the contract's error shape,
+// naming the unknown key and the accepted ones, instead of answering for
+// the whole fleet (issue 12: {"stat":"zombie"} listed every agent).
+func TestFleetStatusRejectsUnknownFilter(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, fleetTestConfig(t, srv, 5*time.Second))
+	nc := srv.Connect()
+	for _, id := range []string{"ok-1", "ok-2"} {
+		rawHeartbeat(t, nc, id, map[string]any{"agent": id, "instance": id + "-1", "seq": 1, "interval_ms": 5000,
+			"conn": map[string]any{"state": "connected"}})
+	}
+	natstest.CheckFor(t, 2*time.Second, time.Millisecond, func() error {
+		if c := s.Fleet().Counts(); c[fleet.StateHealthy] != 2 {
+			return fmt.Errorf("counts %v", c)
+		}
+		return nil
+	})
+	if p := fleetStatus(t, s, agentproto.FleetStatusRequest{State: "zombie"}); len(p.Agents) != 0 || p.Total != 2 {
+		t.Fatalf("state zombie: %d agents, total %d", len(p.Agents), p.Total)
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`{"stat":"zombie"}`, `fleet: fleet.status unknown key "stat" (did you mean "state"?); the accepted keys are agent, state, role, after, limit (all optional; names are case-sensitive)`},
+		{`{"State":"zombie"}`, `fleet: fleet.status unknown key "State" (did you mean "state"?); the accepted keys are agent, state, role, after, limit (all optional; names are case-sensitive)`},
+		{`{"state":"zombies"}`, `fleet: fleet.status state "zombies" is not one of healthy, suspect, lost, zombie, quarantined, gone`},
+		{`{"limit":"all"}`, `fleet: fleet.status key "limit" must be an integer, not "all"`},
+	} {
+		msg, e := natstest.Request(t, nc, subj.FleetStatus(), []byte(tc.body))
+		if e == nil {
+			var p fleet.Status
+			_ = json.Unmarshal(msg.Data, &p)
+			t.Errorf("%s: answered with %d agents, want a 400", tc.body, len(p.Agents))
+			continue
+		}
+		var eb agentproto.ErrorBody
+		if err := json.Unmarshal(e.Body, &eb); err != nil || e.Code != "400" || e.Description != tc.want ||
+			eb.Error != (agentproto.ErrorDetail{Code: "bad_request", Status: 400, Message: tc.want}) {
+			t.Errorf("%s: got %s %q body %s (%v)\nwant 400 %q", tc.body, e.Code, e.Description, e.Body, err, tc.want)
+		}
 	}
 }
 

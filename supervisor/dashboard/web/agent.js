@@ -76,11 +76,21 @@
       return;
     }
     showBanner('');
+    renderWarnings(d);
     renderFacts(d);
     renderConfigs(d);
     renderExplain(d);
     renderPending(d);
     if (d.events) { events = d.events; renderEvents(); }
+  }
+
+  // renderWarnings lists what explain warns of about the agent itself: no
+  // entry in mcp_agents, or a role no config names.
+  function renderWarnings(d) {
+    const ws = d.warnings || [];
+    const ul = $('warnings');
+    ul.replaceChildren(...ws.map(w => T.el('li', { text: w })));
+    ul.hidden = ws.length === 0;
   }
 
   function fact(dl, k, v, cls) {
@@ -94,12 +104,12 @@
     const s = d.status;
     if (!s) {
       setState('', 0, 'This agent has never sent a heartbeat to this supervisor (or was forgotten).', serverNow);
-      fact(dl, 'Role', d.role || 'none in mcp_agents');
+      fact(dl, 'Role', d.role || 'none in mcp_agents', d.warnings && d.warnings.length ? 'warn' : '');
       return;
     }
     const since = s.since ? Date.parse(s.since) : 0;
     setState(s.state, since, s.reason, serverNow);
-    fact(dl, 'Role', s.role || 'none in mcp_agents');
+    fact(dl, 'Role', s.role || 'none in mcp_agents', d.warnings && d.warnings.length ? 'warn' : '');
     fact(dl, 'Last heard', s.last_heard ? T.fmtAge(s.silent_ms) + ' ago (' + T.fmtClock(Date.parse(s.last_heard), true) + ')' : 'never');
     fact(dl, 'Heartbeat interval', s.interval_ms ? T.fmtAge(s.interval_ms) : 'default');
     fact(dl, 'Instance · seq', (s.instance || '—') + ' · ' + (s.seq || 0));
@@ -152,6 +162,10 @@
         x && x.winner ? T.el('span', { className: 'muted', text: ' winner ' + x.winner + (x.winner_key ? ' (' + x.winner_key + ')' : '') }) : null));
       if (!x) { card.append(T.el('p', { className: 'bad', text: sv.explain_error || 'no explanation' })); return card; }
       if (x.role_error) card.append(T.el('p', { className: 'bad', text: 'role record: ' + x.role_error }));
+      // The agent's own warnings are shown once, at the top.
+      const own = new Set(d.warnings || []);
+      const ws = (x.warnings || []).filter(w => !own.has(w));
+      if (ws.length) card.append(T.el('ul', { className: 'warnings' }, ...ws.map(w => T.el('li', { text: w }))));
       const rows = x.scopes.map(sc => T.el('tr', { className: sc.winner ? 'winner' : sc.shadowed ? 'shadowed' : '' },
         T.el('td', { text: sc.scope }),
         T.el('td', { text: sc.key || '—', className: 'mono' }),

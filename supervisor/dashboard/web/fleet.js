@@ -91,6 +91,7 @@
       if (data.samples.length > 600) data.samples.splice(0, data.samples.length - 600);
     }
     if (m.roles) updateRoles(m.roles);
+    if (m.notices) renderNotices(m.notices);
     renderCounts(m);
     renderBanner(m);
     if (m.page) { data.page = m.page; renderPage(m.page, m.t); }
@@ -143,6 +144,27 @@
     T.setClass(rb, m.leader ? 'badge' : 'badge warn');
   }
 
+  // renderNotices shows what resolution does quietly: roles no config
+  // names and invalid KV entries. Both lists come whole when either changed.
+  function renderNotices(n) {
+    const roles = n.unconfigured_roles || [];
+    $('role-notice').hidden = roles.length === 0;
+    T.setText($('role-caption'), roles.length ? roles.length + (roles.length > 1 ? ' roles' : ' role') : '');
+    $('role-list').replaceChildren(...roles.map(u => {
+      const show = T.el('button', { className: 'small', text: 'show agents', attrs: { type: 'button' } });
+      show.addEventListener('click', () => { view.role = u.role; view.offset = 0; syncControls(); connect(); });
+      return T.el('li', { dataset: { role: u.role } }, T.el('span', { text: u.warning }), ' ', show);
+    }));
+    const inv = n.invalid || [];
+    $('invalid-panel').hidden = inv.length === 0;
+    T.setText($('invalid-caption'), inv.length >= 50 ? 'first 50' : inv.length ? String(inv.length) : '');
+    $('invalid').tBodies[0].replaceChildren(...inv.map(e => T.el('tr', { dataset: { key: e.key } },
+      T.el('td', { text: e.bucket }),
+      T.el('td', { className: 'mono', text: e.key }),
+      T.el('td', { className: 'num', text: 'r' + e.revision }),
+      T.el('td', { className: 'invalid-error', text: e.error }))));
+  }
+
   const COLS = ['agent', 'state', 'role', 'heard', 'rtt', 'configs', 'calls', 'reconnects', 'pending', 'reason'];
 
   function makeRow(id) {
@@ -190,7 +212,10 @@
     T.setText(c.pill, r.state);
     T.setClass(c.pill, 'pill ' + T.stateClass(r.state));
     T.setText(c.since, r.since ? 'for ' + T.fmtAge(now - r.since) : '');
-    T.setText(c.role, r.role || '—');
+    const warned = !!(r.warnings && r.warnings.length);
+    T.setText(c.role, (r.role || '—') + (warned ? ' ⚠' : ''));
+    T.setClass(c.role, 'role' + (warned ? ' warn' : ''));
+    c.role.title = warned ? r.warnings.join('\n') : '';
     T.setText(c.heard, r.heard_ms < 0 ? 'never' : T.fmtAge(r.heard_ms) + ' ago');
     T.setClass(c.heard, 'heard num' + (r.interval_ms && r.heard_ms > 2 * r.interval_ms ? ' late' : ''));
     T.setText(c.rtt, r.rtt_ms ? T.fmtMs(r.rtt_ms) : '–');
