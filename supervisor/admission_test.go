@@ -2,10 +2,13 @@ package supervisor
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/supervisor/auth"
 	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
@@ -42,4 +45,13 @@ func TestDefaultAdmissionTracksOnlyRegisteredAgents(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The supervisor's own credentials let it publish its heartbeat
+// self-probe (supervisor/auth cannot import fleet; the name is repeated).
+func TestSupervisorPermissionsAllowTheSelfProbe(t *testing.T) {
+	want := agentproto.Subjects{}.Heartbeat(fleet.SelfProbeID)
+	if !slices.Contains(auth.SupervisorPermissions("").Pub.Allow, want) {
+		t.Fatalf("SupervisorPermissions do not allow publishing %s", want)
+	}
 }

@@ -59,15 +59,17 @@ func TestLogFloodIsBounded(t *testing.T) {
 	})
 	out := buf.String()[before:]
 	lines := strings.Count(out, "\n")
-	// Per second: 100 request lines, 20 bad-heartbeat lines, plus a
-	// summary line per stream per report; 2 s of slack at either end.
+	// Per second: 20 request lines and 20 bad-heartbeat lines, plus a
+	// summary line per stream per report; one period of slack at either
+	// end. The bound is a rate: a flood on a slow machine lasts longer.
 	periods := int(took/time.Second) + 2
-	bound := periods*(100+20) + (int(took/cfg.LogSummaryInterval)+10)*5
+	bound := periods*(20+20) + (int(took/cfg.LogSummaryInterval)+10)*5
 	t.Logf("%d requests + %d heartbeats in %v: %d log lines, %d bytes (bound %d lines)", n, n, took.Round(time.Millisecond), lines, len(out), bound)
 	if lines > bound {
 		t.Fatalf("%d log lines for the flood, over the bound %d", lines, bound)
 	}
-	if len(out) > 1<<20 {
-		t.Fatalf("the flood wrote %d bytes of log, over 1 MiB", len(out))
+	// Every line is bounded too: what agents send is truncated.
+	if perLine := len(out) / max(lines, 1); perLine > 1024 {
+		t.Fatalf("log lines average %d bytes: something agents send is not truncated", perLine)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,7 +81,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 	}
 	useLease := cfg.Fleet.IsLeader == nil
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: NewMetrics(), closed: make(chan struct{}),
-		reqSampler:   logsample.New("requests", 100, time.Second),
+		reqSampler:   logsample.New("requests", 20, time.Second),
 		guardSampler: logsample.New("refused replies", 10, time.Second),
 		httpSampler:  logsample.New("http refusals", 5, 10*time.Second)}
 	if useLease {
@@ -187,6 +188,10 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		nats.ReconnectJitter(s.cfg.ReconnectWait, s.cfg.ReconnectWait),
 		nats.RetryOnFailedConnect(false),
 		nats.FlusherTimeout(natsWriteTimeout),
+		// Nothing is buffered while disconnected: a command, probe or
+		// mcp_fleet write from before an outage must not land after it
+		// (another replica may lead by then); each is retried from state.
+		nats.ReconnectBufSize(-1),
 		nats.PingInterval(time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -209,6 +214,9 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				s.metrics.permissionError()
+				if f := s.fleet.Load(); f != nil && strings.Contains(err.Error(), "Publish to \""+f.SelfProbeSubject()+"\"") {
+					f.SelfProbeRefused()
+				}
 			}
 			ev := s.log.Error().Err(err)
 			if sub != nil {
@@ -316,6 +324,11 @@ func (s *Supervisor) Ready() (bool, string) {
 		return false, "config index not loaded yet"
 	case !s.store.Healthy():
 		return false, "a KV watcher is down; it is being re-created"
+	}
+	if f := s.fleet.Load(); f != nil {
+		if ok, why := f.HeartbeatsReceiving(); !ok {
+			return false, why
+		}
 	}
 	return true, "ready"
 }

@@ -313,7 +313,7 @@ func ViewerPermissions(prefix string) jwt.Permissions {
 func SupervisorPermissions(prefix string) jwt.Permissions {
 	p := prefixOr(prefix) + ".v1."
 	var perms jwt.Permissions
-	perms.Pub.Allow.Add(p+"cmd.*", "$SRV.>", "$KV.mcp_fleet.>", "$KV.mcp_leader.>", "$JS.API.INFO")
+	perms.Pub.Allow.Add(p+"cmd.*", p+"hb.tether-self-probe", "$SRV.>", "$KV.mcp_fleet.>", "$KV.mcp_leader.>", "$JS.API.INFO")
 	// Replies (resolve answers, commands on a heartbeat's reply subject,
 	// micro discovery) go to whatever reply subject a request named, one
 	// reply each: NATS response permissions, since no subject pattern can

@@ -88,3 +88,12 @@ func (f *Fleet) Established() int {
 	}
 	return n
 }
+
+// DropHeartbeatSubscription makes the heartbeat subscription stop
+// receiving without the fleet being told, as a server that removed it on
+// a permission reload does.
+func (f *Fleet) DropHeartbeatSubscription() {
+	if sub := f.sub.Load(); sub != nil {
+		_ = sub.Unsubscribe()
+	}
+}

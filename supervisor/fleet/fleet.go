@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,7 +43,8 @@ type Fleet struct {
 	t          *tracker
 	cmd        *dispatcher
 	push       *pusher
-	sub        *nats.Subscription
+	sub        atomic.Pointer[nats.Subscription] // heartbeats; replaced by the self-probe
+	probe      selfProbe
 	kv         jetstream.KeyValue // mcp_fleet
 	forget     *kvconfig.Watcher  // operator deletes of mcp_fleet records
 	watchCheck time.Duration
@@ -121,14 +123,10 @@ func (f *Fleet) Start(ctx context.Context, ix *kvconfig.Index) error {
 		}
 	}
 	f.t.grace.Store(f.t.now())
-	sub, err := f.nc.Subscribe(agentproto.Subjects{Prefix: f.prefix}.Wildcard("hb"), f.handleHeartbeat)
-	if err != nil {
-		return fmt.Errorf("fleet: subscribe to heartbeats: %w", err)
+	if err := f.subscribe(); err != nil {
+		return err
 	}
-	f.sub = sub
-	if err := sub.SetPendingLimits(hbPendingMsgs, hbPendingBytes); err != nil {
-		return fmt.Errorf("fleet: heartbeat pending limits: %w", err)
-	}
+	f.probe.init(f.prefix, f.cfg)
 	lctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.wg.Go(func() { f.loop(lctx, f.cfg.CheckInterval, f.sweep) })
@@ -137,6 +135,7 @@ func (f *Fleet) Start(ctx context.Context, ix *kvconfig.Index) error {
 	var prev drift
 	f.wg.Go(func() { f.loop(lctx, reconcileEvery(&f.cfg), func() { f.reconcileDrift(&prev) }) })
 	if f.kv != nil {
+		var err error
 		if f.forget, err = f.watchForgets(); err != nil {
 			return err
 		}
@@ -190,8 +189,9 @@ func (f *Fleet) loop(ctx context.Context, every time.Duration, fn func()) {
 func (f *Fleet) sweep() {
 	f.t.behind.Store(f.behind())
 	f.t.sweepOnce()
-	if f.sub != nil {
-		if d, err := f.sub.Dropped(); err == nil && d > f.dropped {
+	f.selfProbe()
+	if sub := f.sub.Load(); sub != nil {
+		if d, err := sub.Dropped(); err == nil && d > f.dropped {
 			f.t.metrics.dropped(d - f.dropped)
 			f.log.Error().Int("dropped", d-f.dropped).Msg("heartbeats dropped: the supervisor cannot keep up (slow consumer)")
 			f.dropped = d
@@ -203,10 +203,11 @@ func (f *Fleet) sweep() {
 // (plus 1,000) waits unprocessed: the supervisor is late, so silence
 // measured now would blame agents for its own backlog.
 func (f *Fleet) behind() bool {
-	if f.sub == nil {
+	sub := f.sub.Load()
+	if sub == nil {
 		return false
 	}
-	msgs, _, err := f.sub.Pending()
+	msgs, _, err := sub.Pending()
 	if err != nil {
 		return false
 	}
@@ -237,8 +238,8 @@ func (f *Fleet) Close() {
 func (f *Fleet) Stop() {
 	f.closeOnce.Do(func() {
 		f.cmd.abort()
-		if f.sub != nil {
-			_ = f.sub.Unsubscribe()
+		if sub := f.sub.Load(); sub != nil {
+			_ = sub.Unsubscribe()
 		}
 		f.hbGate.Lock() // waits for a handler already running
 		f.hbClosed = true
@@ -247,6 +248,9 @@ func (f *Fleet) Stop() {
 			f.cancel()
 		}
 		f.wg.Wait()
+		if sub := f.sub.Load(); sub != nil {
+			_ = sub.Unsubscribe() // one the self-probe made before the loops ended
+		}
 	})
 }
 
@@ -264,11 +268,11 @@ func (f *Fleet) CloseWatcher() {
 // Close) finishes.
 func (f *Fleet) Drain(ctx context.Context) {
 	defer context.AfterFunc(ctx, f.cmd.abort)()
-	if f.sub != nil {
+	if sub := f.sub.Load(); sub != nil {
 		// Let the heartbeats already queued be handled before the last write.
-		if f.sub.Drain() == nil {
+		if sub.Drain() == nil {
 			deadline := time.Now().Add(drainWait)
-			for f.sub.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
+			for sub.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
@@ -290,6 +294,12 @@ func (f *Fleet) handleHeartbeat(msg *nats.Msg) {
 	defer f.hbGate.RUnlock()
 	if f.hbClosed {
 		return
+	}
+	if msg.Header != nil {
+		if v := msg.Header.Get(agentproto.HeaderProbe); v != "" {
+			f.probe.back(v) // ours proves the subscription; an agent's is ignored
+			return
+		}
 	}
 	f.t.handleHeartbeat(msg)
 }

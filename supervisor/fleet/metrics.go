@@ -23,6 +23,7 @@ type Metrics struct {
 	pushSkips       *prometheus.CounterVec
 	massSilent      prometheus.Gauge
 	fleetFullG      prometheus.Gauge
+	hbResubs        prometheus.Counter
 	duplicates      prometheus.Counter
 	quarantines     prometheus.Counter
 	recoveryBacklog prometheus.Gauge
@@ -65,12 +66,13 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 	f.pushSkips = cv("tether_config_push_skipped_total", "KV changes not pushed, by reason (invalid).", "reason")
 	f.massSilent = g("tether_fleet_mass_silence", "1 while a large share of the fleet is silent at once (broker or own link suspected).")
 	f.fleetFullG = g("tether_fleet_full", "1 while the fleet holds --max-agents agents and heartbeats from new ids are discarded.")
+	f.hbResubs = c("tether_heartbeat_subscription_restarts_total", "Heartbeat subscriptions re-created because the supervisor's own probe stopped arriving through them.")
 	f.duplicates = c("tether_fleet_duplicate_agents_total", "Agent ids found heartbeating from two instances alternately.")
 	f.quarantines = c("tether_fleet_quarantines_total", "Agents quarantined for exceeding the restart intensity.")
 	f.recoveryBacklog = g("tether_recovery_backlog", "Recovery commands waiting for the fleet-wide recovery rate.")
 	f.kvWrites = cv("tether_fleet_kv_writes_total", "mcp_fleet record writes, by outcome (ok, failed).", "outcome")
 	reg.MustRegister(f.hbReceived, f.hbDiscarded, f.agentsByState, f.transitions, f.probesSent, f.probesOverdue,
-		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.fleetFullG, f.duplicates,
+		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.fleetFullG, f.hbResubs, f.duplicates,
 		f.quarantines, f.recoveryBacklog, f.kvWrites)
 	return f
 }
@@ -172,6 +174,12 @@ func (m *Metrics) fleetFull(on bool) {
 		v = 1
 	}
 	m.fleetFullG.Set(v)
+}
+
+func (m *Metrics) hbResubscribed() {
+	if m != nil {
+		m.hbResubs.Inc()
+	}
 }
 
 func (m *Metrics) duplicate() {

@@ -192,6 +192,7 @@ type tracker struct {
 	counts        [numStates]atomic.Int64
 	grace         atomic.Int64 // silence never counts from before this
 	linkDown      atomic.Bool
+	blind         atomic.Bool // the heartbeat subscription is not proven to receive
 	behind        atomic.Bool // heartbeat backlog: silence is not the agents' fault
 	mass          atomic.Bool
 	// unbounded skips the heartbeat bounds: BenchmarkHeartbeatDecode's
