@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,6 +52,12 @@ func (c *BucketConfig) defaults() error {
 	return nil
 }
 
+// Descriptions of the buckets the supervisor creates.
+const (
+	configsDesc = "Tether MCP server configs: global.<server>, role.<role>.<server>, agent.<agent>.<server>"
+	agentsDesc  = "Tether role registry: <agent> -> {\"role\":\"<role>\"}"
+)
+
 // Buckets are the three KV buckets of the contract.
 type Buckets struct {
 	Configs, Agents, Fleet jetstream.KeyValue
@@ -83,10 +90,10 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfg BucketConfig
 	}
 	var b Buckets
 	var err error
-	if b.Configs, err = open(BucketConfigs, "Tether MCP server configs: global.<server>, role.<role>.<server>, agent.<agent>.<server>", cfg.History); err != nil {
+	if b.Configs, err = open(BucketConfigs, configsDesc, cfg.History); err != nil {
 		return b, err
 	}
-	if b.Agents, err = open(BucketAgents, "Tether role registry: <agent> -> {\"role\":\"<role>\"}", cfg.History); err != nil {
+	if b.Agents, err = open(BucketAgents, agentsDesc, cfg.History); err != nil {
 		return b, err
 	}
 	if b.Fleet, err = open(BucketFleet, "Tether fleet status, written by the supervisor", 1); err != nil {
@@ -133,7 +140,14 @@ type StoreConfig struct {
 	OnRestart func(bucket, reason string)
 	// CheckInterval is the watchers' stall-check interval. Default DefaultCheckInterval.
 	CheckInterval time.Duration
-	Logger        *zerolog.Logger
+	// Recreate, when set, re-creates a watched bucket that was deleted,
+	// with these settings (loudly: every key it held is gone). Nil waits
+	// for an operator to re-create it.
+	Recreate *BucketConfig
+	// OnBucket is told when a bucket is found deleted, is re-created, or
+	// is misconfigured ("" clears the latter). Optional (metrics).
+	OnBucket func(bucket, problem string)
+	Logger   *zerolog.Logger
 }
 
 // Store is an Index kept current by watchers on the configs and agents
@@ -143,6 +157,9 @@ type Store struct {
 	watchers  []*Watcher
 	ready     chan struct{}
 	readyOnce sync.Once
+
+	mu       sync.Mutex
+	problems map[string]string // bucket -> what is wrong with its settings
 }
 
 // OpenStore starts the watchers. The index becomes ready when both
@@ -151,7 +168,7 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 	if cfg.JetStream == nil || cfg.Buckets.Configs == nil || cfg.Buckets.Agents == nil {
 		return nil, errors.New("kvconfig: StoreConfig needs JetStream and the configs and agents buckets")
 	}
-	s := &Store{index: NewIndex(), ready: make(chan struct{})}
+	s := &Store{index: NewIndex(), ready: make(chan struct{}), problems: map[string]string{}}
 	log := zerolog.Nop()
 	if cfg.Logger != nil {
 		log = *cfg.Logger
@@ -159,11 +176,18 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 	for _, b := range []struct {
 		kv    jetstream.KeyValue
 		apply func(string, uint64, Op, []byte) Change
+		desc  string
 	}{
-		{cfg.Buckets.Configs, s.index.ApplyConfig},
-		{cfg.Buckets.Agents, s.index.ApplyAgent},
+		{cfg.Buckets.Configs, s.index.ApplyConfig, configsDesc},
+		{cfg.Buckets.Agents, s.index.ApplyAgent, agentsDesc},
 	} {
-		bucket, apply := b.kv.Bucket(), b.apply
+		bucket, apply, desc := b.kv.Bucket(), b.apply, b.desc
+		loaded, keys := false, 0 // watcher goroutine only: initial values are in; how many
+		var missing func(context.Context) error
+		if cfg.Recreate != nil {
+			rc := *cfg.Recreate
+			missing = func(ctx context.Context) error { return s.recreate(ctx, cfg, rc, bucket, desc, log) }
+		}
 		ready := func() {
 			s.index.MarkReady(bucket)
 			if s.index.Ready() {
@@ -177,6 +201,8 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 			JetStream: func() (jetstream.JetStream, error) { return cfg.JetStream, nil },
 			Handle: func(e jetstream.KeyValueEntry) {
 				if e == nil {
+					loaded = true
+					log.Info().Str("bucket", bucket).Int("keys", keys).Msg("kv bucket loaded")
 					ready()
 					return
 				}
@@ -185,12 +211,17 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 					op = OpDelete
 				}
 				ch := apply(e.Key(), e.Revision(), op, e.Value())
-				logChange(log, ch)
+				if !loaded {
+					keys++
+				}
+				logChange(log, ch, loaded)
 				if cfg.OnChange != nil {
 					cfg.OnChange(ch)
 				}
 			},
-			Reset: func() { s.index.ResetBucket(bucket) },
+			Reset:   func() { loaded, keys = false, 0; s.index.ResetBucket(bucket) },
+			Missing: missing,
+			Opened:  func(sc jetstream.StreamConfig) { s.checkSettings(cfg, bucket, sc, log) },
 			Restarted: func(reason string) {
 				if cfg.OnRestart != nil {
 					cfg.OnRestart(bucket, reason)
@@ -208,13 +239,84 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 	return s, nil
 }
 
-func logChange(log zerolog.Logger, ch Change) {
-	ev := log.Info()
+// logChange logs one applied change: at info once the bucket is loaded
+// (at debug while its initial values stream in, so a start does not log
+// every key), and a rejected entry at error whenever it is seen.
+func logChange(log zerolog.Logger, ch Change, loaded bool) {
 	if ch.Err != nil {
-		ev = log.Error().Err(ch.Err)
+		log.Error().Str("error", ch.Err.Error()).Str("bucket", ch.Bucket).Str("key", Truncate(ch.KeyName, 100)).
+			Uint64("revision", ch.Revision).Stringer("op", ch.Op).
+			Msg("kv entry rejected: it is not used (resolves of its scope answer 422); fix or delete it")
+		return
+	}
+	ev := log.Debug()
+	if loaded {
+		ev = log.Info()
 	}
 	ev.Str("bucket", ch.Bucket).Str("key", ch.KeyName).Uint64("revision", ch.Revision).
 		Stringer("op", ch.Op).Msg("kv change applied")
+}
+
+// recreate re-creates a watched bucket that was deleted, loudly.
+func (s *Store) recreate(ctx context.Context, cfg StoreConfig, rc BucketConfig, bucket, desc string, log zerolog.Logger) error {
+	if err := rc.defaults(); err != nil {
+		return err
+	}
+	if cfg.OnBucket != nil {
+		cfg.OnBucket(bucket, "deleted")
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := cfg.JetStream.CreateKeyValue(rctx, jetstream.KeyValueConfig{Bucket: bucket, Description: desc,
+		History: uint8(rc.History), Replicas: rc.Replicas})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		return nil // someone else re-created it
+	}
+	if err != nil {
+		log.Error().Err(err).Str("bucket", bucket).Msg("kv bucket deleted and cannot be re-created; retrying (resolves answer 503 meanwhile)")
+		return err
+	}
+	log.Error().Str("bucket", bucket).Int("history", rc.History).Int("replicas", rc.Replicas).
+		Msg("kv bucket was deleted: re-created empty; every key it held is gone: put them back (tetherctl import, nats kv put) from your backups")
+	if cfg.OnBucket != nil {
+		cfg.OnBucket(bucket, "re-created")
+	}
+	return nil
+}
+
+// checkSettings flags a configs bucket whose history is below MinHistory:
+// rollback and history need the revisions.
+func (s *Store) checkSettings(cfg StoreConfig, bucket string, sc jetstream.StreamConfig, log zerolog.Logger) {
+	problem := ""
+	if bucket == BucketConfigs && sc.MaxMsgsPerSubject < MinHistory {
+		problem = fmt.Sprintf("bucket %s keeps %d revisions per key, fewer than the %d the contract needs for history and rollback: re-create it with --history %d or more", bucket, sc.MaxMsgsPerSubject, MinHistory, DefaultHistory)
+	}
+	s.mu.Lock()
+	was := s.problems[bucket]
+	if problem == "" {
+		delete(s.problems, bucket)
+	} else {
+		s.problems[bucket] = problem
+	}
+	s.mu.Unlock()
+	if problem != "" && problem != was {
+		log.Error().Str("bucket", bucket).Int64("history", sc.MaxMsgsPerSubject).Msg(problem)
+	}
+	if problem != was && cfg.OnBucket != nil {
+		cfg.OnBucket(bucket, problem)
+	}
+}
+
+// Problems lists what is wrong with the watched buckets' settings, sorted.
+func (s *Store) Problems() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.problems))
+	for _, p := range s.problems {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Index is the store's index.

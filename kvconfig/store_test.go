@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -286,4 +287,96 @@ func TestEnsureBucketsBoundsTheFleetBucket(t *testing.T) {
 	if _, err := kv.Put(ctx, "big", make([]byte, MaxFleetRecordBytes+1)); err == nil {
 		t.Fatal("a value over the max value size was stored")
 	}
+}
+
+// A deleted mcp_configs is re-created (with the configured settings) and
+// nothing is answered from the dead bucket's keys meanwhile; before, the
+// index kept serving them and the bucket was never re-created.
+func TestStoreRecreatesADeletedBucket(t *testing.T) {
+	nc := natstest.RunServer(t).Connect()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, err := EnsureBuckets(ctx, js, BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	events := map[string]int{}
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	s, err := OpenStore(StoreConfig{JetStream: js, Buckets: b, CheckInterval: 50 * time.Millisecond, Logger: &log,
+		Recreate: &BucketConfig{History: 7},
+		OnBucket: func(bucket, what string) { mu.Lock(); events[bucket+" "+what]++; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := s.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	natstest.KVPut(t, b.Configs, "global.github", `{"url":"https://old.example/mcp"}`)
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		_, err := s.Index().Resolve("a7", "github")
+		return err
+	})
+	if err := js.DeleteKeyValue(ctx, BucketConfigs); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if r, err := s.Index().Resolve("a7", "github"); err == nil {
+			return fmt.Errorf("still answering %s from the deleted bucket", r.Key)
+		}
+		kv, err := js.KeyValue(ctx, BucketConfigs)
+		if err != nil {
+			return fmt.Errorf("not re-created: %w", err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil || st.History() != 7 {
+			return fmt.Errorf("re-created with history %v (%v), want 7", st, err)
+		}
+		return nil
+	})
+	kv, _ := js.KeyValue(ctx, BucketConfigs)
+	natstest.KVPut(t, kv, "global.github", `{"url":"https://new.example/mcp"}`)
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		r, err := s.Index().Resolve("a7", "github")
+		if err != nil || !strings.Contains(r.Config.URL, "new.example") {
+			return fmt.Errorf("after re-creation: %+v %v", r, err)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if events[BucketConfigs+" re-created"] != 1 {
+		t.Fatalf("bucket events %v", events)
+	}
+}
+
+// A configs bucket keeping fewer than MinHistory revisions is flagged.
+func TestStoreFlagsShortHistory(t *testing.T) {
+	nc := natstest.RunServer(t).Connect()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketConfigs, History: 1}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := EnsureBuckets(ctx, js, BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenStore(StoreConfig{JetStream: js, Buckets: b, CheckInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := s.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if p := s.Problems(); len(p) != 1 || !strings.Contains(p[0], "keeps 1 revisions") {
+			return fmt.Errorf("problems %q", p)
+		}
+		return nil
+	})
 }

@@ -52,6 +52,15 @@ type WatcherConfig struct {
 	// RetryDelay is the wait before the attempt-th (1, 2, …) retry of a
 	// failed open; nil waits CheckInterval every time.
 	RetryDelay func(attempt int) time.Duration
+	// Missing is called when the bucket does not exist (it was deleted, or
+	// never created); the keys of a bucket that existed are dropped first
+	// (Reset), so nothing is answered from a bucket that no longer exists.
+	// It may re-create the bucket: on nil the watcher opens again at once.
+	// Optional: without it the watcher retries until the bucket is back.
+	Missing func(ctx context.Context) error
+	// Opened is called after each successful open with the bucket's
+	// stream configuration, e.g. to check its history. Optional.
+	Opened func(jetstream.StreamConfig)
 	// MetaOnly delivers entries without their values (operation, key and
 	// revision only): for a watcher that needs only deletes.
 	MetaOnly bool
@@ -196,6 +205,20 @@ func (w *Watcher) run(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
+				if errors.Is(err, jetstream.ErrBucketNotFound) {
+					if !w.created.IsZero() {
+						w.created = time.Time{}
+						w.reset("bucket deleted")
+					}
+					if w.cfg.Missing != nil {
+						if merr := w.cfg.Missing(ctx); merr == nil {
+							retry.Reset(0)
+							continue
+						} else {
+							err = merr
+						}
+					}
+				}
 				failures++
 				w.log.Warn().Err(err).Int("attempt", failures).Msg("kv watcher cannot open; retrying")
 				retry.Reset(w.retryDelay(failures))
@@ -255,6 +278,9 @@ func (w *Watcher) open(ctx context.Context) (*session, error) {
 	info := stream.CachedInfo()
 	if why := w.newEpoch(info.Created, info.State.LastSeq); why != "" {
 		w.reset(why)
+	}
+	if w.cfg.Opened != nil {
+		w.cfg.Opened(info.Config)
 	}
 	var opts []jetstream.WatchOpt
 	if rev := w.rev.Load(); rev > 0 {
@@ -342,6 +368,11 @@ func (w *Watcher) check(ctx context.Context, s *session, prev lagState) (lagStat
 	cctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
 	defer cancel()
 	info, err := s.stream.Info(cctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// The bucket was deleted under the watcher: reopening finds it
+		// missing, drops its keys and (with Missing) re-creates it.
+		return lagState{}, "bucket deleted"
+	}
 	if err != nil {
 		w.log.Debug().Err(err).Msg("kv watcher: progress check unavailable")
 		return prev, ""

@@ -19,6 +19,8 @@ type Metrics struct {
 	kvChanges      *prometheus.CounterVec
 	kvInvalid      *prometheus.CounterVec
 	watcherRestart *prometheus.CounterVec
+	bucketDeleted  *prometheus.CounterVec
+	bucketProblem  *prometheus.GaugeVec
 	natsReconnects prometheus.Counter
 	repliesRefused *prometheus.CounterVec
 	permErrors     prometheus.Counter
@@ -53,6 +55,12 @@ func NewMetrics() *Metrics {
 	m.watcherRestart = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_kv_watcher_restarts_total", Help: "KV watchers re-created after dying or stalling.",
 	}, []string{"bucket"})
+	m.bucketDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tether_kv_buckets_recreated_total", Help: "Watched KV buckets found deleted and re-created empty by the supervisor, by bucket.",
+	}, []string{"bucket"})
+	m.bucketProblem = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tether_kv_bucket_misconfigured", Help: "1 while a bucket's settings break the contract (mcp_configs history below 5), by bucket.",
+	}, []string{"bucket"})
 	m.natsReconnects = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tether_nats_reconnects_total", Help: "Reconnects of the supervisor's own NATS connection.",
 	})
@@ -63,7 +71,7 @@ func NewMetrics() *Metrics {
 		Name: "tether_nats_permission_errors_total", Help: "Publishes or subscriptions of the supervisor's own connection that the NATS server refused.",
 	})
 	m.Registry.MustRegister(m.permErrors, m.repliesRefused, m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
-		m.watcherRestart, m.natsReconnects,
+		m.watcherRestart, m.bucketDeleted, m.bucketProblem, m.natsReconnects,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.Fleet = fleet.NewMetrics(m.Registry, m.spoofedTotal)
 	return m
@@ -107,6 +115,23 @@ func (m *Metrics) kvChange(bucket, op string, invalid bool) {
 	m.kvChanges.WithLabelValues(bucket, op).Inc()
 	if invalid {
 		m.kvInvalid.WithLabelValues(bucket).Inc()
+	}
+}
+
+// bucketEvent counts a re-created bucket and flags a misconfigured one
+// (kvconfig.StoreConfig.OnBucket).
+func (m *Metrics) bucketEvent(bucket, problem string) {
+	if m == nil {
+		return
+	}
+	switch problem {
+	case "deleted":
+	case "re-created":
+		m.bucketDeleted.WithLabelValues(bucket).Inc()
+	case "":
+		m.bucketProblem.WithLabelValues(bucket).Set(0)
+	default:
+		m.bucketProblem.WithLabelValues(bucket).Set(1)
 	}
 }
 

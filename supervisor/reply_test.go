@@ -96,6 +96,12 @@ func TestReplySubjectRule(t *testing.T) {
 			if m.Subject == subj.Resolve("a7", "github") || m.Subject == subj.ResolveAll("a7") {
 				continue // the requests themselves
 			}
+			if m.Reply != "" || strings.HasPrefix(m.Subject, "$JS.EVENT.") {
+				// The supervisor's own JetStream requests (watcher checks,
+				// which carry a reply subject) and their advisories: a
+				// leaked answer is a reply, published without one.
+				continue
+			}
 			t.Errorf("a reply reached %s: %.80s", m.Subject, m.Data)
 			continue
 		default:

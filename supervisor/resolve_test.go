@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
@@ -376,5 +377,51 @@ func TestResolveAllPages(t *testing.T) {
 		if res.Config == nil || res.Stale || res.Err != nil {
 			t.Fatalf("%s: %+v", name, res)
 		}
+	}
+}
+
+// `nats kv del mcp_configs`: the supervisor stops answering from the dead
+// bucket at once, re-creates it with its settings (counted), and serves
+// what is put into the new one.
+func TestDeletedConfigsBucketRecreated(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, testConfig(t, srv))
+	nc := srv.Connect()
+	put(t, s, kvconfig.BucketConfigs, "global.github", `{"url":"https://old.example"}`)
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		_, e := request(t, nc, subj.Resolve("a7", "github"), nil)
+		if e != nil {
+			return errors.New(e.body.Error.Message)
+		}
+		return nil
+	})
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteKeyValue(context.Background(), kvconfig.BucketConfigs); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if _, e := request(t, nc, subj.Resolve("a7", "github"), nil); e == nil || e.code != "404" {
+			return fmt.Errorf("resolve after the deletion: %+v, want 404 from the re-created empty bucket", e)
+		}
+		if n := metricSum(t, s, "tether_kv_buckets_recreated_total"); n != 1 {
+			return fmt.Errorf("buckets re-created %v", n)
+		}
+		return nil
+	})
+	rev := put(t, s, kvconfig.BucketConfigs, "global.github", `{"url":"https://new.example"}`)
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		msg, e := request(t, nc, subj.Resolve("a7", "github"), nil)
+		if e != nil {
+			return errors.New(e.body.Error.Message)
+		}
+		var rr agentproto.ResolveReply
+		json.Unmarshal(msg.Data, &rr)
+		if rr.Revision != rev {
+			return fmt.Errorf("revision %d, want %d", rr.Revision, rev)
+		}
+		return nil
+	})
+	if ok, why := s.Ready(); !ok {
+		t.Fatalf("not ready after the re-creation: %s", why)
 	}
 }

@@ -149,6 +149,8 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		OnChange:      s.onChange,
 		OnRestart:     func(bucket, _ string) { s.metrics.watcherRestarted(bucket) },
 		CheckInterval: cfg.WatchCheckInterval,
+		Recreate:      &bcfg,
+		OnBucket:      s.metrics.bucketEvent,
 		Logger:        &log,
 	})
 	if err != nil {
@@ -329,6 +331,9 @@ func (s *Supervisor) Ready() (bool, string) {
 		if ok, why := f.HeartbeatsReceiving(); !ok {
 			return false, why
 		}
+	}
+	if p := s.store.Problems(); len(p) > 0 {
+		return true, "ready; warning: " + strings.Join(p, "; ")
 	}
 	return true, "ready"
 }
