@@ -259,7 +259,8 @@ func (r *Resolver) refuse(res Resolved, err error) (Resolved, error) {
 func (r *Resolver) accept(res Resolved) Resolved {
 	r.mu.Lock()
 	h := r.lkg[res.Server]
-	if h != nil && !h.fromCache && (!res.AsOf.Covers(h.res.AsOf) || h.res.Key == res.Key && res.Revision < h.res.Revision) {
+	if h != nil && !h.fromCache && (!res.AsOf.Covers(h.res.AsOf) ||
+		res.AsOf.SameEpoch(h.res.AsOf) && h.res.Key == res.Key && res.Revision < h.res.Revision) {
 		old := h.res
 		r.mu.Unlock()
 		r.log.Warn().Str("server", res.Server).Uint64("revision", res.Revision).Uint64("held_revision", old.Revision).

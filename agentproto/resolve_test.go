@@ -179,6 +179,25 @@ func TestResolverNeverTakesOlder(t *testing.T) {
 	if err != nil || res.Key != "role.coder.github" || !res.Changed {
 		t.Fatalf("fallback after delete not taken: %+v %v", res, err)
 	}
+	// The buckets were re-created (a new epoch): revisions start again, and
+	// the lower ones of the new epoch are taken, not refused forever.
+	epoch := func(rev, asOf uint64, ep, url string) agentproto.ResolveReply {
+		rep := mk(rev, asOf, url)
+		rep.AsOf.Epoch = ep
+		return rep
+	}
+	reply.Store(epoch(20, 20, "e1", "https://e1.example"))
+	if res, err = r.Resolve(ctx, "github"); err != nil || res.Revision != 20 {
+		t.Fatalf("epoch e1: %+v %v", res, err)
+	}
+	reply.Store(epoch(1, 1, "e2", "https://e2.example"))
+	if res, err = r.Resolve(ctx, "github"); err != nil || res.Revision != 1 || res.Config.URL != "https://e2.example" {
+		t.Fatalf("an answer from the re-created buckets' epoch was refused: %+v %v", res, err)
+	}
+	reply.Store(epoch(0, 0, "e2", "https://lagging.example")) // same epoch, behind: still refused
+	if res, err = r.Resolve(ctx, "github"); err != nil || res.Config.URL != "https://e2.example" {
+		t.Fatalf("an older answer within one epoch replaced the held one: %+v %v", res, err)
+	}
 }
 
 // TestResolverCacheSurvivesRestart: an agent restarted while the

@@ -59,6 +59,9 @@ type Index struct {
 	// configsRev and agentsRev are the highest revisions applied per bucket:
 	// the index is at least this current.
 	configsRev, agentsRev uint64
+	// configsEpoch and agentsEpoch name each bucket's incarnation (its
+	// stream's creation time); asOf joins them.
+	configsEpoch, agentsEpoch string
 	// gen counts every change to the index, for answers cached across
 	// changes (rolesCache, under cacheMu, which is taken before mu).
 	gen        uint64
@@ -328,5 +331,29 @@ func (ix *Index) ResetBucket(bucket string) {
 func (ix *Index) AsOf() AsOf {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
-	return AsOf{ix.configsRev, ix.agentsRev}
+	return ix.asOfLocked()
+}
+
+func (ix *Index) asOfLocked() AsOf {
+	ep := ""
+	if ix.configsEpoch != "" || ix.agentsEpoch != "" {
+		ep = ix.configsEpoch + "." + ix.agentsEpoch
+	}
+	return AsOf{Configs: ix.configsRev, Agents: ix.agentsRev, Epoch: ep}
+}
+
+// SetEpoch records the incarnation of bucket (an opaque name, such as its
+// stream's creation time) and raises its watermark to lastSeq, the
+// bucket's last sequence when its values were loaded: a watermark taken
+// from the stream, not from the keys that happen to remain, never goes
+// backwards after a compaction and a restart.
+func (ix *Index) SetEpoch(bucket, epoch string, lastSeq uint64) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	switch bucket {
+	case BucketConfigs:
+		ix.configsEpoch, ix.configsRev = epoch, max(ix.configsRev, lastSeq)
+	case BucketAgents:
+		ix.agentsEpoch, ix.agentsRev = epoch, max(ix.agentsRev, lastSeq)
+	}
 }

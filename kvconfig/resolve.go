@@ -22,14 +22,31 @@ type Resolution struct {
 	AsOf AsOf
 }
 
-// AsOf is the index's watermark: the highest revision applied per bucket.
+// AsOf is the index's watermark: the highest revision applied per bucket,
+// within the buckets' epoch.
 type AsOf struct {
 	Configs uint64 `json:"configs"`
 	Agents  uint64 `json:"agents"`
+	// Epoch names the incarnation of both buckets (opaque): a bucket that
+	// is deleted and re-created starts a new epoch, whose revisions start
+	// again from 1. Empty from a supervisor that predates epochs.
+	Epoch string `json:"epoch,omitempty"`
 }
 
 // Covers reports whether a is at least as current as b in both buckets.
-func (a AsOf) Covers(b AsOf) bool { return a.Configs >= b.Configs && a.Agents >= b.Agents }
+// Revisions compare only within one epoch: an answer from another epoch
+// (the buckets were re-created) covers, since the old revisions mean
+// nothing any more.
+func (a AsOf) Covers(b AsOf) bool {
+	if !a.SameEpoch(b) {
+		return true
+	}
+	return a.Configs >= b.Configs && a.Agents >= b.Agents
+}
+
+// SameEpoch reports whether revisions of a and b compare: the same
+// epoch, or either from a supervisor that predates epochs.
+func (a AsOf) SameEpoch(b AsOf) bool { return a.Epoch == b.Epoch || a.Epoch == "" || b.Epoch == "" }
 
 // NotFoundError reports that no scope has a config for the server.
 type NotFoundError struct {
@@ -68,7 +85,7 @@ func (ix *Index) Resolve(agent, server string) (Resolution, error) {
 
 func (ix *Index) resolveLocked(agent, server string) (Resolution, error) {
 	re := ix.registry[agent]
-	r := Resolution{Agent: agent, Server: server, Role: re.role, AsOf: AsOf{ix.configsRev, ix.agentsRev}}
+	r := Resolution{Agent: agent, Server: server, Role: re.role, AsOf: ix.asOfLocked()}
 	e := ix.agents[agent][server]
 	if e == nil && re.err != nil {
 		return r, re.err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -183,6 +184,8 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 	} {
 		bucket, apply, desc := b.kv.Bucket(), b.apply, b.desc
 		loaded, keys := false, 0 // watcher goroutine only: initial values are in; how many
+		var epoch string         // watcher goroutine only: the bucket's incarnation
+		var lastSeq uint64       // its last sequence at the open that loads it
 		var missing func(context.Context) error
 		if cfg.Recreate != nil {
 			rc := *cfg.Recreate
@@ -201,6 +204,7 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 			JetStream: func() (jetstream.JetStream, error) { return cfg.JetStream, nil },
 			Handle: func(e jetstream.KeyValueEntry) {
 				if e == nil {
+					s.index.SetEpoch(bucket, epoch, lastSeq)
 					loaded = true
 					log.Info().Str("bucket", bucket).Int("keys", keys).Msg("kv bucket loaded")
 					ready()
@@ -221,7 +225,10 @@ func OpenStore(cfg StoreConfig) (*Store, error) {
 			},
 			Reset:   func() { loaded, keys = false, 0; s.index.ResetBucket(bucket) },
 			Missing: missing,
-			Opened:  func(sc jetstream.StreamConfig) { s.checkSettings(cfg, bucket, sc, log) },
+			Opened: func(info *jetstream.StreamInfo) {
+				epoch, lastSeq = strconv.FormatInt(info.Created.UnixNano(), 36), info.State.LastSeq
+				s.checkSettings(cfg, bucket, info.Config, log)
+			},
 			Restarted: func(reason string) {
 				if cfg.OnRestart != nil {
 					cfg.OnRestart(bucket, reason)

@@ -319,6 +319,7 @@ func TestStoreRecreatesADeletedBucket(t *testing.T) {
 		_, err := s.Index().Resolve("a7", "github")
 		return err
 	})
+	epochBefore := s.Index().AsOf().Epoch
 	if err := js.DeleteKeyValue(ctx, BucketConfigs); err != nil {
 		t.Fatal(err)
 	}
@@ -336,6 +337,9 @@ func TestStoreRecreatesADeletedBucket(t *testing.T) {
 		}
 		return nil
 	})
+	if ep := s.Index().AsOf().Epoch; ep == epochBefore {
+		t.Fatalf("epoch %q unchanged by the re-creation", ep)
+	}
 	kv, _ := js.KeyValue(ctx, BucketConfigs)
 	natstest.KVPut(t, kv, "global.github", `{"url":"https://new.example/mcp"}`)
 	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
@@ -379,4 +383,43 @@ func TestStoreFlagsShortHistory(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The watermark comes from the stream, not from the keys that remain:
+// after `nats kv compact` (delete markers purged) and a restart it does
+// not go backwards, so agents do not refuse every answer.
+func TestWatermarkSurvivesCompactionAndRestart(t *testing.T) {
+	nc, b := newBuckets(t)
+	natstest.KVPut(t, b.Agents, "a7", `{"role":"coder"}`)
+	natstest.KVPut(t, b.Agents, "a8", `{"role":"coder"}`)
+	if err := b.Agents.Delete(context.Background(), "a8"); err != nil {
+		t.Fatal(err)
+	}
+	s1, _ := openStore(t, nc, nil)
+	before := s1.Index().AsOf()
+	s1.Close()
+	if err := b.Agents.PurgeDeletes(context.Background(), jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := openStore(t, nc, nil)
+	after := s2.Index().AsOf()
+	if !after.Covers(before) || after.Epoch != before.Epoch {
+		t.Fatalf("watermark went backwards after compaction and a restart: %+v -> %+v", before, after)
+	}
+}
+
+func TestAsOfCoversWithinOneEpoch(t *testing.T) {
+	for _, tc := range []struct {
+		a, b AsOf
+		want bool
+	}{
+		{AsOf{Configs: 5, Agents: 2, Epoch: "x"}, AsOf{Configs: 4, Agents: 2, Epoch: "x"}, true},
+		{AsOf{Configs: 3, Agents: 2, Epoch: "x"}, AsOf{Configs: 4, Agents: 2, Epoch: "x"}, false},
+		{AsOf{Configs: 1, Agents: 1, Epoch: "y"}, AsOf{Configs: 40, Agents: 9, Epoch: "x"}, true}, // re-created buckets
+		{AsOf{Configs: 1}, AsOf{Configs: 4, Epoch: "x"}, false},                                   // no epoch: revisions compare
+	} {
+		if got := tc.a.Covers(tc.b); got != tc.want {
+			t.Errorf("%+v.Covers(%+v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
 }

@@ -59,8 +59,9 @@ type WatcherConfig struct {
 	// Optional: without it the watcher retries until the bucket is back.
 	Missing func(ctx context.Context) error
 	// Opened is called after each successful open with the bucket's
-	// stream configuration, e.g. to check its history. Optional.
-	Opened func(jetstream.StreamConfig)
+	// stream information (configuration, creation time: its epoch, and
+	// last sequence), before any entry of that open is handled. Optional.
+	Opened func(*jetstream.StreamInfo)
 	// MetaOnly delivers entries without their values (operation, key and
 	// revision only): for a watcher that needs only deletes.
 	MetaOnly bool
@@ -280,7 +281,7 @@ func (w *Watcher) open(ctx context.Context) (*session, error) {
 		w.reset(why)
 	}
 	if w.cfg.Opened != nil {
-		w.cfg.Opened(info.Config)
+		w.cfg.Opened(info)
 	}
 	var opts []jetstream.WatchOpt
 	if rev := w.rev.Load(); rev > 0 {

@@ -169,6 +169,10 @@ func appendResolveReply(b []byte, res kvconfig.Resolution) []byte {
 	b = strconv.AppendUint(b, res.AsOf.Configs, 10)
 	b = append(b, `,"agents":`...)
 	b = strconv.AppendUint(b, res.AsOf.Agents, 10)
+	if res.AsOf.Epoch != "" {
+		b = append(b, `,"epoch":`...)
+		b = strconv.AppendQuote(b, res.AsOf.Epoch)
+	}
 	b = append(b, `},"config":`...)
 	b = append(b, res.Raw...)
 	return append(b, '}')
