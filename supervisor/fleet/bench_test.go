@@ -35,11 +35,14 @@ func benchConfig(b testing.TB, srv *natstest.Server) supervisor.Config {
 }
 
 // BenchmarkHeartbeatDecode compares the cost of one heartbeat through the
-// tracker (decode, lookup, update) with encoding/json decoding it into
-// agentproto.Heartbeat, the struct a competitor would write. Run each in a
-// fresh process, alternating (BENCHMARKS.md):
+// tracker (decode, lookup, update) with the same tracker without the
+// heartbeat bounds (tracker-unbounded: what the bounds cost) and with
+// encoding/json decoding it into agentproto.Heartbeat, the struct a
+// competitor would write. Run each in a fresh process, alternating
+// (BENCHMARKS.md):
 //
 //	go test -run '^$' -bench 'HeartbeatDecode/tracker$' -benchmem ./supervisor/fleet/
+//	go test -run '^$' -bench 'HeartbeatDecode/tracker-unbounded$' -benchmem ./supervisor/fleet/
 //	go test -run '^$' -bench 'HeartbeatDecode/json-struct$' -benchmem ./supervisor/fleet/
 func BenchmarkHeartbeatDecode(b *testing.B) {
 	const n = 10000
@@ -50,8 +53,10 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 		msgs[i] = &nats.Msg{Subject: subj.Heartbeat(a.id), Reply: agentproto.HeartbeatReply(a.id),
 			Data: a.heartbeat(time.Second, time.Now().UTC().Format(time.RFC3339Nano))}
 	}
-	b.Run("tracker", func(b *testing.B) {
-		tr := fleet.NewTracker(fleet.DefaultConfig(), nil)
+	// Both trackers run the same loop: a fresh seq for every agent each
+	// n heartbeats (prepared outside the timer), so every heartbeat is
+	// applied, none discarded as stale.
+	throughTracker := func(b *testing.B, tr *fleet.Tracker) {
 		b.SetBytes(int64(len(msgs[0].Data)))
 		b.ReportAllocs()
 		seq := uint64(1)
@@ -68,6 +73,12 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 			}
 			tr.HandleHeartbeat(msgs[i%n])
 		}
+	}
+	b.Run("tracker", func(b *testing.B) {
+		throughTracker(b, fleet.NewTracker(fleet.DefaultConfig(), nil))
+	})
+	b.Run("tracker-unbounded", func(b *testing.B) {
+		throughTracker(b, fleet.NewUnboundedTracker(fleet.DefaultConfig()))
 	})
 	b.Run("json-struct", func(b *testing.B) {
 		b.SetBytes(int64(len(msgs[0].Data)))
