@@ -108,6 +108,10 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		if created {
 			s.log.Info().Str("dir", m.Dir).Msg("auth material created: operator, system and Tether accounts; supervisor, operator and viewer credentials")
 		}
+		if len(m.Reissued) > 0 {
+			s.log.Warn().Strs("files", m.Reissued).Str("dir", m.Dir).
+				Msg("credentials re-issued: an older version wrote them with other permissions; the old ones are revoked, so copies handed out must be replaced")
+		}
 		if s.ns, err = startEmbedded(cfg, m, s.log); err != nil {
 			return nil, err
 		}

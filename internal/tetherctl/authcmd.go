@@ -21,7 +21,7 @@ func authFlags(fs *flag.FlagSet, f *cmdFlags) {
 // material in --data-dir if there is none yet), and how to connect each
 // party.
 func (a *app) cmdAuth(_ context.Context, _ []string) error {
-	m, created, err := auth.Ensure(a.g.dataDir, a.g.prefix)
+	m, created, err := auth.EnsureKeep(a.g.dataDir, a.g.prefix)
 	if err != nil {
 		return fail(nil, err, "%v", err)
 	}

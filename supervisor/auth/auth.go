@@ -9,6 +9,7 @@
 package auth
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -59,6 +60,10 @@ type Material struct {
 	Account     nkeys.KeyPair
 	Signing     nkeys.KeyPair
 	AccountJWT  string
+	// Reissued names the user .creds files that Ensure re-issued because
+	// an older version wrote them with other permissions (their old users
+	// are revoked): the caller logs them.
+	Reissued []string
 }
 
 // Path is the file name under the auth directory.
@@ -76,12 +81,27 @@ func (m *Material) AccountPublicKey() string { pk, _ := m.Account.PublicKey(); r
 func (m *Material) SystemPublicKey() string { pk, _ := m.System.PublicKey(); return pk }
 
 // Ensure loads the material from dataDir/auth, creating it (and the three
-// users' .creds files) on first use. created reports a first start.
+// users' .creds files) on first use; created reports a first start. Users
+// whose .creds carry other permissions than this version's (an older
+// version wrote them, or another prefix) are re-issued and the old ones
+// revoked (Material.Reissued): only the supervisor, at its start, does
+// that.
 func Ensure(dataDir, prefix string) (m *Material, created bool, err error) {
+	return ensure(dataDir, prefix, true)
+}
+
+// EnsureKeep is Ensure that never re-issues existing credentials: for
+// tools that run beside a live supervisor (tetherctl), whose revocation
+// of a user would cut the supervisor's own connection.
+func EnsureKeep(dataDir, prefix string) (m *Material, created bool, err error) {
+	return ensure(dataDir, prefix, false)
+}
+
+func ensure(dataDir, prefix string, reissue bool) (m *Material, created bool, err error) {
 	dir := filepath.Join(dataDir, DirName)
 	m, err = Load(dataDir)
 	if err == nil {
-		return m, false, m.writeUsers(prefix, false)
+		return m, false, m.writeUsers(prefix, false, reissue)
 	}
 	if !errors.Is(err, ErrNoMaterial) {
 		return nil, false, err
@@ -138,7 +158,7 @@ func Ensure(dataDir, prefix string) (m *Material, created bool, err error) {
 			return nil, false, err
 		}
 	}
-	return m, true, m.writeUsers(prefix, true)
+	return m, true, m.writeUsers(prefix, true, true)
 }
 
 // Load reads the material of dataDir/auth; ErrNoMaterial if there is none.
@@ -174,7 +194,7 @@ func Load(dataDir string) (*Material, error) {
 
 // writeUsers writes the supervisor, operator, viewer and system users'
 // .creds files: always on first start, otherwise only those missing.
-func (m *Material) writeUsers(prefix string, overwrite bool) error {
+func (m *Material) writeUsers(prefix string, overwrite, reissue bool) error {
 	for _, u := range []struct {
 		file, name string
 		perms      jwt.Permissions
@@ -185,8 +205,18 @@ func (m *Material) writeUsers(prefix string, overwrite bool) error {
 		{ViewerFile, "viewer", ViewerPermissions(prefix), false},
 		{SystemFile, "system", jwt.Permissions{}, true},
 	} {
-		if _, err := os.Stat(m.Path(u.file)); err == nil && !overwrite {
-			continue
+		old := ""
+		if !overwrite {
+			pub, current, err := credsCurrent(m.Path(u.file), u.perms)
+			if errors.Is(err, os.ErrNotExist) {
+				// first start, or deleted: issue it
+			} else if err != nil {
+				return err
+			} else if current || !reissue {
+				continue
+			} else {
+				old = pub // issued by an older version with other permissions
+			}
 		}
 		creds, _, err := m.userCreds(u.name, u.perms, u.system)
 		if err != nil {
@@ -195,8 +225,34 @@ func (m *Material) writeUsers(prefix string, overwrite bool) error {
 		if err := writeSecret(m.Path(u.file), creds); err != nil {
 			return err
 		}
+		if old != "" && !u.system {
+			if _, err := m.Revoke(old); err != nil {
+				return err
+			}
+			m.Reissued = append(m.Reissued, u.file)
+		}
 	}
 	return nil
+}
+
+// credsCurrent reports whether the .creds file at path carries exactly
+// perms, with its user's public key.
+func credsCurrent(path string, perms jwt.Permissions) (pub string, current bool, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", false, err
+	}
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return "", false, fmt.Errorf("auth: %s: %w", path, err)
+	}
+	uc, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return "", false, fmt.Errorf("auth: %s: %w", path, err)
+	}
+	have, _ := json.Marshal(uc.Permissions)
+	want, _ := json.Marshal(perms)
+	return uc.Subject, string(have) == string(want), nil
 }
 
 // userCreds signs a new user and returns its .creds file and public key.

@@ -105,3 +105,61 @@ func TestSupervisorPermissionsNeverWriteOperatorBuckets(t *testing.T) {
 		t.Errorf("replies: %+v, want one response per request", p.Resp)
 	}
 }
+
+// A data dir from an older version keeps credentials with other
+// permissions (a viewer that could subscribe to _INBOX.>, a supervisor
+// without its self-probe subject): Ensure re-issues them and revokes the
+// old users; credentials that are current are reused as they are.
+func TestEnsureReissuesStaleCredentials(t *testing.T) {
+	dir := t.TempDir()
+	m, _, err := Ensure(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := ViewerPermissions("")
+	stale.Sub.Allow.Add("_INBOX.>")
+	creds, _, err := m.userCreds("viewer", stale, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSecret(m.Path(ViewerFile), creds); err != nil {
+		t.Fatal(err)
+	}
+	oldPub, _, _ := credsCurrent(m.Path(ViewerFile), stale)
+	opBefore, _ := os.ReadFile(m.Path(OperatorFile))
+
+	m2, _, err := Ensure(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(m2.Reissued, []string{ViewerFile}) {
+		t.Fatalf("re-issued %v, want only %s", m2.Reissued, ViewerFile)
+	}
+	if _, current, err := credsCurrent(m.Path(ViewerFile), ViewerPermissions("")); err != nil || !current {
+		t.Fatalf("viewer.creds not re-issued with the current permissions: %v", err)
+	}
+	ac, _ := jwt.DecodeAccountClaims(m2.AccountJWT)
+	if _, revoked := ac.Revocations[oldPub]; !revoked {
+		t.Fatal("the old viewer user is not revoked")
+	}
+	if opAfter, _ := os.ReadFile(m.Path(OperatorFile)); string(opAfter) != string(opBefore) {
+		t.Fatal("current operator credentials were re-issued")
+	}
+}
+
+// tetherctl's EnsureKeep never re-issues (it runs beside a live supervisor,
+// whose connection a revocation would cut).
+func TestEnsureKeepNeverReissues(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := Ensure(dir, ""); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(filepath.Join(dir, DirName, SupervisorFile))
+	m, _, err := EnsureKeep(dir, "other") // another prefix: other permissions
+	if err != nil || len(m.Reissued) != 0 {
+		t.Fatalf("EnsureKeep re-issued %v (%v)", m.Reissued, err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, DirName, SupervisorFile)); string(after) != string(before) {
+		t.Fatal("EnsureKeep rewrote supervisor.creds")
+	}
+}
