@@ -1,11 +1,16 @@
 package fleet_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
+	"github.com/tether-dev/tether/kvconfig"
 	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
@@ -55,4 +60,58 @@ func TestHeartbeatSubscriptionRecreatedWhenItStopsReceiving(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// One agent at every heartbeat bound (256 configs entries with long
+// errors, a 128-byte instance) and one over them leave fleet.status and
+// mcp_fleet working for the whole fleet; before, one oversized heartbeat
+// made unfiltered fleet.status answer 503 for everyone.
+func TestFleetStatusSurvivesAnOversizedAgent(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	s := startSupervisor(t, cfg)
+	nc := srv.Connect()
+	configs := make(map[string]agentproto.ConfigApplied, fleet.MaxConfigEntries)
+	for i := range fleet.MaxConfigEntries {
+		configs[fmt.Sprintf("server-%03d", i)] = agentproto.ConfigApplied{Revision: uint64(i + 1), Error: strings.Repeat("e", 180)} // 256 of them: just under the 64 KiB body bound
+	}
+	publish := func(id, instance string, seq uint64, configs map[string]agentproto.ConfigApplied) {
+		hb := agentproto.Heartbeat{Agent: id, Instance: instance, Seq: seq, IntervalMS: interval.Milliseconds(), Configs: configs}
+		data, _ := json.Marshal(hb)
+		if err := nc.Publish(subj.Heartbeat(id), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("big", strings.Repeat("i", fleet.MaxInstanceBytes), 1, configs)
+	configs["one-too-many"] = agentproto.ConfigApplied{Revision: 1}
+	publish("over", "over-1", 1, configs)
+	for i := range 5 {
+		publish(fmt.Sprintf("small-%d", i), "s-1", 1, nil)
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		st := fleetStatus(t, s, agentproto.FleetStatusRequest{})
+		if len(st.Agents) != 6 {
+			return fmt.Errorf("%d agents in fleet.status, want big and 5 small (over discarded)", len(st.Agents))
+		}
+		for _, a := range st.Agents {
+			if a.Agent == "big" && len(a.Configs) != fleet.MaxConfigEntries {
+				return fmt.Errorf("big shows %d configs", len(a.Configs))
+			}
+		}
+		return nil
+	})
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		e, err := s.Buckets().Fleet.Get(context.Background(), "big")
+		if err != nil {
+			return err
+		}
+		if len(e.Value()) > kvconfig.MaxFleetRecordBytes {
+			return fmt.Errorf("record %d bytes", len(e.Value()))
+		}
+		return nil
+	})
+	if n := metricValue(s, "tether_heartbeats_discarded_total", "reason", "out_of_bounds"); n < 1 {
+		t.Fatalf("out_of_bounds discards %v", n)
+	}
 }
