@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -48,8 +49,11 @@ type commander struct {
 	next     int
 	acks     []string // ids to acknowledge in the next heartbeat
 	probeAck string   // nonce of the latest probe
-	pending  []task   // sorted by due
-	wake     chan struct{}
+	// term and epoch: the highest leadership fence accepted (Command.Epoch).
+	term    int64
+	epoch   uint64
+	pending []task // sorted by due
+	wake    chan struct{}
 
 	resolveFails int // the client's own resolves failed in a row; runner only
 }
@@ -104,6 +108,16 @@ func (k *commander) receive(data []byte, via string) {
 			k.probeAck = cmd.Nonce
 		}
 	case CmdReconnect, CmdReresolve:
+		if cmd.FenceBelow(k.term, k.epoch) {
+			note = "command from a deposed leader (term " + strconv.FormatInt(cmd.Term, 10) + " epoch " +
+				strconv.FormatUint(cmd.Epoch, 10) + ", below the accepted " + strconv.FormatInt(k.term, 10) + "/" +
+				strconv.FormatUint(k.epoch, 10) + "): acknowledged and ignored"
+			c.stats.fenced.Add(1)
+			break
+		}
+		if cmd.Epoch != 0 || cmd.Term != 0 {
+			k.term, k.epoch = cmd.Term, cmd.Epoch
+		}
 		if len(k.pending) >= c.cfg.MaxPendingCommands {
 			k.mu.Unlock()
 			log.Error().Int("pending", c.cfg.MaxPendingCommands).Msg("agentproto: too many pending commands; not acknowledged, the supervisor will re-send")

@@ -205,3 +205,68 @@ func TestCommandReresolve(t *testing.T) {
 		t.Fatalf("Resolve: %+v %v", r, err)
 	}
 }
+
+// A command below the highest (term, epoch) accepted comes from a deposed
+// leader: it is acknowledged (no re-send loop) but not carried out.
+func TestCommandFencedByLeaderEpoch(t *testing.T) {
+	srv := natstest.RunServer(t, natstest.WithoutJetStream())
+	sup := watchHeartbeats(t, srv, "fx1")
+	var rev atomic.Uint64
+	rev.Store(3)
+	fakeResolver(t, srv, "fx1", &rev)
+	c := connect(t, testConfig(t, srv.URL(), "fx1"))
+	changes := make(chan Resolved, 8)
+	c.OnConfigChange(func(r Resolved) error { changes <- r; return nil })
+	wait := func(what string) Resolved {
+		t.Helper()
+		select {
+		case r := <-changes:
+			return r
+		case <-time.After(3 * time.Second):
+			t.Fatalf("%s: no config change", what)
+		}
+		return Resolved{}
+	}
+	sup.send(t, "fx1", Command{ID: "new-leader", Type: CmdReresolve, Servers: []string{"github"}, Term: 100, Epoch: 50})
+	wait("the new leader's command")
+	rev.Store(4)
+	// The deposed leader (epoch 40 in the same term, or an older term) is
+	// ignored; the new leader's next command is carried out.
+	sup.send(t, "fx1", Command{ID: "old-1", Type: CmdReresolve, Servers: []string{"github"}, Term: 100, Epoch: 40})
+	sup.send(t, "fx1", Command{ID: "old-2", Type: CmdReresolve, Servers: []string{"github"}, Term: 99, Epoch: 900})
+	hb := sup.waitHB(t, 0, func(hb Heartbeat) bool {
+		return slices.Contains(hb.Acks, "old-1") || slices.Contains(hb.Acks, "old-2")
+	})
+	_ = hb
+	select {
+	case r := <-changes:
+		t.Fatalf("a deposed leader's command was carried out: %+v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if n := c.Stats().FencedCommands; n != 2 {
+		t.Fatalf("FencedCommands %d, want 2", n)
+	}
+	sup.send(t, "fx1", Command{ID: "new-2", Type: CmdReresolve, Servers: []string{"github"}, Term: 100, Epoch: 50})
+	if r := wait("the new leader's next command"); r.Revision != 4 {
+		t.Fatalf("revision %d, want 4", r.Revision)
+	}
+}
+
+func TestFenceBelow(t *testing.T) {
+	for _, tc := range []struct {
+		cmd   Command
+		term  int64
+		epoch uint64
+		below bool
+	}{
+		{Command{Term: 5, Epoch: 10}, 5, 10, false},
+		{Command{Term: 5, Epoch: 9}, 5, 10, true},
+		{Command{Term: 4, Epoch: 99}, 5, 10, true},
+		{Command{Term: 6, Epoch: 1}, 5, 10, false}, // a re-created lease bucket: a later term
+		{Command{}, 5, 10, false},                  // an unfenced sender
+	} {
+		if got := tc.cmd.FenceBelow(tc.term, tc.epoch); got != tc.below {
+			t.Errorf("%+v.FenceBelow(%d, %d) = %v", tc.cmd, tc.term, tc.epoch, got)
+		}
+	}
+}

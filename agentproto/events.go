@@ -65,6 +65,7 @@ type Stats struct {
 	Commands          uint64 // commands accepted (not duplicates)
 	DuplicateCommands uint64 // re-sent ids acknowledged again and ignored
 	UnknownCommands   uint64 // unknown types, acknowledged and ignored
+	FencedCommands    uint64 // from a deposed leader (Command.Epoch): acknowledged and ignored
 	InvalidCommands   uint64 // bodies that were not a command
 	HeartbeatsSent    uint64
 	// NoSupervisor counts heartbeats answered "no responders": no
@@ -79,7 +80,7 @@ type counters struct {
 	connectFailures, disconnects, reconnectFailures, reconnects, connCloses atomic.Uint64
 	lameDucks, slowConsumers, permissionErrors, asyncErrors, healthFailures atomic.Uint64
 	rebuilds, subRestores, kvRestarts, commands, duplicates, unknown        atomic.Uint64
-	invalid, heartbeats                                                     atomic.Uint64
+	invalid, heartbeats, fenced                                             atomic.Uint64
 	lastRebuild                                                             atomic.Int64
 }
 
@@ -129,7 +130,7 @@ func (c *Client) Stats() Stats {
 		AsyncErrors: s.asyncErrors.Load(), HealthFailures: s.healthFailures.Load(),
 		Rebuilds: s.rebuilds.Load(), SubRestores: s.subRestores.Load(), KVRestarts: s.kvRestarts.Load(),
 		Commands: s.commands.Load(), DuplicateCommands: s.duplicates.Load(),
-		UnknownCommands: s.unknown.Load(), InvalidCommands: s.invalid.Load(),
+		UnknownCommands: s.unknown.Load(), FencedCommands: s.fenced.Load(), InvalidCommands: s.invalid.Load(),
 		HeartbeatsSent: s.heartbeats.Load(), NoSupervisor: c.noSupervisor.Load(),
 		LastRebuild: time.Duration(s.lastRebuild.Load()),
 	}

@@ -194,6 +194,22 @@ type Command struct {
 	Nonce     string   `json:"nonce,omitempty"`
 	Servers   []string `json:"servers,omitempty"`
 	NotBefore string   `json:"not_before,omitempty"` // RFC 3339 UTC
+	// Epoch and Term fence the sender: the lease revision at which it
+	// became leader, and the lease bucket's term (creation time, unix ms).
+	// An agent ignores (but acknowledges) a reconnect or reresolve below
+	// the highest (term, epoch) it has accepted: a deposed leader's late
+	// command. Absent (zero) from senders that do not fence.
+	Epoch uint64 `json:"epoch,omitempty"`
+	Term  int64  `json:"term,omitempty"`
+}
+
+// FenceBelow reports whether c comes from an older leadership than
+// (term, epoch): a lower term, or the same term and a lower epoch.
+func (c Command) FenceBelow(term int64, epoch uint64) bool {
+	if c.Epoch == 0 && c.Term == 0 {
+		return false // an unfenced sender
+	}
+	return c.Term < term || c.Term == term && c.Epoch < epoch
 }
 
 // NotBeforeTime parses NotBefore; the zero time when it is empty or invalid.

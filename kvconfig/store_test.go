@@ -337,9 +337,12 @@ func TestStoreRecreatesADeletedBucket(t *testing.T) {
 		}
 		return nil
 	})
-	if ep := s.Index().AsOf().Epoch; ep == epochBefore {
-		t.Fatalf("epoch %q unchanged by the re-creation", ep)
-	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if ep := s.Index().AsOf().Epoch; ep == epochBefore || !s.Index().Ready() {
+			return fmt.Errorf("epoch %q (ready %v): the re-created bucket is not loaded yet", ep, s.Index().Ready())
+		}
+		return nil
+	})
 	kv, _ := js.KeyValue(ctx, BucketConfigs)
 	natstest.KVPut(t, kv, "global.github", `{"url":"https://new.example/mcp"}`)
 	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tether-dev/tether/supervisor/fleet"
 	"github.com/tether-dev/tether/supervisor/lease"
 )
@@ -61,6 +62,12 @@ func (s *Supervisor) startLease(ctx context.Context) error {
 		return err
 	}
 	s.lease.Store(l)
+	s.fleet.Load().SetLeadership(func() (string, time.Duration) { return l.Holder(), l.SinceLeader() })
+	s.metrics.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_leader", Help: "1 while this replica holds the leader lease and commands the fleet."},
+			func() float64 { return b2f(s.commanding()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_no_leader_seconds", Help: "How long no replica has held the leader lease (0 while one does): nobody sends commands meanwhile."},
+			func() float64 { return l.SinceLeader().Seconds() }))
 	lctx, cancel := context.WithCancel(context.Background())
 	s.leadCancel = cancel
 	s.leadWG.Go(func() { s.leadLoop(lctx) })
@@ -102,12 +109,21 @@ func (s *Supervisor) leadLoop(ctx context.Context) {
 
 // takeLead runs Fleet.TakeLead while this replica holds the lease and
 // does not command yet, retrying every LeaseTTL/3, and then lets the fleet
-// command unless leadership changed meanwhile. Serialised by takeMu.
+// command unless leadership changed meanwhile. A takeover that cannot
+// complete within TakeoverBound resigns the lease, so another replica
+// leads instead of nobody. Serialised by takeMu.
 func (s *Supervisor) takeLead(ctx context.Context) {
 	s.takeMu.Lock()
 	defer s.takeMu.Unlock()
 	l, f := s.lease.Load(), s.fleet.Load()
+	first := time.Now()
 	for ctx.Err() == nil && l.IsLeader() && !s.leading.Load() {
+		if waited := time.Since(first); waited > s.takeoverBound() {
+			s.log.Error().Str("replica", s.cfg.ReplicaID).Dur("tried_for", waited).
+				Msg("leader cannot take over the fleet (mcp_fleet unreadable): resigning the lease so another replica leads")
+			l.Resign()
+			return
+		}
 		s.leadMu.Lock()
 		gen := s.leadGen
 		s.leadMu.Unlock()
@@ -132,6 +148,17 @@ func (s *Supervisor) takeLead(ctx context.Context) {
 		case <-time.After(s.cfg.LeaseTTL / 3):
 		}
 	}
+}
+
+// takeoverBound is how long a new leader may try to take over the fleet
+// before it resigns: two attempts.
+func (s *Supervisor) takeoverBound() time.Duration { return 2 * fleet.TakeLeadTimeout(s.cfg.LeaseTTL) }
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // stopLeading stops commanding (at once) and the lead goroutine; the lease

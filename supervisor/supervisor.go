@@ -134,6 +134,14 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		return nil, err
 	}
 	fcfg := cfg.Fleet
+	if useLease {
+		fcfg.Fence = func() (int64, uint64) {
+			if l := s.lease.Load(); l != nil {
+				return l.Fence()
+			}
+			return 0, 0
+		}
+	}
 	if cfg.Admission == AdmitRegistered {
 		// s.store is set below, before fl.Start subscribes to heartbeats.
 		fcfg.Admit = func(id string) bool { return s.store.Index().Registered(id) }
@@ -334,6 +342,11 @@ func (s *Supervisor) Ready() (bool, string) {
 	if f := s.fleet.Load(); f != nil {
 		if ok, why := f.HeartbeatsReceiving(); !ok {
 			return false, why
+		}
+	}
+	if l := s.lease.Load(); l != nil {
+		if gap := l.SinceLeader(); gap > 2*s.cfg.LeaseTTL {
+			return false, fmt.Sprintf("no leader for %v (more than twice the lease TTL %v): no replica sends commands", gap.Round(time.Millisecond), s.cfg.LeaseTTL)
 		}
 	}
 	if p := s.store.Problems(); len(p) > 0 {

@@ -218,7 +218,11 @@ type fleetReply struct {
 	Total       int            `json:"total"`
 	MassSilence bool           `json:"mass_silence,omitempty"`
 	Leader      bool           `json:"leader"`
-	Roles       []string       `json:"roles,omitempty"`
+	// LeaderID is the replica holding the lease; NoLeaderMS how long none
+	// has (then nobody sends commands).
+	LeaderID   string   `json:"leader_id,omitempty"`
+	NoLeaderMS int64    `json:"no_leader_ms,omitempty"`
+	Roles      []string `json:"roles,omitempty"`
 	// Notices are the invalid entries and the roles no config names
 	// (notices.go); a stream sends them only when they changed.
 	Notices json.RawMessage `json:"notices,omitempty"`
@@ -227,7 +231,8 @@ type fleetReply struct {
 
 func (d *Dashboard) head(s *fleetSnap) fleetReply {
 	return fleetReply{Seq: s.seq, T: s.at.UnixMilli(), IntervalMS: d.rec.cfg.Interval.Milliseconds(),
-		Counts: s.counts, Total: s.total, MassSilence: s.mass, Leader: s.leader}
+		Counts: s.counts, Total: s.total, MassSilence: s.mass, Leader: s.leader,
+		LeaderID: s.holder, NoLeaderMS: s.noLeader.Milliseconds()}
 }
 
 // serveFleet is GET /api/fleet: counts and one page of the table.

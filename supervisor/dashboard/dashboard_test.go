@@ -80,8 +80,9 @@ func (f *fakeFleet) Pending(id string) []agentproto.Command {
 	return nil
 }
 
-func (f *fakeFleet) MassSilence() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.mass }
-func (f *fakeFleet) Leader() bool      { return true }
+func (f *fakeFleet) MassSilence() bool                   { f.mu.Lock(); defer f.mu.Unlock(); return f.mass }
+func (f *fakeFleet) Leader() bool                        { return true }
+func (f *fakeFleet) Leadership() (string, time.Duration) { return "test-replica", 0 }
 
 func (f *fakeFleet) InvalidEntries(n int) []fleet.InvalidEntry {
 	f.mu.Lock()

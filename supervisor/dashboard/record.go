@@ -23,6 +23,9 @@ type Source interface {
 	Pending(id string) []agentproto.Command
 	MassSilence() bool
 	Leader() bool
+	// Leadership is the lease holder's replica id and how long no replica
+	// has held the lease (zero while one does).
+	Leadership() (holder string, noLeader time.Duration)
 	// InvalidEntries are up to n malformed operator entries (mcp_configs
 	// values and keys, mcp_agents records), as fleet.status lists them.
 	InvalidEntries(n int) []fleet.InvalidEntry
@@ -67,6 +70,13 @@ func (v fleetView) MassSilence() bool {
 func (v fleetView) Leader() bool {
 	f := v.f()
 	return f != nil && f.Leader()
+}
+
+func (v fleetView) Leadership() (string, time.Duration) {
+	if f := v.f(); f != nil {
+		return f.Leadership()
+	}
+	return "", 0
 }
 
 func (v fleetView) InvalidEntries(n int) []fleet.InvalidEntry {
@@ -122,6 +132,9 @@ type fleetSnap struct {
 	roles  []string
 	mass   bool
 	leader bool
+	holder string
+	// noLeader is how long no replica has held the lease.
+	noLeader time.Duration
 	// notices is the JSON of what the fleet page shows above the table
 	// (invalid entries, roles no config names), sent when it changes.
 	notices []byte
@@ -223,6 +236,7 @@ func (r *recorder) sample() {
 	first := prev.seq == 0
 	snap := &fleetSnap{seq: prev.seq + 1, at: now, rows: rows, counts: emptyCounts(),
 		mass: r.src.MassSilence(), leader: r.src.Leader(), notices: sampleNotices(r.src)}
+	snap.holder, snap.noLeader = r.src.Leadership()
 	snap.bySev = bySeverity(rows)
 	roles := map[string]struct{}{}
 	r.rtts, r.ages = r.rtts[:0], r.ages[:0]

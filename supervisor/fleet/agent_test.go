@@ -62,6 +62,7 @@ type fakeAgent struct {
 	lastSent time.Time
 	skew     time.Duration
 	rebuilt  time.Time
+	configs  map[string]any // reported as held, when set
 
 	stop chan struct{}
 	done chan struct{}
@@ -188,6 +189,9 @@ func (a *fakeAgent) beat(goodbye bool) {
 	}
 	if goodbye {
 		hb["goodbye"] = true
+	}
+	if a.configs != nil {
+		hb["configs"] = a.configs
 	}
 	data, _ := json.Marshal(hb)
 	a.lastSent = time.Now()

@@ -140,6 +140,10 @@ type Config struct {
 	// on the heartbeat path, so it must be cheap (an atomic load). Nil: this
 	// supervisor is the leader.
 	IsLeader func() bool
+	// Fence is the leadership's fence, stamped on every command (see
+	// agentproto.Command.Epoch): the lease's term and the revision at
+	// which this replica became leader. Nil: commands are not fenced.
+	Fence func() (term int64, epoch uint64)
 	// Clock is the time source; nil is the real clock.
 	Clock Clock
 }

@@ -41,6 +41,7 @@ type dispatcher struct {
 	kvPrefix    string
 	subj        agentproto.Subjects
 	isLeader    func() bool
+	fence       func() (int64, uint64)
 	log         zerolog.Logger
 	metrics     *Metrics
 	epoch       string
@@ -131,6 +132,9 @@ func (c *dispatcher) deliver(agent, subject, route string, cmd *agentproto.Comma
 	if !c.Leader() {
 		return
 	}
+	if c.fence != nil {
+		cmd.Term, cmd.Epoch = c.fence()
+	}
 	data, err := json.Marshal(cmd)
 	if err == nil {
 		err = c.nc.Publish(subject, data)
@@ -148,33 +152,56 @@ func (c *dispatcher) deliver(agent, subject, route string, cmd *agentproto.Comma
 		Strs("servers", cmd.Servers).Str("not_before", cmd.NotBefore).Str("reason", cmd.Reason).Msg("command sent")
 }
 
-// fleetWrite is one mcp_fleet record to write.
+// fleetWrite is one mcp_fleet record to write, compare-and-swap on rev
+// (the record's revision this leader last read or wrote; 0: none).
 type fleetWrite struct {
 	agent string
 	data  []byte
+	rev   uint64
 }
 
+// writeResult is what became of one write: err nil and rev the new
+// revision; or errConflict with current, the revision someone else wrote.
+type writeResult struct {
+	agent   string
+	rev     uint64
+	current uint64
+	err     error
+}
+
+// errConflict: the record's revision was not the one this leader expected.
+var errConflict = errors.New("fleet: mcp_fleet record written by someone else")
+
+// jsWrongLastSequence is JetStream's error code for a failed
+// expected-last-subject-sequence check.
+const jsWrongLastSequence = 10071
+
 // write puts records into mcp_fleet with asynchronous publishes awaited as
-// a batch, for at most writeTimeout or until abort. It returns the agents
-// whose write failed (to retry later).
-func (c *dispatcher) write(recs []fleetWrite) []string {
+// a batch, for at most writeTimeout or until abort. Each is
+// compare-and-swap on the revision the leader knows, so a deposed leader's
+// late writes cannot overwrite the new leader's (and a record written
+// meanwhile by one is detected and written over). It returns every
+// write's result.
+func (c *dispatcher) write(recs []fleetWrite) []writeResult {
 	if !c.Leader() || len(recs) == 0 || c.js == nil {
 		return nil
 	}
-	var failed []string
+	results := make([]writeResult, 0, len(recs))
+	failed := 0
 	if c.stop.Err() != nil {
 		for _, r := range recs {
-			failed = append(failed, r.agent)
+			results = append(results, writeResult{agent: r.agent, err: errWritesAborted})
 		}
-		c.log.Warn().Err(errWritesAborted).Int("failed", len(failed)).Msg("mcp_fleet writes not sent")
-		return failed
+		c.log.Warn().Err(errWritesAborted).Int("failed", len(recs)).Msg("mcp_fleet writes not sent")
+		return results
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(recs))
 	sent := make([]string, 0, len(recs))
 	for _, r := range recs {
-		f, err := c.js.PublishAsync(c.kvPrefix+r.agent, r.data)
+		f, err := c.js.PublishAsync(c.kvPrefix+r.agent, r.data, jetstream.WithExpectLastSequencePerSubject(r.rev))
 		if err != nil {
-			failed = append(failed, r.agent)
+			results = append(results, writeResult{agent: r.agent, err: err})
+			failed++
 			continue
 		}
 		futures, sent = append(futures, f), append(sent, r.agent)
@@ -189,35 +216,71 @@ func (c *dispatcher) write(recs []fleetWrite) []string {
 		unacked = errWritesAborted
 	}
 	var lastErr error
+	var conflicts []string
 	for i, f := range futures {
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			results = append(results, writeResult{agent: sent[i], rev: ack.Sequence})
 			continue
 		case err := <-f.Err():
 			lastErr = err
 		default:
 			lastErr = unacked
 		}
-		failed = append(failed, sent[i])
+		var apiErr *jetstream.APIError
+		if errors.As(lastErr, &apiErr) && apiErr.ErrorCode == jsWrongLastSequence {
+			conflicts = append(conflicts, sent[i])
+			continue
+		}
+		results = append(results, writeResult{agent: sent[i], err: lastErr})
+		failed++
 	}
-	c.metrics.fleetWrites(len(recs)-len(failed), len(failed))
-	if len(failed) > 0 {
-		c.log.Warn().Err(lastErr).Int("failed", len(failed)).Int("written", len(recs)-len(failed)).
+	for _, agent := range conflicts {
+		results = append(results, writeResult{agent: agent, current: c.currentRev(agent), err: errConflict})
+	}
+	c.metrics.fleetWrites(len(recs)-failed-len(conflicts), failed, len(conflicts))
+	if failed > 0 {
+		c.log.Warn().Err(lastErr).Int("failed", failed).Int("written", len(recs)-failed-len(conflicts)).
 			Msg("mcp_fleet writes failed; retrying next round")
 	}
-	return failed
+	if len(conflicts) > 0 {
+		c.log.Warn().Int("conflicts", len(conflicts)).Strs("agents", conflicts[:min(len(conflicts), 5)]).
+			Msg("mcp_fleet records written by someone else since this leader read them (a deposed leader's late writes?): this leader's picture is written over them next round")
+	}
+	return results
+}
+
+// currentRev is the revision of an agent's mcp_fleet record now (0 when
+// it has none, or it cannot be read).
+func (c *dispatcher) currentRev(agent string) uint64 {
+	ctx, cancel := context.WithTimeout(c.stop, writeTimeout)
+	defer cancel()
+	st, err := c.js.Stream(ctx, "KV_"+c.kv.Bucket())
+	if err != nil {
+		return 0
+	}
+	m, err := st.GetLastMsgForSubject(ctx, c.kvPrefix+agent)
+	if err != nil {
+		return 0
+	}
+	return m.Sequence
 }
 
 // forget deletes a long-gone agent's mcp_fleet record (bounded by
 // writeTimeout and abort).
-func (c *dispatcher) forget(agent string) {
+func (c *dispatcher) forget(agent string, rev uint64) {
 	if !c.Leader() || c.kv == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.stop, writeTimeout)
 	defer cancel()
-	// A purge keeps one small marker per forgotten id, not its record.
-	if err := c.kv.Purge(ctx, agent); err != nil {
+	// A purge keeps one small marker per forgotten id, not its record;
+	// compare-and-swap like every write.
+	var opts []jetstream.KVDeleteOpt
+	if rev != 0 {
+		opts = append(opts, jetstream.LastRevision(rev))
+	}
+	if err := c.kv.Purge(ctx, agent, opts...); err != nil {
 		c.log.Warn().Err(err).Str("agent", agent).Msg("cannot delete mcp_fleet record")
 	}
 }

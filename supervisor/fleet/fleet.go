@@ -48,6 +48,7 @@ type Fleet struct {
 	kv         jetstream.KeyValue // mcp_fleet
 	forget     *kvconfig.Watcher  // operator deletes of mcp_fleet records
 	watchCheck time.Duration
+	leadership atomic.Pointer[func() (string, time.Duration)]
 
 	// hbGate lets Close wait for a heartbeat handler already running: each
 	// handler holds it shared, Close takes it exclusively and sets hbClosed.
@@ -102,6 +103,7 @@ func New(o Options) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: dispatcher: %w", err)
 	}
+	cmd.fence = o.Config.Fence
 	t := newTracker(o.Config, o.Prefix, cmd, log, o.Metrics)
 	return &Fleet{cfg: o.Config, prefix: o.Prefix, log: log, nc: o.Conn, t: t, cmd: cmd, kv: o.KV, watchCheck: o.WatchCheckInterval,
 		push: newPusher(t, o.Logger.With().Str("component", "push").Logger(), o.Metrics)}, nil
@@ -318,6 +320,22 @@ func (f *Fleet) LinkUp() {
 // for config push: the agents whose resolution it changes get reresolve.
 // It never blocks; call it from the KV watcher for every change.
 func (f *Fleet) ConfigChanged(ch kvconfig.Change) { f.push.enqueue(ch) }
+
+// SetLeadership installs what the fleet reports of leadership beyond
+// whether this replica commands: the holder's replica id, and how long no
+// replica has held the lease (zero while one does). The Supervisor sets it
+// from its lease.
+func (f *Fleet) SetLeadership(info func() (holder string, noLeader time.Duration)) {
+	f.leadership.Store(&info)
+}
+
+// Leadership is the current holder and how long there has been none.
+func (f *Fleet) Leadership() (holder string, noLeader time.Duration) {
+	if p := f.leadership.Load(); p != nil {
+		return (*p)()
+	}
+	return "", 0
+}
 
 // LogSamplers sample the fleet's log lines that agents cause: bad, refused
 // or stale heartbeats, and agent state changes; the owner reports what

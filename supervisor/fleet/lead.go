@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/tether-dev/tether/agentproto"
@@ -18,6 +19,8 @@ const (
 	// an older revision than the index with nothing pending (e.g. its
 	// re-resolve was answered by a replica whose index lagged).
 	reasonDrift = "config drift: the agent runs another revision than the index"
+	// reasonGap: pushes dropped while this replica's leadership lapsed.
+	reasonGap = "leader gap: config changed while this replica was not commanding"
 )
 
 // TakeLead readies a replica that has just won the leader lease, and must
@@ -42,7 +45,8 @@ func (f *Fleet) TakeLead(ctx context.Context) (records, reresolves int, err erro
 			return records, 0, err
 		}
 	}
-	f.t.markAllDirty() // the new leader writes its own picture once
+	f.t.markAllDirty()   // the new leader writes its own picture once
+	f.t.gap.Store(false) // the reconcile below covers it
 	return records, f.t.reconcile(reasonTakeover, nil), nil
 }
 
@@ -72,6 +76,7 @@ func (t *tracker) merge(r *Record) {
 		return
 	}
 	now, wall := t.times()
+	a.kvRev = r.rev // the record this leader writes over
 	if len(r.RecoveryTimes) > len(a.recoveries) {
 		a.recoveries = a.recoveries[:0]
 		for _, ev := range r.RecoveryTimes {
@@ -142,6 +147,10 @@ func (t *tracker) reconcile(reason string, prev *drift) int {
 		return 0
 	}
 	var held []heldConfig
+	// After a leader gap, also servers an agent should see but does not
+	// hold: a server added while nobody commanded was pushed by nobody.
+	// Only for agents that report configs (others resolve on their own).
+	var reporting []string
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -154,11 +163,21 @@ func (t *tracker) reconcile(reason string, prev *drift) int {
 					held = append(held, heldConfig{agent: a.id, server: c.server, revision: c.Revision})
 				}
 			}
+			if prev == nil && len(a.configs) > 0 {
+				reporting = append(reporting, a.id)
+			}
 		}
 		sh.mu.Unlock()
 	}
 	stale := map[string][]string{}
 	var order []string
+	for _, id := range reporting {
+		missing := t.missingServers(ix, id)
+		if len(missing) > 0 {
+			order = append(order, id)
+			stale[id] = missing
+		}
+	}
 	seen := drift{}
 	for _, h := range held {
 		res, err := ix.Resolve(h.agent, h.server)
@@ -192,6 +211,32 @@ func (t *tracker) reconcile(reason string, prev *drift) int {
 	}
 	t.log.Info().Int("agents", len(order)).Dur("spread", spread).Msg(reason + ": re-resolve queued")
 	return len(order)
+}
+
+// missingServers are the servers the index resolves for agent that it does
+// not report holding, with no re-resolve pending for them.
+func (t *tracker) missingServers(ix *kvconfig.Index, id string) []string {
+	_, items, err := ix.ResolveAll(id)
+	if err != nil {
+		return nil
+	}
+	sh := t.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	a := sh.m[id]
+	if a == nil {
+		return nil
+	}
+	var missing []string
+	for _, it := range items {
+		if it.Err != nil || pendingCovers(a, it.Server) {
+			continue
+		}
+		if !slices.ContainsFunc(a.configs, func(c serverApplied) bool { return c.server == it.Server }) {
+			missing = append(missing, it.Server)
+		}
+	}
+	return missing
 }
 
 // pendingCovers reports whether a pending re-resolve already covers server.

@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 	f.duplicates = c("tether_fleet_duplicate_agents_total", "Agent ids found heartbeating from two instances alternately.")
 	f.quarantines = c("tether_fleet_quarantines_total", "Agents quarantined for exceeding the restart intensity.")
 	f.recoveryBacklog = g("tether_recovery_backlog", "Recovery commands waiting for the fleet-wide recovery rate.")
-	f.kvWrites = cv("tether_fleet_kv_writes_total", "mcp_fleet record writes, by outcome (ok, failed).", "outcome")
+	f.kvWrites = cv("tether_fleet_kv_writes_total", "mcp_fleet record writes, by outcome (ok, failed, conflict: the record was written by someone else, such as a deposed leader, and is written over).", "outcome")
 	reg.MustRegister(f.hbReceived, f.hbDiscarded, f.agentsByState, f.transitions, f.probesSent, f.probesOverdue,
 		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.fleetFullG, f.hbResubs, f.duplicates,
 		f.quarantines, f.recoveryBacklog, f.kvWrites)
@@ -194,12 +194,15 @@ func (m *Metrics) quarantine() {
 	}
 }
 
-func (m *Metrics) fleetWrites(ok, failed int) {
+func (m *Metrics) fleetWrites(ok, failed, conflicts int) {
 	if m == nil {
 		return
 	}
 	m.kvWrites.WithLabelValues("ok").Add(float64(ok))
 	if failed > 0 {
 		m.kvWrites.WithLabelValues("failed").Add(float64(failed))
+	}
+	if conflicts > 0 {
+		m.kvWrites.WithLabelValues("conflict").Add(float64(conflicts))
 	}
 }

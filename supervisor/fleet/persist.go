@@ -36,6 +36,8 @@ type Record struct {
 	// PendingCommands are sent until the agent acks their id.
 	PendingCommands []PendingCommand `json:"pending_commands,omitempty"`
 	Updated         time.Time        `json:"updated"`
+
+	rev uint64 // the mcp_fleet revision it was read at (not encoded)
 }
 
 // PendingCommand is a command waiting for the agent's ack.
@@ -81,7 +83,9 @@ func (t *tracker) flush() {
 				a.dirty = 0 // flapped and came back: nothing to write
 				continue
 			}
-			recs = append(recs, t.record(a, now, wall))
+			r := t.record(a, now, wall)
+			r.rev = a.kvRev
+			recs = append(recs, r)
 			a.dirty, a.persisted = 0, a.state
 		}
 		sh.mu.Unlock()
@@ -96,13 +100,23 @@ func (t *tracker) flush() {
 			t.warn.Error().Err(err).Str("agent", recs[i].Agent).Msg("cannot encode fleet record; not written")
 			continue
 		}
-		writes = append(writes, fleetWrite{agent: recs[i].Agent, data: data})
+		writes = append(writes, fleetWrite{agent: recs[i].Agent, data: data, rev: recs[i].rev})
 	}
-	for _, id := range t.cmd.write(writes) {
-		sh := t.shard(id)
+	for _, w := range t.cmd.write(writes) {
+		sh := t.shard(w.agent)
 		sh.mu.Lock()
-		if a := sh.m[id]; a != nil {
-			a.dirty |= dirtyOther
+		if a := sh.m[w.agent]; a != nil {
+			switch {
+			case w.err == nil:
+				a.kvRev = w.rev
+			case w.current != 0 || errors.Is(w.err, errConflict):
+				// Someone else wrote the record (a deposed leader's late
+				// write): this leader's picture is written over it next round.
+				a.kvRev = w.current
+				a.dirty |= dirtyOther
+			default:
+				a.dirty |= dirtyOther
+			}
 		}
 		sh.mu.Unlock()
 	}
@@ -194,6 +208,7 @@ func readFleetOnce(ctx context.Context, kv jetstream.KeyValue) (recs []Record, b
 			}
 			stall.Reset(readFleetStall)
 			var r Record
+			r.rev = e.Revision()
 			if json.Unmarshal(e.Value(), &r) != nil || r.Agent != e.Key() || !kvconfig.ValidID(r.Agent) {
 				bad++
 				continue
@@ -233,7 +248,7 @@ func (t *tracker) restore(r *Record) {
 			sends: p.Sends, queued: p.Queued, recovery: p.Recovery})
 		queued = queued || p.Queued
 	}
-	a.established = r.Established
+	a.established, a.kvRev = r.Established, r.rev
 	sh := t.shard(a.id)
 	sh.mu.Lock()
 	if old := sh.m[a.id]; old != nil {

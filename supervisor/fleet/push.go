@@ -198,7 +198,11 @@ func (p *pusher) push(ch kvconfig.Change, agents, servers []string, reason strin
 		return
 	}
 	if !t.cmd.Leader() {
-		return // only the leader commands (a new leader is to reload pending work from mcp_fleet)
+		// Only the leader commands. A push dropped here is a leader gap
+		// (a failover, or a lapse of this replica's lease): whoever
+		// commands next reconciles every agent against the index.
+		t.gap.Store(true)
+		return
 	}
 	spread := spreadFor(len(agents), t.cfg.PushSpreadRate, t.cfg.MaxSpread)
 	now := t.now()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,4 +116,55 @@ func TestFleetStatusSurvivesAnOversizedAgent(t *testing.T) {
 	if n := metricValue(s, "tether_heartbeats_discarded_total", "reason", "out_of_bounds"); n < 1 {
 		t.Fatalf("out_of_bounds discards %v", n)
 	}
+}
+
+// A server added while this replica's leadership lapsed (a lease renewal
+// slower than TTL/3: it stops commanding without a takeover) reaches the
+// agents once it commands again. Before, the push was dropped and nothing
+// re-checked servers agents did not already hold.
+func TestServerAddedDuringALeaderGapReachesAgents(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := fleetTestConfig(t, srv, interval)
+	var leading atomic.Bool
+	leading.Store(true)
+	cfg.Fleet.IsLeader = leading.Load
+	s := startSupervisor(t, cfg)
+	fl := s.Fleet()
+	if _, _, err := fl.TakeLead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rev, err := s.Buckets().Configs.Put(ctx, "global.github", []byte(`{"url":"https://g.example/mcp"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startFakeAgentWith(t, srv.URL(), "gap1", interval, func(a *fakeAgent) {
+		a.configs = map[string]any{"github": map[string]any{"revision": rev, "applied": true}}
+	})
+	waitState(t, fl, "gap1", fleet.StateHealthy, 5*time.Second)
+
+	leading.Store(false) // the lapse
+	if _, err := s.Buckets().Configs.Put(ctx, "global.newtool", []byte(`{"url":"https://n.example/mcp"}`)); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if _, err := s.Index().Resolve("gap1", "newtool"); err != nil || fl.PushBacklog() != 0 {
+			return fmt.Errorf("push not worked through yet (%v, backlog %d)", err, fl.PushBacklog())
+		}
+		return nil
+	})
+	time.Sleep(3 * cfg.Fleet.CheckInterval) // sweeps run while not commanding: nothing may be sent
+	if got := a.commands(agentproto.CmdReresolve); len(got) != 0 {
+		t.Fatalf("commands sent while not commanding: %+v", got)
+	}
+	leading.Store(true)
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		for _, c := range a.commands(agentproto.CmdReresolve) {
+			if slices.Contains(c.Servers, "newtool") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no reresolve of newtool after the gap: %+v", a.commands(agentproto.CmdReresolve))
+	})
 }

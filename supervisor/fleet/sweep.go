@@ -14,12 +14,18 @@ type sweepState struct {
 	probes    []probeOut
 	sends     []sendOut
 	trans     []transOut
-	forget    []string
+	forget    []forgotten
 	quar      []string
 	overdue   int
 }
 
 type probeOut struct{ agent, nonce string }
+
+// forgotten is a gone agent the sweep dropped, with its record's revision.
+type forgotten struct {
+	id  string
+	rev uint64
+}
 
 type sendOut struct {
 	agent  string
@@ -76,7 +82,7 @@ func (t *tracker) sweepOnce() {
 				t.counts[a.state].Add(-1)
 				sh.remove(a)
 				t.size.Add(-1)
-				s.forget = append(s.forget, a.id)
+				s.forget = append(s.forget, forgotten{a.id, a.kvRev})
 				i-- // the last agent moved into this slot
 				continue
 			}
@@ -91,6 +97,11 @@ func (t *tracker) sweepOnce() {
 		t.updateMass(now, silent, candidates)
 	}
 	if leader && !freeze {
+		if t.gap.Swap(false) {
+			// Pushes were dropped while this replica did not command (its
+			// lease lapsed): nothing else would deliver them.
+			t.reconcile(reasonGap, nil)
+		}
 		t.releaseRecoveries(now)
 	}
 	t.act()
@@ -339,9 +350,9 @@ func (t *tracker) act() {
 	}
 	if len(s.forget) > 0 {
 		t.idsGen.Add(1)
-		for _, id := range s.forget {
-			t.log.Info().Str("agent", id).Msg("gone agent forgotten")
-			t.cmd.forget(id)
+		for _, f := range s.forget {
+			t.change.Info().Str("agent", f.id).Msg("gone agent forgotten")
+			t.cmd.forget(f.id, f.rev)
 		}
 	}
 	t.checkRoom()

@@ -139,6 +139,7 @@ type agent struct {
 	goodbye                bool
 	established            bool // heard over EstablishedAfter intervals: counts for mass silence
 	dirty                  uint8
+	kvRev                  uint64 // its mcp_fleet record's revision: writes are compare-and-swap on it
 }
 
 // shard is one lock's worth of the fleet: a map for lookups and a dense
@@ -193,6 +194,7 @@ type tracker struct {
 	grace         atomic.Int64 // silence never counts from before this
 	linkDown      atomic.Bool
 	blind         atomic.Bool // the heartbeat subscription is not proven to receive
+	gap           atomic.Bool // a push was dropped while not commanding: reconcile once commanding
 	behind        atomic.Bool // heartbeat backlog: silence is not the agents' fault
 	mass          atomic.Bool
 	// unbounded skips the heartbeat bounds: BenchmarkHeartbeatDecode's

@@ -49,6 +49,19 @@ type Config struct {
 // succeeds once it has expired or been released. A holder that cannot
 // renew within the TTL stops calling itself leader before anyone else can
 // take over.
+//
+// The clock assumption: the holder measures its TTL/3 renewals and its
+// 2/3-TTL step-down on its own monotonic clock from the moment it sent
+// the renewal; the key expires by the clock of the server leading the
+// lease stream, from when that server stored the renewal. Both start
+// after the send, so a holder always steps down before the server can
+// expire its key, unless the server's clock runs more than TTL/3 faster
+// than the holder's over one TTL (a rate, not an offset: NTP-synchronised
+// clocks that disagree by minutes are fine). A stream leader that moves to
+// another server applies that server's clock from then on. What the
+// assumption guards is only who commands; the fence (Fence: commands
+// carry it, mcp_fleet writes are compare-and-swap) makes a deposed
+// leader's late commands and writes have no effect even if it breaks.
 type Lease struct {
 	cfg    Config
 	kv     jetstream.KeyValue
@@ -69,6 +82,18 @@ type Lease struct {
 	// IsLeader's expiry check.
 	epoch     time.Time
 	renewedAt atomic.Int64
+
+	// Fencing: the lease revision at which this replica became leader,
+	// and the term: the lease bucket's creation time (unix ms), which
+	// orders a re-created bucket's revisions after the old one's.
+	fenceRev atomic.Uint64
+	term     atomic.Int64
+	// seenAt is when a leader (this replica or another) was last known to
+	// hold the lease, as monotonic ns since epoch.
+	seenAt atomic.Int64
+	// resignUntil: after Resign this replica does not campaign until then.
+	resignUntil time.Time
+	resign      chan struct{}
 }
 
 // bucketTTL is the lease TTL every replica must use: the existing bucket's
@@ -130,8 +155,10 @@ func Start(ctx context.Context, cfg Config) (*Lease, error) {
 		return nil, err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{}), first: make(chan struct{}), epoch: time.Now()}
+	l := &Lease{cfg: cfg, kv: kv, cancel: cancel, done: make(chan struct{}), first: make(chan struct{}), epoch: time.Now(),
+		resign: make(chan struct{}, 1)}
 	l.holder.Store("")
+	l.readTerm(ctx)
 	go l.run(lctx)
 	return l, nil
 }
@@ -142,6 +169,46 @@ func Start(ctx context.Context, cfg Config) (*Lease, error) {
 // can take the lease only after the full TTL.
 func (l *Lease) IsLeader() bool {
 	return l.leader.Load() && time.Since(l.epoch)-time.Duration(l.renewedAt.Load()) < l.cfg.TTL*2/3
+}
+
+// Fence is this replica's leadership: the lease bucket's term (its
+// creation time, unix ms) and the lease revision at which it became
+// leader. Commands carry both; an agent ignores commands below the
+// highest (term, epoch) it has accepted, so a deposed leader's late
+// commands have no effect. Zero when not leading.
+func (l *Lease) Fence() (term int64, epoch uint64) {
+	if !l.leader.Load() {
+		return 0, 0
+	}
+	return l.term.Load(), l.fenceRev.Load()
+}
+
+// SinceLeader is how long no leader has been known to hold the lease
+// (zero while one does).
+func (l *Lease) SinceLeader() time.Duration {
+	if l.IsLeader() {
+		return 0
+	}
+	return time.Since(l.epoch) - time.Duration(l.seenAt.Load())
+}
+
+// Resign gives the lease up (a leader that cannot take over the fleet) and
+// keeps this replica from campaigning for one TTL, so another replica
+// leads meanwhile.
+func (l *Lease) Resign() {
+	select {
+	case l.resign <- struct{}{}:
+	default:
+	}
+}
+
+// readTerm records the lease bucket's creation time as the term.
+func (l *Lease) readTerm(ctx context.Context) {
+	st, err := l.cfg.JS.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		return
+	}
+	l.term.Store(st.CachedInfo().Created.UnixMilli())
 }
 
 // Holder is the id of the last known holder ("" if none seen).
@@ -164,8 +231,22 @@ func (l *Lease) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-l.resign:
+			l.doResign(ctx)
 		}
 	}
+}
+
+// doResign deletes the key this replica holds and pauses campaigning.
+func (l *Lease) doResign(ctx context.Context) {
+	if !l.leader.Load() {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, l.cfg.TTL/3)
+	defer cancel()
+	_ = l.kv.Delete(cctx, Key, jetstream.LastRevision(l.rev))
+	l.resignUntil = time.Now().Add(l.cfg.TTL)
+	l.set(false, "", errors.New("resigned: could not take over the fleet in time"))
 }
 
 // step renews or campaigns once.
@@ -183,6 +264,7 @@ func (l *Lease) step(ctx context.Context) {
 		} else {
 			l.rev, l.renewed = rev, now
 			l.renewedAt.Store(int64(now.Sub(l.epoch)))
+			l.seenAt.Store(int64(now.Sub(l.epoch)))
 			if now.Before(l.fenceUntil) {
 				return
 			}
@@ -196,6 +278,7 @@ func (l *Lease) step(ctx context.Context) {
 		if err == nil {
 			l.rev, l.renewed = rev, now
 			l.renewedAt.Store(int64(now.Sub(l.epoch)))
+			l.seenAt.Store(int64(now.Sub(l.epoch)))
 			return
 		}
 		// Keep leading only while the last renewal is surely unexpired.
@@ -204,6 +287,10 @@ func (l *Lease) step(ctx context.Context) {
 			return
 		}
 		l.set(false, "", err)
+	}
+	if now.Before(l.resignUntil) {
+		l.observe(cctx, now)
+		return
 	}
 	rev, err := l.kv.Create(cctx, Key, []byte(l.cfg.ID))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
@@ -221,11 +308,13 @@ func (l *Lease) step(ctx context.Context) {
 			l.cfg.Logger.Warn().Str("bucket", Bucket).Dur("ttl", l.cfg.TTL).Msg("lease bucket was missing (deleted?): re-created it")
 		}
 		l.kv = kv
+		l.readTerm(octx)
 		if !created {
 			return // it exists after all: campaign at the next step
 		}
 		if rev, err = l.kv.Create(octx, Key, []byte(l.cfg.ID)); err == nil {
 			l.rev, l.renewed, l.fenceUntil = rev, now, now.Add(l.cfg.TTL)
+			l.fenceRev.Store(rev)
 			l.renewedAt.Store(int64(now.Sub(l.epoch)))
 			l.holder.Store(l.cfg.ID)
 			l.cfg.Logger.Warn().Dur("fence", l.cfg.TTL).Msg("holding the lease one TTL before leading, so a holder that missed the deletion has stepped down")
@@ -235,11 +324,22 @@ func (l *Lease) step(ctx context.Context) {
 	if err == nil {
 		l.rev, l.renewed = rev, now
 		l.renewedAt.Store(int64(now.Sub(l.epoch)))
+		l.seenAt.Store(int64(now.Sub(l.epoch)))
+		l.fenceRev.Store(rev)
+		if l.term.Load() == 0 {
+			l.readTerm(cctx)
+		}
 		l.set(true, l.cfg.ID, nil)
 		return
 	}
-	if e, gerr := l.kv.Get(cctx, Key); gerr == nil {
+	l.observe(cctx, now)
+}
+
+// observe records the current holder, if any.
+func (l *Lease) observe(ctx context.Context, now time.Time) {
+	if e, gerr := l.kv.Get(ctx, Key); gerr == nil {
 		l.holder.Store(string(e.Value()))
+		l.seenAt.Store(int64(now.Sub(l.epoch)))
 	}
 }
 

@@ -140,8 +140,13 @@
     T.setText(b, parts.join(' '));
     b.hidden = parts.length === 0;
     const rb = $('role-badge');
-    T.setText(rb, m.leader ? 'leader' : 'follower (read-only: another replica sends commands)');
-    T.setClass(rb, m.leader ? 'badge' : 'badge warn');
+    if (m.no_leader_ms > 0) {
+      T.setText(rb, 'no leader for ' + Math.round(m.no_leader_ms / 1000) + ' s: no replica sends commands');
+      T.setClass(rb, 'badge bad');
+    } else {
+      T.setText(rb, m.leader ? 'leader' : 'follower (read-only: replica ' + (m.leader_id || '?') + ' sends commands)');
+      T.setClass(rb, m.leader ? 'badge' : 'badge warn');
+    }
   }
 
   // renderNotices shows what resolution does quietly: roles no config
