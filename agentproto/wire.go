@@ -51,6 +51,11 @@ func (s Subjects) Command(agent string) string { return s.base() + "cmd." + agen
 // FleetStatus is <prefix>.v1.fleet.status.
 func (s Subjects) FleetStatus() string { return s.base() + "fleet.status" }
 
+// FleetRelease is the operator request that ends an agent's quarantine:
+// body {"agent":"<id>"}; every supervisor replica releases it, the leader
+// answers (see PROTOCOL.md).
+func (s Subjects) FleetRelease() string { return s.base() + "fleet.release" }
+
 // Wildcard returns <prefix>.v1.<verb>.> for the supervisor's subscriptions.
 func (s Subjects) Wildcard(verb string) string { return s.base() + verb + ".>" }
 

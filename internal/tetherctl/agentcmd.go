@@ -43,8 +43,10 @@ func (a *app) cmdAgent(ctx context.Context, args []string) error {
 		return a.agentList(ctx)
 	case sub == "forget" && len(args) == 2:
 		return a.agentForget(ctx, args[1])
+	case sub == "release" && len(args) == 2:
+		return a.agentRelease(ctx, args[1])
 	}
-	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--out FILE]', 'agent revoke ID', 'agent forget ID' or 'agent list'")
+	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--out FILE]', 'agent revoke ID', 'agent forget ID', 'agent release ID' or 'agent list'")
 }
 
 func (a *app) material() (*auth.Material, error) {
@@ -277,5 +279,34 @@ func (a *app) agentForget(ctx context.Context, id string) error {
 		}
 	}
 	fmt.Fprintf(a.out, "agent %s (%s) forgotten: its %s record is deleted and the supervisor drops it; it is tracked again if it heartbeats\n", id, state, kvconfig.BucketFleet)
+	return nil
+}
+
+// agentRelease ends an agent's quarantine through mcp.v1.fleet.release:
+// every supervisor replica releases it and the leader answers.
+func (a *app) agentRelease(ctx context.Context, id string) error {
+	if err := idArg(kvconfig.KindAgent, id); err != nil {
+		return err
+	}
+	if m, err := auth.Load(a.g.dataDir); err == nil {
+		a.defaultCreds(m, auth.OperatorFile)
+	}
+	body, _ := json.Marshal(map[string]string{"agent": id})
+	data, err := a.request(ctx, a.subjects().FleetRelease(), body)
+	if err != nil {
+		return err
+	}
+	var rep struct {
+		Released    bool   `json:"released"`
+		Description string `json:"description"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return fail(nil, err, "cannot decode the supervisor's fleet.release reply: %v", err)
+	}
+	if a.g.json {
+		_, err := a.out.Write(append(data, '\n'))
+		return err
+	}
+	fmt.Fprintf(a.out, "agent %s: %s\n", id, rep.Description)
 	return nil
 }

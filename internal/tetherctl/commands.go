@@ -66,14 +66,17 @@ func init() {
 		{name: "explain", args: "AGENT SERVER", minArgs: 2, maxArgs: 2, run: (*app).cmdExplain,
 			summary: "Ask the supervisor for every scope consulted: present, valid, revision, winner, shadowed.",
 			detail:  "The exit code follows the outcome: 0 ok, 3 the winner is invalid, 4 no scope has it."},
-		{name: "agent", args: "add ID --role ROLE [--out FILE] | revoke ID | forget ID | list", minArgs: 1, maxArgs: 2, run: (*app).cmdAgent, flags: agentFlags,
-			summary: "Issue, revoke and list agents' NATS credentials; forget a lost or gone agent.",
+		{name: "agent", args: "add ID --role ROLE [--out FILE] | revoke ID | forget ID | release ID | list", minArgs: 1, maxArgs: 2, run: (*app).cmdAgent, flags: agentFlags,
+			summary: "Issue, revoke and list agents' NATS credentials; forget a lost or gone agent; end a quarantine.",
 			detail: "add signs a credential for agent ID with exactly its own permissions (the account\n" +
 				"signing key in <data-dir>/auth/), writes it to FILE (default ID.creds, mode 0600) and\n" +
 				"registers ID's role in mcp_agents. revoke ends every credential issued to ID: its live\n" +
 				"connections are closed and cannot come back. forget drops a lost or gone agent from the\n" +
 				"fleet now (deletes its mcp_fleet record; same as 'nats kv del mcp_fleet ID') instead of\n" +
-				"after the supervisor's --forget-after. list shows the agents issued here.\n" +
+				"after the supervisor's --forget-after. release ends ID's quarantine now (recovery commands\n" +
+				"resume, its restart intensity counts afresh; it also ends on its own once the agent is\n" +
+				"healthy for a whole --quarantine-period without needing recovery). list shows the agents\n" +
+				"issued here.\n" +
 				"  --role ROLE    the agent's role (add; required)\n" +
 				"  --out FILE     where to write the credentials (add)\n" +
 				"  --data-dir D   the supervisor's data directory (env TETHER_DATA_DIR, default ./data)"},

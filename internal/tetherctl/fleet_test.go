@@ -273,3 +273,55 @@ func TestFleetAndExplainShowWarnings(t *testing.T) {
 	r = h.must(ExitOK, "explain", "nobody", "github")
 	contains(t, "explain", r.stdout, `WARNING: agent "nobody" has no entry in mcp_agents`, "WARNING: the supervisor does not track agent nobody")
 }
+
+// agent release ends a quarantine at once (on every replica; the leader
+// answers); an agent that is not quarantined has nothing to release.
+func TestAgentRelease(t *testing.T) {
+	srv := natstest.RunServer(t)
+	cfg := suptest.Config(t, srv.URL())
+	suptest.FastFleet(&cfg)
+	cfg.Fleet.QuarantineAfter = 1
+	sup := suptest.Start(t, cfg)
+	suptest.Register(t, sup, "dev", "q1")
+	h := &harness{t: t, srv: srv, sup: sup}
+	nc := srv.Connect()
+	beat := func(instance string, seq int) {
+		t.Helper()
+		body := fmt.Sprintf(`{"agent":"q1","instance":%q,"seq":%d,"interval_ms":50}`, instance, seq)
+		if err := nc.Publish(agentproto.Subjects{}.Heartbeat("q1"), []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Three processes under one id in a row: two recoveries, past
+	// QuarantineAfter 1.
+	for i := 1; i <= 3; i++ {
+		beat(fmt.Sprintf("q1-i%d", i), 1)
+		natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+			if st, _ := sup.Fleet().Agent("q1"); st.Instance != fmt.Sprintf("q1-i%d", i) {
+				return fmt.Errorf("instance %q", st.Instance)
+			}
+			return nil
+		})
+	}
+	if st, _ := sup.Fleet().Agent("q1"); st.State != fleet.StateQuarantined {
+		t.Fatalf("q1 is %v, want quarantined", st.State)
+	}
+	r := h.must(ExitOK, "agent", "release", "q1")
+	if !strings.Contains(r.stdout, "quarantine released") {
+		t.Fatalf("release: %s", r)
+	}
+	beat("q1-i3", 2)
+	natstest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
+		if st, _ := sup.Fleet().Agent("q1"); st.State != fleet.StateHealthy {
+			return fmt.Errorf("q1 is %v after the release", st.State)
+		}
+		return nil
+	})
+	if r := h.must(ExitOK, "agent", "release", "q1"); !strings.Contains(r.stdout, "not quarantined") {
+		t.Fatalf("second release: %s", r)
+	}
+	h.must(ExitNotFound, "agent", "release", "nobody")
+}

@@ -382,7 +382,7 @@ func SupervisorPermissions(prefix string) jwt.Permissions {
 			"$JS.API.CONSUMER.CREATE."+st, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".>",
 			"$JS.API.CONSUMER.INFO."+st+".>", "$JS.FC."+st+".>")
 	}
-	perms.Sub.Allow.Add(p+"resolve.>", p+"resolveall.>", p+"explain.>", p+"fleet.status", p+"hb.*",
+	perms.Sub.Allow.Add(p+"resolve.>", p+"resolveall.>", p+"explain.>", p+"fleet.status", p+"fleet.release", p+"hb.*",
 		"$SRV.>", "_INBOX.>")
 	perms.Pub.Deny.Add("$KV.mcp_configs.>", "$KV.mcp_agents.>", "$SYS.>")
 	return perms

@@ -48,6 +48,7 @@ type Fleet struct {
 	kv         jetstream.KeyValue // mcp_fleet
 	forget     *kvconfig.Watcher  // operator deletes of mcp_fleet records
 	watchCheck time.Duration
+	relSub     *nats.Subscription // mcp.v1.fleet.release
 	leadership atomic.Pointer[func() (string, time.Duration)]
 
 	// hbGate lets Close wait for a heartbeat handler already running: each
@@ -136,8 +137,12 @@ func (f *Fleet) Start(ctx context.Context, ix *kvconfig.Index) error {
 	f.wg.Go(func() { f.push.run(lctx) })
 	var prev drift
 	f.wg.Go(func() { f.loop(lctx, reconcileEvery(&f.cfg), func() { f.reconcileDrift(&prev) }) })
+	rel, err := f.nc.Subscribe(agentproto.Subjects{Prefix: f.prefix}.FleetRelease(), f.handleRelease)
+	if err != nil {
+		return fmt.Errorf("fleet: subscribe to %s: %w", agentproto.Subjects{Prefix: f.prefix}.FleetRelease(), err)
+	}
+	f.relSub = rel
 	if f.kv != nil {
-		var err error
 		if f.forget, err = f.watchForgets(); err != nil {
 			return err
 		}
@@ -242,6 +247,9 @@ func (f *Fleet) Stop() {
 		f.cmd.abort()
 		if sub := f.sub.Load(); sub != nil {
 			_ = sub.Unsubscribe()
+		}
+		if f.relSub != nil {
+			_ = f.relSub.Unsubscribe()
 		}
 		f.hbGate.Lock() // waits for a handler already running
 		f.hbClosed = true
