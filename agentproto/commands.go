@@ -2,6 +2,7 @@ package agentproto
 
 import (
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -138,7 +139,11 @@ func (k *commander) receive(data []byte, via string) {
 		log.Warn().Msg("agentproto: " + note)
 		return
 	}
-	log.Info().Str("reason", cmd.Reason).Str("nonce", cmd.Nonce).Strs("servers", cmd.Servers).
+	ev := log.Info()
+	if cmd.Type == CmdProbe {
+		ev = log.Debug() // one every interval: answered in the next heartbeat
+	}
+	ev.Str("reason", cmd.Reason).Str("nonce", cmd.Nonce).Strs("servers", cmd.Servers).
 		Str("not_before", cmd.NotBefore).Msg("agentproto: command accepted")
 	c.emit(Event{Kind: EventCommand, Reason: cmd.Type, Subject: cmd.ID})
 }
@@ -272,7 +277,12 @@ func (k *commander) exec(t task) {
 		start := time.Now()
 		err := c.resolver.Reresolve(c.ctx, t.cmd.Servers)
 		ev := c.log.Info()
-		if err != nil {
+		var se *ServiceError
+		switch {
+		case errors.As(err, &se) && se.Code == CodeNotFound:
+			// A config an operator deleted: the resolver said so once.
+			ev = c.log.Info().Str("outcome", "config deleted")
+		case err != nil:
 			ev = c.log.Warn().Err(err)
 		}
 		ev.Str(logKeyCmdID, t.cmd.ID).Str("reason", t.cmd.Reason).Strs("servers", t.cmd.Servers).

@@ -314,7 +314,7 @@ func (r *Resolver) failed(server string, err error) (Resolved, error) {
 		delete(r.lkg, server)
 		delete(r.refused, server)
 		r.saveCacheLocked()
-		r.log.Error().Err(err).Str("server", server).Msg("config no longer exists; dropped the held one")
+		r.log.Warn().Str("error", err.Error()).Str("server", server).Msg("config no longer exists (deleted by an operator?): dropped the held one; calls to this server fail until one is configured")
 		return Resolved{Server: server, Err: err}, err
 	case h == nil:
 		r.log.Error().Err(err).Str("server", server).Msg("resolve failed and no last known good config is held")

@@ -125,10 +125,13 @@ func checkListen(listen, dataDir string) error {
 	return e
 }
 
-// serverLogger adapts zerolog to nats-server's Logger.
+// serverLogger adapts zerolog to nats-server's Logger. Its notices (the
+// start banner, version, listen addresses: some twenty lines at every
+// start) are debug: the supervisor logs one line of its own for the
+// embedded server.
 type serverLogger struct{ log zerolog.Logger }
 
-func (l serverLogger) Noticef(f string, v ...any) { l.log.Info().Msgf(f, v...) }
+func (l serverLogger) Noticef(f string, v ...any) { l.log.Debug().Msgf(f, v...) }
 func (l serverLogger) Warnf(f string, v ...any)   { l.log.Warn().Msgf(f, v...) }
 func (l serverLogger) Fatalf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
 func (l serverLogger) Errorf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }

@@ -119,7 +119,7 @@ func (s *Supervisor) takeLead(ctx context.Context) {
 	first := time.Now()
 	for ctx.Err() == nil && l.IsLeader() && !s.leading.Load() {
 		if waited := time.Since(first); waited > s.takeoverBound() {
-			s.log.Error().Str("replica", s.cfg.ReplicaID).Dur("tried_for", waited).
+			s.log.Error().Str("replica", s.cfg.ReplicaID).Dur("tried_for_ms", waited).
 				Msg("leader cannot take over the fleet (mcp_fleet unreadable): resigning the lease so another replica leads")
 			l.Resign()
 			return
@@ -138,7 +138,7 @@ func (s *Supervisor) takeLead(ctx context.Context) {
 			s.leadMu.Unlock()
 			if won {
 				s.log.Info().Str("replica", s.cfg.ReplicaID).Int("records", records).Int("reresolves", pushes).
-					Dur("took", time.Since(start)).Msg("leadership won: fleet taken over from mcp_fleet; commanding")
+					Dur("took_ms", time.Since(start)).Msg("leadership won: fleet taken over from mcp_fleet; commanding")
 			}
 			continue // leadership changed meanwhile: the loop re-checks
 		}

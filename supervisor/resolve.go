@@ -122,9 +122,15 @@ func (r *resolver) handleResolve(req micro.Request) {
 		if code == agentproto.CodeInvalidConfig {
 			ev = r.log.Error()
 		}
-		ev.Str("subject", kvconfig.Truncate(req.Subject(), 200)).Str("agent", res.Agent).Str("server", res.Server).
+		agent, server := res.Agent, res.Server
+		if agent == "" { // refused before resolving: name what the subject says
+			if raw, ok := r.subj.Tokens("resolve", req.Subject()); ok && len(raw) == 2 {
+				agent, server = kvconfig.Truncate(raw[0], 64), kvconfig.Truncate(raw[1], 64)
+			}
+		}
+		ev.Str("subject", kvconfig.Truncate(req.Subject(), 200)).Str("agent", agent).Str("server", server).
 			Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
-			Int("code", code).Str("error", errText(err)).Dur("latency", time.Since(start)).Msg("resolve failed")
+			Int("code", code).Str("error", errText(err)).Dur("latency_ms", time.Since(start)).Msg("resolve failed")
 		return
 	}
 	bp := replyBufs.Get().(*[]byte)
@@ -139,7 +145,7 @@ func (r *resolver) handleResolve(req micro.Request) {
 	r.metrics.resolved(res.Scope, "ok", lat)
 	r.log.Info().Str("agent", res.Agent).Str("server", res.Server).Str("role", res.Role).
 		Str("scope", res.Scope).Str("key", res.Key).Uint64("revision", res.Revision).
-		Dur("latency", lat).Msg("resolved")
+		Dur("latency_ms", lat).Msg("resolved")
 }
 
 // maxPooledReply keeps one huge config from pinning memory in the pool.
@@ -222,7 +228,7 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 		r.log.Warn().Err(err).Str("agent", toks[0]).Msg("cannot send resolveall reply")
 	}
 	r.log.Info().Str("agent", toks[0]).Int("servers", len(page)).Int("visible", len(items)).Str("next", next).Int("failed", failed).
-		Dur("latency", time.Since(start)).Msg("resolveall")
+		Dur("latency_ms", time.Since(start)).Msg("resolveall")
 }
 
 // Paging of resolveall (the wire contract): items come sorted by server;

@@ -20,6 +20,7 @@ const RunDrainTimeout = 10 * time.Second
 // lease left to expire), and the Close at the end takes at most
 // Config.CloseTimeout, so Drain returns within ctx plus CloseTimeout.
 func (s *Supervisor) Drain(ctx context.Context) error {
+	s.stopping.Store(true)
 	var errs []error
 	if s.svc != nil {
 		if err := s.svc.Stop(); err != nil {
@@ -59,6 +60,7 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 // left to finish in the background, keeping the data directory locked
 // until it does. Safe to call twice.
 func (s *Supervisor) Close() {
+	s.stopping.Store(true)
 	s.closeOnce.Do(func() {
 		var step atomic.Value // string: the teardown step running
 		step.Store("starting")
@@ -68,7 +70,7 @@ func (s *Supervisor) Close() {
 		select {
 		case <-s.closed:
 		case <-bound.C:
-			s.log.Error().Str("step", step.Load().(string)).Dur("close_timeout", s.cfg.CloseTimeout).
+			s.log.Error().Str("step", step.Load().(string)).Dur("close_timeout_ms", s.cfg.CloseTimeout).
 				Msg("close: a step is still running after CloseTimeout; returning without it, it finishes in the background and the data dir stays locked until then")
 		}
 	})

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,6 +64,7 @@ type Supervisor struct {
 
 	lock      *dataDirLock // the data directory's; nil with an external NATS
 	closeOnce sync.Once
+	stopping  atomic.Bool   // Drain or Close began: a disconnect is expected
 	closed    chan struct{} // closed when Close's teardown has finished
 }
 
@@ -209,7 +212,11 @@ func (s *Supervisor) natsOptions() []nats.Option {
 		nats.PingInterval(time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			s.log.Warn().Err(err).Msg("nats disconnected")
+			ev := s.log.Warn()
+			if s.stopping.Load() {
+				ev = s.log.Debug() // our own shutdown
+			}
+			ev.Err(err).Msg("nats disconnected")
 			if f := s.fleet.Load(); f != nil {
 				f.LinkDown()
 			}
@@ -224,7 +231,7 @@ func (s *Supervisor) natsOptions() []nats.Option {
 				s.store.CheckWatchers()
 			}
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { s.log.Info().Msg("nats connection closed") }),
+		nats.ClosedHandler(func(*nats.Conn) { s.log.Debug().Msg("nats connection closed") }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				s.metrics.permissionError()
@@ -358,6 +365,15 @@ func (s *Supervisor) Ready() (bool, string) {
 // Run starts the supervisor and serves until ctx is done, then drains
 // (bounded by RunDrainTimeout, then Config.CloseTimeout) and returns.
 func Run(ctx context.Context, cfg Config) error {
+	v := Build()
+	f := cfg.Fleet.Effective()
+	cfg.Logger.Info().Str("version", v.Version).Str("revision", v.Revision).Str("go", v.Go).
+		Str("nats_url", kvconfig.MaskURLs(cfg.NATSURL)).Str("listen", cfg.Listen).Str("data_dir", cfg.DataDir).
+		Str("http", cfg.HTTPAddr).Str("prefix", cfg.Prefix).Str("admission", cfg.Admission).Int("max_agents", f.MaxAgents).
+		Dur("heartbeat_interval_ms", f.HeartbeatInterval).Int("suspect_after", f.SuspectAfter).Int("lost_after", f.LostAfter).
+		Dur("probe_interval_ms", f.ProbeInterval).Dur("probe_timeout_ms", f.ProbeTimeout).Int("zombie_after", f.ZombieAfter).
+		Int("quarantine_after", f.QuarantineAfter).Dur("quarantine_period_ms", f.QuarantinePeriod).
+		Dur("lease_ttl_ms", cfg.LeaseTTL).Int("replicas", cfg.Buckets.Replicas).Msg("supervisor starting")
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -371,7 +387,38 @@ func Run(ctx context.Context, cfg Config) error {
 	cancel()
 	<-ctx.Done()
 	cfg.Logger.Info().Msg("shutting down: draining")
+	stopAt := time.Now()
 	dctx, dcancel := context.WithTimeout(context.Background(), RunDrainTimeout)
 	defer dcancel()
-	return s.Drain(dctx)
+	err = s.Drain(dctx)
+	ev := cfg.Logger.Info()
+	if err != nil {
+		ev = cfg.Logger.Warn().Err(err)
+	}
+	ev.Dur("took_ms", time.Since(stopAt)).Msg("supervisor stopped")
+	return err
+}
+
+// BuildInfo is what Build reports of this binary.
+type BuildInfo struct {
+	Version, Revision, Go string
+}
+
+// Build is this binary's release (Version), its module version when it
+// has one, VCS revision (when the build recorded one) and Go version.
+func Build() BuildInfo {
+	v := BuildInfo{Version: Version, Go: runtime.Version()}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return v
+	}
+	if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v.Version = bi.Main.Version
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			v.Revision = s.Value
+		}
+	}
+	return v
 }

@@ -109,6 +109,17 @@ func TestMCPServerRestartDuringCalls(t *testing.T) {
 	if res.OK != calls || res.Failed != 0 {
 		t.Fatalf("calls ok %d failed %d, want %d ok; logs:\n%s", res.OK, res.Failed, calls, logs.String())
 	}
+	// The demo agent says so when calls succeed: at info for the first,
+	// then at debug (a line a call would drown everything else).
+	infoOK := 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"message":"tool call ok"`) && strings.Contains(line, `"level":"info"`) {
+			infoOK++
+		}
+	}
+	if infoOK < 1 || infoOK > calls/4 {
+		t.Errorf("%d info-level \"tool call ok\" lines for %d calls: want the first (and the first after a failure) only", infoOK, calls)
+	}
 	if res.Stats.Retried == 0 {
 		t.Fatalf("no retries counted: %+v", res.Stats)
 	}

@@ -99,18 +99,39 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var out Result
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
+	failing := 0 // calls failed in a row
+	summary := time.Now()
+	var okSince, failedSince int
 	for i := 0; cfg.Calls == 0 || i < cfg.Calls; i++ {
+		start := time.Now()
 		result, err := caller.Call(ctx, cfg.Tool, map[string]any{"text": fmt.Sprintf("call %d", i)})
+		took := time.Since(start).Milliseconds()
 		switch {
 		case err != nil:
 			out.Failed++
-			log.Error().Err(err).Int("call", i).Msg("tool call failed")
+			failing++
+			failedSince++
+			log.Error().Err(err).Int("call", i).Int64("took_ms", took).Msg("tool call failed")
 		case result.IsError:
 			out.Failed++
-			log.Error().Int("call", i).Msg("tool reported an error")
+			failing++
+			failedSince++
+			log.Error().Int("call", i).Int64("took_ms", took).Msg("tool reported an error")
 		default:
 			out.OK++
-			log.Debug().Int("call", i).Msg("tool call ok")
+			okSince++
+			// Info for the first success and the first after failures; the
+			// rest at debug, with a summary a minute.
+			ev := log.Debug()
+			if i == 0 || failing > 0 {
+				ev = log.Info().Int("after_failures", failing)
+			}
+			ev.Int("call", i).Str("tool", cfg.Tool).Int64("took_ms", took).Msg("tool call ok")
+			failing = 0
+		}
+		if time.Since(summary) >= time.Minute {
+			log.Info().Int("ok", okSince).Int("failed", failedSince).Int64("over_ms", time.Since(summary).Milliseconds()).Msg("tool calls in the last minute")
+			summary, okSince, failedSince = time.Now(), 0, 0
 		}
 		if cfg.Calls != 0 && i == cfg.Calls-1 {
 			break

@@ -60,7 +60,7 @@ func (s *Sampler) Dropped() uint64 { return s.dropped.Load() }
 // report, if any, and resets the count.
 func (s *Sampler) Report(log zerolog.Logger, since time.Duration) {
 	if n := s.dropped.Swap(0); n > 0 {
-		log.Warn().Str("lines", s.name).Uint64("dropped", n).Dur("over", since).
+		log.Warn().Str("lines", s.name).Uint64("dropped", n).Dur("over_ms", since).
 			Msg("log lines dropped by sampling (a flood of requests or heartbeats); metrics count every one")
 	}
 }

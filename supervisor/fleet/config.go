@@ -175,6 +175,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// Effective is c with its derived timings filled in, as the fleet runs it
+// (for logging the effective settings).
+func (c Config) Effective() Config { return c.withDerived() }
+
 // withDerived fills the timings whose zero means "derived from
 // HeartbeatInterval".
 func (c Config) withDerived() Config {

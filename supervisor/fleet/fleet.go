@@ -121,7 +121,7 @@ func (f *Fleet) Start(ctx context.Context, ix *kvconfig.Index) error {
 			return err
 		}
 		if n > 0 {
-			f.log.Info().Int("agents", n).Dur("grace", f.cfg.LostWindow()).
+			f.log.Info().Int("agents", n).Dur("grace_ms", f.cfg.LostWindow()).
 				Msg("fleet rebuilt from mcp_fleet; no agent is declared lost before one detection window")
 		}
 	}

@@ -209,7 +209,7 @@ func (t *tracker) reconcile(reason string, prev *drift) int {
 		}
 		sh.mu.Unlock()
 	}
-	t.log.Info().Int("agents", len(order)).Dur("spread", spread).Msg(reason + ": re-resolve queued")
+	t.log.Info().Int("agents", len(order)).Dur("spread_ms", spread).Msg(reason + ": re-resolve queued")
 	return len(order)
 }
 

@@ -233,8 +233,8 @@ func (p *pusher) push(ch kvconfig.Change, agents, servers []string, reason strin
 		t.cmd.send(sends[i].agent, &sends[i].cmd, false)
 	}
 	p.log.Info().Str("bucket", ch.Bucket).Str("key", ch.KeyName).Uint64("revision", ch.Revision).Stringer("op", ch.Op).
-		Int("agents", len(agents)).Int("sent", len(sends)).Int("unregistered_once", once).Strs("servers", servers).
-		Dur("spread", spread).Dur("took", time.Since(start)).Msg("config push: reresolve sent to affected agents")
+		Int("agents", len(agents)).Int("sent_now", len(sends)).Int("unregistered_once", once).Strs("servers", servers).
+		Dur("spread_ms", spread).Dur("took_ms", time.Since(start)).Msg("config push: reresolve queued for the affected agents (sent now to the live ones, the rest when they are back)")
 }
 
 // tracked reports whether the agent is in the fleet map.

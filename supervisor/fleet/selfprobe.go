@@ -78,7 +78,7 @@ func (f *Fleet) selfProbe() {
 		} else if p.misses++; p.misses >= 2 {
 			p.misses = 0
 			if !f.t.blind.Swap(true) {
-				f.log.Error().Dur("silent_for", 2*p.period).Msg("heartbeat subscription does not receive its own probe: not judging anyone on silence, re-creating it")
+				f.log.Error().Dur("silent_for_ms", 2*p.period).Msg("heartbeat subscription does not receive its own probe: not judging anyone on silence, re-creating it")
 			}
 			f.resubscribe()
 		}

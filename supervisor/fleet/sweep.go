@@ -320,11 +320,11 @@ func (t *tracker) updateMass(now int64, silent, candidates int) {
 	case !on && was:
 		t.mass.Store(false)
 		t.metrics.massSilence(false)
-		t.log.Warn().Int("silent", silent).Int("live", candidates).Dur("lasted", time.Duration(now-s.massSince)).
+		t.log.Warn().Int("silent", silent).Int("live", candidates).Dur("lasted_ms", time.Duration(now-s.massSince)).
 			Msg("mass silence over; returning agents are re-resolved at the recovery rate")
 	case on && !s.massHeld && now-s.massSince >= int64(t.cfg.MassSilenceHold):
 		s.massHeld = true
-		t.log.Error().Dur("held", t.cfg.MassSilenceHold).Msg("mass silence outlasted MassSilenceHold: judging agents individually again")
+		t.log.Error().Dur("held_ms", t.cfg.MassSilenceHold).Msg("mass silence outlasted MassSilenceHold: judging agents individually again")
 	}
 }
 

@@ -108,7 +108,7 @@ func bucketTTL(ctx context.Context, kv jetstream.KeyValue, cfg Config) (time.Dur
 	case ttl < MinTTL:
 		return 0, fmt.Errorf("lease: lease bucket %s has max age %v (below %v): a dead leader's lease would not expire in time; delete the bucket to re-create it", Bucket, ttl, MinTTL)
 	case ttl != cfg.TTL:
-		cfg.Logger.Warn().Dur("configured", cfg.TTL).Dur("bucket", ttl).
+		cfg.Logger.Warn().Dur("configured_ms", cfg.TTL).Dur("bucket_ms", ttl).
 			Msg("lease bucket exists with another TTL; using the bucket's so every replica renews alike")
 	}
 	return ttl, nil
@@ -305,7 +305,7 @@ func (l *Lease) step(ctx context.Context) {
 			return
 		}
 		if created {
-			l.cfg.Logger.Warn().Str("bucket", Bucket).Dur("ttl", l.cfg.TTL).Msg("lease bucket was missing (deleted?): re-created it")
+			l.cfg.Logger.Warn().Str("bucket", Bucket).Dur("ttl_ms", l.cfg.TTL).Msg("lease bucket was missing (deleted?): re-created it")
 		}
 		l.kv = kv
 		l.readTerm(octx)
@@ -317,7 +317,7 @@ func (l *Lease) step(ctx context.Context) {
 			l.fenceRev.Store(rev)
 			l.renewedAt.Store(int64(now.Sub(l.epoch)))
 			l.holder.Store(l.cfg.ID)
-			l.cfg.Logger.Warn().Dur("fence", l.cfg.TTL).Msg("holding the lease one TTL before leading, so a holder that missed the deletion has stepped down")
+			l.cfg.Logger.Warn().Dur("fence_ms", l.cfg.TTL).Msg("holding the lease one TTL before leading, so a holder that missed the deletion has stepped down")
 			return
 		}
 	}
