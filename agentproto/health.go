@@ -71,6 +71,15 @@ func (c *Client) healthRound(fails int) int {
 		}
 		return 0 // nats.go is on it; pings found the fault
 	}
+	// A subscription the server refused or dropped cannot bring a probe
+	// back: re-create it before probing (every round while refused, so it
+	// flows within a round of being allowed again); this round's probe
+	// then proves the new one.
+	for _, s := range c.snapshotSubs() {
+		if reason, refused := s.refused(); refused {
+			c.restore(s, gen, reason)
+		}
+	}
 	r := c.probeRound(nc)
 	if c.ctx.Err() != nil || !nc.IsConnected() {
 		return 0 // closing, or the link dropped during the round: nats.go is on it

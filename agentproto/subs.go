@@ -37,12 +37,22 @@ type Subscription struct {
 	mu       sync.Mutex
 	sub      *nats.Subscription
 	removed  bool
+	noProbe  bool // WithoutProbe
 	denied   bool // the server refused or dropped it (permissions)
 	probeOff bool // publishing the probe is not permitted
 	fails    int  // failed probe rounds in a row
 	tok      string
 	back     chan struct{} // closed when the probe tok came back
 	atSend   uint64        // handled when tok was sent
+	seen     uint64        // handled at the last round: traffic since proves delivery
+	// restoring is set by a re-creation until the server is seen to
+	// accept it (its probe back, or a round without a refusal): only then
+	// does Restores count it.
+	restoring      bool
+	restoreStarted time.Time
+	restoreReason  string
+	restoreGen     uint64
+	confirmed      bool // a restore was just confirmed: judge reports it
 }
 
 // SubOption configures Subscribe.
@@ -74,9 +84,23 @@ func WithProbe(subject string) SubOption {
 	}
 }
 
+// WithoutProbe turns off the self-probe a subscription to a literal subject
+// gets by default: for subjects where others would see the probes (they
+// carry the HeaderProbe header, which Tether's own receivers ignore) or
+// whose handlers may run for longer than HealthFailures rounds.
+func WithoutProbe() SubOption {
+	return func(s *Subscription) error {
+		s.noProbe, s.probeSub = true, ""
+		return nil
+	}
+}
+
 // Subscribe registers handler for subject. The subscription lives until
 // Unsubscribe or the client's end, across reconnects and rebuilds. When
-// Subscribe returns on a connected client, the server has it. Handlers of
+// Subscribe returns on a connected client, the server has it. A literal
+// subject is self-probed by default (WithProbe(""); WithoutProbe opts
+// out); a round in which the handler received a message skips the probe,
+// since that traffic proved delivery. Handlers of
 // one subscription run one at a time, in order; a panic in one is logged
 // and counted, not fatal. A handler must not call Close or Drain (they
 // wait for handlers).
@@ -104,6 +128,9 @@ func (c *Client) subscribe(subject, queue string, handler nats.MsgHandler, opts 
 		if err := o(s); err != nil {
 			return nil, err
 		}
+	}
+	if s.probeSub == "" && !s.noProbe && queue == "" && literalSubject(subject) {
+		s.probeSub = subject // probed by default
 	}
 	c.mu.Lock()
 	if c.closing {
@@ -217,6 +244,10 @@ func (s *Subscription) arm(tok string) <-chan struct{} {
 	if s.probeSub == "" || s.probeOff || s.sub == nil || s.removed {
 		return nil
 	}
+	if h := s.handled.Load(); h != s.seen && !s.restoring && !s.denied {
+		s.seen, s.fails = h, 0 // messages were handled since the last round: no probe needed
+		return nil
+	}
 	s.tok, s.back, s.atSend = tok, make(chan struct{}), s.handled.Load()
 	return s.back
 }
@@ -233,11 +264,47 @@ func (s *Subscription) probeBack(tok string) {
 // closeProbe forgets the probe in flight; s.mu must be held.
 func (s *Subscription) closeProbe() { s.tok, s.back = "", nil }
 
+// refused reports whether the server refused or dropped s (why).
+func (s *Subscription) refused() (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.removed || s.sub == nil:
+		return "", false
+	case !s.sub.IsValid():
+		return "subscription no longer valid (auto-unsubscribed or closed)", true
+	case s.denied:
+		return "server refused the subscription (permissions)", true
+	}
+	return "", false
+}
+
+// cancelProbe forgets this round's probe.
+func (s *Subscription) cancelProbe() {
+	s.mu.Lock()
+	s.closeProbe()
+	s.mu.Unlock()
+}
+
 // judge records the outcome of this round's probe and reports whether the
 // subscription must be re-created now (and why).
 func (s *Subscription) judge(back bool, threshold int) (string, bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	reason, restore := s.judgeLocked(back, threshold)
+	confirmed := s.confirmed
+	s.confirmed = false
+	took, why, gen := time.Since(s.restoreStarted), s.restoreReason, s.restoreGen
+	s.mu.Unlock()
+	if confirmed { // logged and emitted outside the lock: OnEvent may call back
+		c := s.c
+		c.log.Warn().Str(logKeySubject, s.subject).Str("reason", why).
+			Int64(logKeyTookMS, took.Milliseconds()).Msg("agentproto: subscription restored")
+		c.emit(Event{Kind: EventSubRestored, Gen: gen, Subject: s.subject, Reason: why})
+	}
+	return reason, restore
+}
+
+func (s *Subscription) judgeLocked(back bool, threshold int) (string, bool) {
 	if s.removed || s.sub == nil {
 		return "", false
 	}
@@ -245,10 +312,15 @@ func (s *Subscription) judge(back bool, threshold int) (string, bool) {
 	case !s.sub.IsValid():
 		return "subscription no longer valid (auto-unsubscribed or closed)", true
 	case s.denied:
-		s.fails++
-		return "server refused the subscription (permissions)", s.fails >= threshold
+		// Re-created every round while refused, so it flows again within a
+		// round of being allowed again.
+		return "server refused the subscription (permissions)", true
 	case s.tok == "":
-		return "", false // not probed this round
+		s.confirmLocked(s.probeSub == "" || s.probeOff) // unprobed: a round without a refusal
+		return "", false                                // not probed this round
+	}
+	if back {
+		s.confirmLocked(true)
 	}
 	v := judgeProbe(back, s.atSend, s.handled.Load())
 	s.fails = nextFailures(s.fails, v)
@@ -259,28 +331,47 @@ func (s *Subscription) judge(back bool, threshold int) (string, bool) {
 	return "", false
 }
 
-// restore re-creates s on the current connection (generation gen).
+// confirmLocked counts a re-creation once the server is seen to accept it
+// (ok: its probe came back, or a round passed without a refusal); s.mu is
+// held.
+func (s *Subscription) confirmLocked(ok bool) {
+	if !s.restoring || !ok || s.denied {
+		return
+	}
+	s.restoring, s.confirmed = false, true
+	s.restores.Add(1)
+}
+
+// restore re-creates s on the current connection (generation gen); it is
+// counted once the server is seen to accept it (confirmLocked).
 func (c *Client) restore(s *Subscription, gen uint64, reason string) {
-	start := time.Now()
 	c.mu.Lock()
 	if c.gen != gen || c.nc == nil || c.closing {
 		c.mu.Unlock()
 		return
 	}
 	nc := c.nc
+	s.mu.Lock()
+	first := !s.restoring
+	if first {
+		s.restoring, s.restoreStarted, s.restoreReason = true, time.Now(), reason
+	}
+	s.restoreGen = gen
+	s.mu.Unlock()
 	err := s.attach(nc)
 	c.mu.Unlock()
 	if err != nil {
 		c.log.Error().Err(err).Str(logKeySubject, s.subject).Msg("agentproto: subscription restore failed")
 		return
 	}
+	ev := c.log.Debug()
+	if first {
+		ev = c.log.Info()
+	}
+	ev.Str(logKeySubject, s.subject).Str("reason", reason).Msg("agentproto: re-creating subscription")
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ProbeTimeout)
 	_ = nc.FlushWithContext(ctx) // the new subscription is registered at the server
 	cancel()
-	s.restores.Add(1)
-	c.log.Warn().Str(logKeySubject, s.subject).Str("reason", reason).
-		Int64(logKeyTookMS, time.Since(start).Milliseconds()).Msg("agentproto: subscription restored")
-	c.emit(Event{Kind: EventSubRestored, Gen: gen, Subject: s.subject, Reason: reason})
 }
 
 // snapshotSubs returns the registered subscriptions.
