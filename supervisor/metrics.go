@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +26,7 @@ type Metrics struct {
 	natsReconnects prometheus.Counter
 	repliesRefused *prometheus.CounterVec
 	permErrors     prometheus.Counter
+	buildInfo      *prometheus.GaugeVec
 
 	// Fleet are the fleet's metrics, registered in Registry.
 	Fleet *fleet.Metrics
@@ -70,11 +73,53 @@ func NewMetrics() *Metrics {
 	m.permErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tether_nats_permission_errors_total", Help: "Publishes or subscriptions of the supervisor's own connection that the NATS server refused.",
 	})
-	m.Registry.MustRegister(m.permErrors, m.repliesRefused, m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
+	m.buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tether_build_info", Help: "Always 1; the labels say which build runs: module version (\"(devel)\" when unknown), Go version and VCS revision (\"unknown\" when not stamped).",
+	}, []string{"version", "go_version", "revision"})
+	m.buildInfo.WithLabelValues(buildLabels(debug.ReadBuildInfo())).Set(1)
+	m.Registry.MustRegister(m.buildInfo, m.permErrors, m.repliesRefused, m.resolutions, m.resolveLatency, m.spoofedTotal, m.kvChanges, m.kvInvalid,
 		m.watcherRestart, m.bucketDeleted, m.bucketProblem, m.natsReconnects,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.Fleet = fleet.NewMetrics(m.Registry, m.spoofedTotal)
 	return m
+}
+
+// Values of tether_build_info's labels when the binary does not say.
+const (
+	unknownVersion  = "(devel)"
+	unknownRevision = "unknown"
+)
+
+// buildLabels are tether_build_info's version, go_version and revision
+// from debug.ReadBuildInfo's result: the main module's version, the Go
+// version that built it and the vcs.revision stamp (with "-dirty" when
+// vcs.modified says the tree had changes).
+func buildLabels(bi *debug.BuildInfo, ok bool) (version, goVersion, revision string) {
+	version, goVersion, revision = unknownVersion, runtime.Version(), unknownRevision
+	if !ok || bi == nil {
+		return version, goVersion, revision
+	}
+	if v := bi.Main.Version; v != "" {
+		version = v
+	}
+	if bi.GoVersion != "" {
+		goVersion = bi.GoVersion
+	}
+	dirty := false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			if s.Value != "" {
+				revision = s.Value
+			}
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if dirty && revision != unknownRevision {
+		revision += "-dirty"
+	}
+	return version, goVersion, revision
 }
 
 func scopeKind(scope string) string {

@@ -25,7 +25,9 @@ import (
 	"github.com/tether-dev/tether/supervisor"
 )
 
-// dashboardArtifacts is where the screenshots are kept (git-ignored).
+// dashboardArtifacts is where the screenshots are kept, checked in: every
+// run of the browser tests writes them again (dashboard-failure.png, of a
+// failed wait, is git-ignored).
 const dashboardArtifacts = "artifacts"
 
 // xssPayload is put by a hostile agent into every free-text field it
@@ -100,6 +102,7 @@ func TestDashboardBrowser(t *testing.T) {
 	zombieShown := time.Now()
 	waitPage(t, bctx, "zombie count chip", 2*time.Second,
 		`document.querySelector('#counts [data-state="zombie"] .chip-n').textContent`, func(s string) bool { return s == "1" })
+	noSideScroll(t, bctx, "fleet page with a zombie")
 	screenshot(t, bctx, "dashboard-zombie.png")
 
 	deny(false)
@@ -143,6 +146,7 @@ func TestDashboardBrowser(t *testing.T) {
 	if page.NoReload != 42 {
 		t.Errorf("the page reloaded (marker %d): updates must arrive live", page.NoReload)
 	}
+	noSideScroll(t, bctx, "fleet page")
 	shot := screenshot(t, bctx, "dashboard.png")
 
 	// One agent's page: every scope explained, secrets masked.
@@ -168,6 +172,7 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	waitPage(t, bctx, "agent page live state", 3*time.Second, `document.getElementById('state-pill').textContent`,
 		func(s string) bool { return s == "healthy" })
+	noSideScroll(t, bctx, "agent page")
 	screenshot(t, bctx, "dashboard-agent.png")
 	t.Logf("dashboard screenshot: %s (total %v)", shot, time.Since(start).Round(time.Millisecond))
 }
@@ -198,7 +203,7 @@ func startBrowser(t *testing.T, ctx context.Context, path string) context.Contex
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-dev-shm-usage", true),
 		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1440, 1000),
+		chromedp.WindowSize(1280, 800), // a laptop: the pages must fit it (issue 16)
 	)
 	bctx, bcancel := chromedp.NewContext(actx)
 	t.Cleanup(func() {

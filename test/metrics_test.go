@@ -51,6 +51,9 @@ func TestMetricsMove(t *testing.T) {
 	if v := value(before, "tether_resolutions_total", nil); v > 0 {
 		t.Fatalf("resolutions before any traffic: %v", v)
 	}
+	if v := value(before, "tether_build_info", nil); v != 1 || len(before["tether_build_info"].GetMetric()) != 1 {
+		t.Errorf("tether_build_info: %v in %d series, want 1 in one", v, len(before["tether_build_info"].GetMetric()))
+	}
 
 	b := sup.Buckets()
 	rev, _ := b.Configs.Put(ctx, "global.github", []byte(`{"url":"https://g.example/mcp"}`))

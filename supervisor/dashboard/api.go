@@ -27,27 +27,34 @@ const (
 
 // agentRow is one agent in the dashboard's table: a compact fleet.AgentStatus.
 type agentRow struct {
-	ID         string      `json:"id"`
-	State      string      `json:"state"`
-	Since      int64       `json:"since"` // unix ms
-	Reason     string      `json:"reason,omitempty"`
-	Role       string      `json:"role,omitempty"`
-	HeardMS    int64       `json:"heard_ms"` // heartbeat age; -1: never heard
-	IntervalMS int64       `json:"interval_ms,omitempty"`
-	Conn       string      `json:"conn,omitempty"`
-	RTT        float64     `json:"rtt_ms"`
-	Reconnects uint64      `json:"reconnects"`
-	OK         uint64      `json:"ok"`
-	Retried    uint64      `json:"retried"`
-	Failed     uint64      `json:"failed"`
-	ErrClass   string      `json:"err_class,omitempty"`
-	Configs    []configRow `json:"configs,omitempty"`
-	MoreCfgs   int         `json:"more_configs,omitempty"`
-	Pending    int         `json:"pending,omitempty"`
-	Unacked    int         `json:"probes_unacked,omitempty"`
-	Restarts   uint32      `json:"restarts,omitempty"`
-	Duplicate  bool        `json:"duplicate,omitempty"`
-	Skewed     bool        `json:"skewed,omitempty"`
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	Since      int64  `json:"since"` // unix ms
+	Reason     string `json:"reason,omitempty"`
+	Role       string `json:"role,omitempty"`
+	HeardMS    int64  `json:"heard_ms"` // heartbeat age; -1: never heard
+	IntervalMS int64  `json:"interval_ms,omitempty"`
+	// Conn is the connection state the last heartbeat reported (HeardMS
+	// ago); ConnStale: the agent is no longer live, so it is history.
+	Conn      string  `json:"conn,omitempty"`
+	ConnStale bool    `json:"conn_stale,omitempty"`
+	RTT       float64 `json:"rtt_ms"`
+	// Reconnects, OK, Retried and Failed are the agent's cumulative
+	// counters; Recent how much they rose over the rate window (nil: not
+	// at all).
+	Reconnects uint64        `json:"reconnects"`
+	OK         uint64        `json:"ok"`
+	Retried    uint64        `json:"retried"`
+	Failed     uint64        `json:"failed"`
+	Recent     *recentCounts `json:"recent,omitempty"`
+	ErrClass   string        `json:"err_class,omitempty"`
+	Configs    []configRow   `json:"configs,omitempty"`
+	MoreCfgs   int           `json:"more_configs,omitempty"`
+	Pending    int           `json:"pending,omitempty"`
+	Unacked    int           `json:"probes_unacked,omitempty"`
+	Restarts   uint32        `json:"restarts,omitempty"`
+	Duplicate  bool          `json:"duplicate,omitempty"`
+	Skewed     bool          `json:"skewed,omitempty"`
 	// Warnings are the status's (a role no config names).
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -76,6 +83,7 @@ func makeRow(st fleet.AgentStatus) agentRow {
 	if !st.LastHeard.IsZero() {
 		r.HeardMS = st.SilentMS
 	}
+	r.ConnStale = connStale(st.State, r.HeardMS, st.IntervalMS)
 	if len(st.Configs) > 0 {
 		names := make([]string, 0, len(st.Configs))
 		for s := range st.Configs {
@@ -93,6 +101,19 @@ func makeRow(st fleet.AgentStatus) agentRow {
 		}
 	}
 	return r
+}
+
+// connStale reports whether an agent's connection report (heardMS old)
+// is history rather than news: it is suspect, lost or gone, or
+// quarantined and late by more than two of its announced intervals.
+func connStale(st fleet.State, heardMS, intervalMS int64) bool {
+	switch st {
+	case fleet.StateSuspect, fleet.StateLost, fleet.StateGone:
+		return true
+	case fleet.StateQuarantined:
+		return intervalMS > 0 && heardMS > 2*intervalMS
+	}
+	return false
 }
 
 // pageQuery selects and pages the table: by state (or "problem": neither
@@ -178,13 +199,21 @@ type pageReply struct {
 	Limit   int        `json:"limit"`
 }
 
+// row is agent id's row, nil when the snapshot has none.
+func (s *fleetSnap) row(id string) *agentRow {
+	i := sort.Search(len(s.rows), func(i int) bool { return s.rows[i].ID >= id })
+	if i < len(s.rows) && s.rows[i].ID == id {
+		return &s.rows[i]
+	}
+	return nil
+}
+
 // page selects the rows of q from a snapshot.
 func (s *fleetSnap) page(q pageQuery) pageReply {
 	p := pageReply{Rows: []agentRow{}, Offset: q.offset, Limit: q.limit}
 	if q.agent != "" {
-		i := sort.Search(len(s.rows), func(i int) bool { return s.rows[i].ID >= q.agent })
-		if i < len(s.rows) && s.rows[i].ID == q.agent {
-			p.Rows, p.Matched = append(p.Rows, s.rows[i]), 1
+		if row := s.row(q.agent); row != nil {
+			p.Rows, p.Matched = append(p.Rows, *row), 1
 		}
 		return p
 	}
@@ -220,9 +249,11 @@ type fleetReply struct {
 	Leader      bool           `json:"leader"`
 	// LeaderID is the replica holding the lease; NoLeaderMS how long none
 	// has (then nobody sends commands).
-	LeaderID   string   `json:"leader_id,omitempty"`
-	NoLeaderMS int64    `json:"no_leader_ms,omitempty"`
-	Roles      []string `json:"roles,omitempty"`
+	LeaderID   string `json:"leader_id,omitempty"`
+	NoLeaderMS int64  `json:"no_leader_ms,omitempty"`
+	// RateWindowMS is how far back the rows' recent failures look.
+	RateWindowMS int64    `json:"rate_window_ms"`
+	Roles        []string `json:"roles,omitempty"`
 	// Notices are the invalid entries and the roles no config names
 	// (notices.go); a stream sends them only when they changed.
 	Notices json.RawMessage `json:"notices,omitempty"`
@@ -232,7 +263,7 @@ type fleetReply struct {
 func (d *Dashboard) head(s *fleetSnap) fleetReply {
 	return fleetReply{Seq: s.seq, T: s.at.UnixMilli(), IntervalMS: d.rec.cfg.Interval.Milliseconds(),
 		Counts: s.counts, Total: s.total, MassSilence: s.mass, Leader: s.leader,
-		LeaderID: s.holder, NoLeaderMS: s.noLeader.Milliseconds()}
+		LeaderID: s.holder, NoLeaderMS: s.noLeader.Milliseconds(), RateWindowMS: d.rec.cfg.RateWindow.Milliseconds()}
 }
 
 // serveFleet is GET /api/fleet: counts and one page of the table.
@@ -293,6 +324,12 @@ type agentDetail struct {
 	IndexError string         `json:"index_error,omitempty"`
 	Servers    []serverDetail `json:"servers"`
 	Events     []stateEvent   `json:"events"`
+	// ConnStale: Status.Conn is the report of an agent no longer live.
+	ConnStale bool `json:"conn_stale,omitempty"`
+	// Recent is how much its failure counters rose over RateWindowMS, as
+	// of the dashboard's latest sample (absent: not at all).
+	Recent       *recentCounts `json:"recent,omitempty"`
+	RateWindowMS int64         `json:"rate_window_ms"`
 }
 
 // serverDetail is one server as the agent would resolve it now.
@@ -310,11 +347,27 @@ func (d *Dashboard) serveAgent(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, err)
 		return
 	}
-	det := agentDetail{Agent: id, Servers: []serverDetail{}}
+	secure(w)
+	writeJSON(w, http.StatusOK, d.detail(id))
+}
+
+// detail is everything the agent page shows of a valid agent id.
+func (d *Dashboard) detail(id string) agentDetail {
+	det := agentDetail{Agent: id, Servers: []serverDetail{}, RateWindowMS: d.rec.cfg.RateWindow.Milliseconds()}
 	var running map[string]fleet.ConfigStatus
 	if st, ok := d.src.Agent(id); ok {
 		det.Known, det.Status, running = true, &st, st.Configs
 		det.Pending = d.src.Pending(id)
+		heard := int64(-1)
+		if !st.LastHeard.IsZero() {
+			heard = st.SilentMS
+		}
+		det.ConnStale = connStale(st.State, heard, st.IntervalMS)
+	}
+	if s, _ := d.rec.current(); s != nil {
+		if row := s.row(id); row != nil {
+			det.Recent = row.Recent
+		}
 	}
 	det.Events, _, _, _ = d.rec.eventsSince(0, maxEventsShown, func(e *stateEvent) bool { return e.Agent == id })
 	det.Events = nonNil(det.Events)
@@ -325,8 +378,7 @@ func (d *Dashboard) serveAgent(w http.ResponseWriter, r *http.Request) {
 		det.Role, det.Servers, det.IndexError = explainAll(ix, id, running)
 		det.Warnings = ix.AgentWarnings(id)
 	}
-	secure(w)
-	writeJSON(w, http.StatusOK, det)
+	return det
 }
 
 // explainAll explains every server visible to the agent plus every server

@@ -26,6 +26,10 @@ const (
 	// DefaultSamples bounds the ring of latency samples (10 min at
 	// the default interval).
 	DefaultSamples = 600
+	// DefaultRateWindow is how far back the table's recent failures (calls
+	// retried and failed, reconnects) look, at the default interval; with
+	// a shorter interval it shrinks with it (300 samples).
+	DefaultRateWindow = 5 * time.Minute
 	// minInterval bounds the sampling rate under test timings.
 	minInterval = 10 * time.Millisecond
 )
@@ -40,17 +44,23 @@ type Config struct {
 	// MaxEvents and MaxSamples bound the rings of state changes and
 	// latency samples.
 	MaxEvents, MaxSamples int
+	// RateWindow is how far back recent failures look: the increase of
+	// each agent's cumulative counters between the samples at both ends.
+	// Zero means DefaultRateWindow.
+	RateWindow time.Duration
 }
 
 // ConfigFor derives the dashboard settings from the fleet's heartbeat
 // interval: DefaultInterval, or half a heartbeat when that is shorter, so
-// millisecond test timings get a millisecond dashboard.
+// millisecond test timings get a millisecond dashboard; the rate window
+// shrinks in step.
 func ConfigFor(heartbeat time.Duration) Config {
 	iv := DefaultInterval
 	if h := heartbeat / 2; h > 0 && h < iv {
 		iv = max(h, minInterval)
 	}
-	return Config{Interval: iv, MaxEvents: DefaultEvents, MaxSamples: DefaultSamples}
+	return Config{Interval: iv, MaxEvents: DefaultEvents, MaxSamples: DefaultSamples,
+		RateWindow: DefaultRateWindow / DefaultInterval * iv}
 }
 
 // Dashboard serves the live fleet dashboard: static pages, JSON endpoints
@@ -62,6 +72,7 @@ type Dashboard struct {
 	index func() *kvconfig.Index
 	log   zerolog.Logger
 	web   fs.FS
+	agent agentPage
 
 	mu      sync.Mutex
 	closed  bool
@@ -78,7 +89,7 @@ func New(cfg Config, src Source, index func() *kvconfig.Index, log zerolog.Logge
 	if err != nil {
 		panic(err) // the embedded directory is part of the binary
 	}
-	return &Dashboard{rec: newRecorder(cfg, src), src: src, index: index, log: log, web: sub, done: make(chan struct{})}
+	return &Dashboard{rec: newRecorder(cfg, src), src: src, index: index, log: log, web: sub, agent: loadAgentPage(sub), done: make(chan struct{})}
 }
 
 // start starts the recorder's sampling loop.
@@ -127,12 +138,13 @@ func (d *Dashboard) Routes(mux *http.ServeMux) {
 	}
 	mux.HandleFunc("GET /{$}", page("index.html"))
 	mux.HandleFunc("GET /agent/{id}", func(w http.ResponseWriter, r *http.Request) {
-		if err := kvconfig.ValidateID(kvconfig.KindAgent, r.PathValue("id")); err != nil {
+		id := r.PathValue("id")
+		if err := kvconfig.ValidateID(kvconfig.KindAgent, id); err != nil {
 			secure(w)
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		d.serveFile(w, r, "agent.html")
+		d.serveAgentPage(w, r, id)
 	})
 	mux.HandleFunc("GET /static/{file}", func(w http.ResponseWriter, r *http.Request) {
 		d.serveFile(w, r, r.PathValue("file"))

@@ -101,14 +101,14 @@ func testDashConfig(interval time.Duration) Config {
 }
 
 func TestDashboardConfigInterval(t *testing.T) {
-	for _, tc := range []struct{ hb, want time.Duration }{
-		{fleet.DefaultHeartbeatInterval, time.Second},
-		{2 * time.Second, time.Second},
-		{100 * time.Millisecond, 50 * time.Millisecond},
-		{5 * time.Millisecond, minInterval},
+	for _, tc := range []struct{ hb, want, window time.Duration }{
+		{fleet.DefaultHeartbeatInterval, time.Second, 5 * time.Minute},
+		{2 * time.Second, time.Second, 5 * time.Minute},
+		{100 * time.Millisecond, 50 * time.Millisecond, 15 * time.Second},
+		{5 * time.Millisecond, minInterval, 3 * time.Second},
 	} {
-		if got := ConfigFor(tc.hb).Interval; got != tc.want {
-			t.Errorf("heartbeat %v: dashboard interval %v, want %v", tc.hb, got, tc.want)
+		if got := ConfigFor(tc.hb); got.Interval != tc.want || got.RateWindow != tc.window {
+			t.Errorf("heartbeat %v: dashboard interval %v, rate window %v; want %v, %v", tc.hb, got.Interval, got.RateWindow, tc.want, tc.window)
 		}
 	}
 }

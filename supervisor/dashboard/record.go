@@ -156,13 +156,18 @@ type recorder struct {
 
 	rtts   []float64 // scratch, loop goroutine only
 	ages   []int64
+	rates  *rateKeeper // loop goroutine only
+	t0     time.Time   // the first sample's time
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
 }
 
 func newRecorder(cfg Config, src Source) *recorder {
-	return &recorder{cfg: cfg, src: src, now: time.Now, tick: make(chan struct{}),
+	if cfg.RateWindow <= 0 {
+		cfg.RateWindow = DefaultRateWindow
+	}
+	return &recorder{cfg: cfg, src: src, now: time.Now, tick: make(chan struct{}), rates: newRateKeeper(cfg.RateWindow),
 		snap:    &fleetSnap{counts: emptyCounts()},
 		events:  newRing[stateEvent](cfg.MaxEvents),
 		samples: newRing[latencySample](cfg.MaxSamples)}
@@ -234,6 +239,10 @@ func (r *recorder) sample() {
 	prev := r.snap
 	r.mu.Unlock()
 	first := prev.seq == 0
+	if first {
+		r.t0 = now
+	}
+	r.recentFailures(rows, now.Sub(r.t0), prev.seq+1)
 	snap := &fleetSnap{seq: prev.seq + 1, at: now, rows: rows, counts: emptyCounts(),
 		mass: r.src.MassSilence(), leader: r.src.Leader(), notices: sampleNotices(r.src)}
 	snap.holder, snap.noLeader = r.src.Leadership()
@@ -297,6 +306,19 @@ func (r *recorder) sample() {
 	close(r.tick)
 	r.tick = make(chan struct{})
 	r.mu.Unlock()
+}
+
+// recentFailures fills every row's recent failures from the counters it
+// reports at (since the first sample) in sample seq.
+func (r *recorder) recentFailures(rows []agentRow, at time.Duration, seq uint64) {
+	for i := range rows {
+		row := &rows[i]
+		d := r.rates.observe(row.ID, failCounts{row.Retried, row.Failed, row.Reconnects}, at, seq)
+		if !d.zero() {
+			row.Recent = &recentCounts{Retried: d.retried, Failed: d.failed, Reconnects: d.reconnects}
+		}
+	}
+	r.rates.forget(seq, len(rows))
 }
 
 // diffRows merges two id-sorted row lists into state-change events.

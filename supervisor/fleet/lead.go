@@ -87,10 +87,10 @@ func (t *tracker) merge(r *Record) {
 		a.quarantined, a.reason = true, r.Reason
 	}
 	queued := false
-	if a.instance == "" || a.instance == r.Instance {
+	if (a.instance == "" || a.instance == r.Instance) && a.live != StateGone {
 		// Same process: its commands are still owed (a restarted one
-		// resolves everything itself). A zombie flag needs probes only the
-		// leader sent, so it is taken over too.
+		// resolves everything itself; a gone one is owed nothing). A zombie
+		// flag needs probes only the leader sent, so it is taken over too.
 		a.zombie = a.zombie || r.Zombie && a.live == StateHealthy
 		for _, p := range r.PendingCommands {
 			if hasPending(a, p.ID) || a.quarantined && p.Recovery {

@@ -242,8 +242,13 @@ func (t *tracker) restore(r *Record) {
 				appliedConfig: appliedConfig{Revision: c.Revision, Applied: c.Applied, Error: c.Error, Stale: c.Stale}})
 		}
 	}
-	queued := false
+	// A gone agent is owed nothing (dropOwed); a record an older version
+	// wrote may still list commands for one: written again without them.
+	queued, dropped := false, a.live == StateGone && len(r.PendingCommands) > 0
 	for _, p := range r.PendingCommands {
+		if a.live == StateGone {
+			break
+		}
 		a.pending = append(a.pending, &pendingCmd{cmd: p.Command, created: p.Created.UnixNano(),
 			sends: p.Sends, queued: p.Queued, recovery: p.Recovery})
 		queued = queued || p.Queued
@@ -263,6 +268,9 @@ func (t *tracker) restore(r *Record) {
 	sh.add(a)
 	t.setState(a, deriveState(a.live, a.zombie, a.quarantined), now)
 	a.since, a.persisted, a.dirty = mono(r.Since), a.state, 0
+	if dropped {
+		a.dirty = dirtyOther
+	}
 	sh.mu.Unlock()
 	t.idsGen.Add(1)
 	if queued {

@@ -136,9 +136,23 @@ func (t *tracker) judge(a *agent, now int64, freeze bool) bool {
 			if !a.goodbye {
 				a.reason = "lost for " + silence.Round(time.Second).String()
 			}
+			dropOwed(a)
 		}
 	}
 	return wasLive && live >= StateSuspect
+}
+
+// dropOwed forgets what a gone agent was owed: its pending commands and
+// probes. Nothing would deliver them, and a returning agent owes nothing
+// either: a new process resolves everything itself, the same one is
+// re-resolved in full as a recovery (or, quarantined, by the leader's
+// drift check), so only an operator's reconnect is not carried over.
+func dropOwed(a *agent) {
+	if len(a.pending) > 0 {
+		a.pending = nil
+		a.dirty |= dirtyOther
+	}
+	a.probes = nil
 }
 
 // agentTiming is one agent's probe cadence, probe deadline and re-send

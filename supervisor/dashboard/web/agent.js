@@ -1,7 +1,9 @@
-// Tether dashboard: one agent. Its row streams live on
-// /events?agent=ID; the full status, pending commands and the explain
-// output of every server visible to it come from /api/agent/ID, fetched
-// again (at most once a second) whenever the row changes.
+// Tether dashboard: one agent. The page arrives with the agent's detail
+// in it (the JSON of /api/agent/ID in #initial), painted before anything
+// is fetched. Its row streams live on /events?agent=ID; the full status,
+// pending commands and the explain output of every server visible to it
+// come from /api/agent/ID, fetched again (at most once a second) whenever
+// the row changes.
 'use strict';
 
 (function () {
@@ -73,9 +75,27 @@
       d = await T.apiGet('/api/agent/' + encodeURIComponent(id));
     } catch (err) {
       showBanner('Cannot load the agent: ' + err.message);
+      T.setText($('loading'), 'Not loaded: ' + err.message);
       return;
     }
     showBanner('');
+    render(d);
+  }
+
+  // initial is the detail the page was served with, or null.
+  function initial() {
+    const n = $('initial');
+    if (!n || !n.textContent) return null;
+    try {
+      const d = JSON.parse(n.textContent);
+      return d && d.agent === id ? d : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function render(d) {
+    $('loading').hidden = true;
     renderWarnings(d);
     renderFacts(d);
     renderConfigs(d);
@@ -93,9 +113,11 @@
     ul.hidden = ws.length === 0;
   }
 
+  // fact adds one fact; v is text or a node.
   function fact(dl, k, v, cls) {
-    dl.append(T.el('div', { className: 'fact' }, T.el('dt', { text: k }),
-      T.el('dd', { text: v === undefined || v === null || v === '' ? '—' : String(v), className: cls })));
+    const dd = v instanceof Node ? T.el('dd', { className: cls }, v) :
+      T.el('dd', { text: v === undefined || v === null || v === '' ? '—' : String(v), className: cls });
+    dl.append(T.el('div', { className: 'fact' }, T.el('dt', { text: k }), dd));
   }
 
   function renderFacts(d) {
@@ -113,11 +135,18 @@
     fact(dl, 'Last heard', s.last_heard ? T.fmtAge(s.silent_ms) + ' ago (' + T.fmtClock(Date.parse(s.last_heard), true) + ')' : 'never');
     fact(dl, 'Heartbeat interval', s.interval_ms ? T.fmtAge(s.interval_ms) : 'default');
     fact(dl, 'Instance · seq', (s.instance || '—') + ' · ' + (s.seq || 0));
-    fact(dl, 'Connection', (s.conn && s.conn.state) || '—', s.conn && s.conn.state && s.conn.state !== 'connected' ? 'warn' : '');
-    fact(dl, 'RTT', s.conn ? T.fmtMs(s.conn.rtt_ms) + ' ms' : '—');
-    fact(dl, 'Reconnects', s.conn ? T.fmtInt(s.conn.reconnects) : '0');
+    // The connection is what the last heartbeat said: history once the
+    // agent is no longer live.
+    const conn = s.conn && s.conn.state;
+    const heard = s.last_heard ? s.silent_ms : -1;
+    fact(dl, 'Connection', conn ? T.connReport(conn, heard, d.conn_stale) : '—',
+      d.conn_stale ? 'stale' : conn && conn !== 'connected' ? 'warn' : '');
+    fact(dl, 'RTT', s.conn ? T.fmtMs(s.conn.rtt_ms) + ' ms' + (d.conn_stale ? ' (last reported)' : '') : '—', d.conn_stale ? 'muted' : '');
     const calls = s.calls || {};
-    fact(dl, 'Calls ok · retried · failed', T.fmtInt(calls.ok) + ' · ' + T.fmtInt(calls.retried) + ' · ' + T.fmtInt(calls.failed), calls.failed ? 'bad' : calls.retried ? 'warn' : '');
+    fact(dl, 'Calls ok · retried · failed', T.fmtInt(calls.ok) + ' · ' + T.fmtInt(calls.retried) + ' · ' + T.fmtInt(calls.failed) + ' in all');
+    fact(dl, 'Reconnects', (s.conn ? T.fmtInt(s.conn.reconnects) : '0') + ' in all');
+    const rc = d.recent || {};
+    fact(dl, 'Last ' + T.fmtWindow(d.rate_window_ms), T.recentText(rc, true), T.recentClass(rc, true));
     fact(dl, 'Last error class', calls.last_error_class || '—');
     fact(dl, 'Restarts · recoveries', (s.restarts || 0) + ' · ' + (s.recoveries || 0), s.recoveries ? 'warn' : '');
     fact(dl, 'Pending commands · unanswered probes', (s.pending || 0) + ' · ' + (s.probes_unacked || 0), s.probes_unacked ? 'warn' : '');
@@ -196,6 +225,8 @@
       T.el('td', { text: c.not_before ? T.fmtClock(Date.parse(c.not_before), true) : 'now' }),
       T.el('td', { text: c.reason || '' }))));
     $('pending-empty').hidden = cmds.length > 0;
+    T.setText($('pending-empty'), d.status && d.status.state === 'gone' ?
+      'None: a gone agent is owed nothing; its pending commands were dropped.' : 'None: every command was acknowledged.');
   }
 
   function renderEvents() {
@@ -212,6 +243,12 @@
 
   $('refresh').addEventListener('click', () => load());
   renderEvents();
-  load();
+  const d0 = initial();
+  if (d0) {
+    render(d0);
+    lastFetch = Date.now(); // the stream's first message fetches it again within a second
+  } else {
+    load();
+  }
   connect();
 })();

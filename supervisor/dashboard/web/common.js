@@ -94,6 +94,40 @@
 
   function fmtInt(n) { return (n || 0).toLocaleString('en-US'); }
 
+  // fmtWindow: a rate window, "5 min" (whole minutes) or as fmtAge.
+  function fmtWindow(ms) {
+    if (!ms) return '';
+    return ms % 60000 === 0 ? ms / 60000 + ' min' : fmtAge(ms);
+  }
+
+  // connReport is an agent's connection as its last heartbeat reported
+  // it, with the report's age: "connected, 42 s ago". Stale (the agent is
+  // no longer live) it reads "last reported connected, 42 s ago", the
+  // state struck through: history, not the present.
+  function connReport(conn, heardMs, stale) {
+    return el('span', { className: 'conn-report' + (stale ? ' stale' : '') },
+      stale ? el('span', { className: 'conn-label', text: 'last reported ' }) : null,
+      el('span', { className: 'conn-state', text: conn }),
+      heardMs >= 0 ? ', ' + fmtAge(heardMs) + ' ago' : '');
+  }
+
+  // recentText says how much failure counters rose over the rate window
+  // (recentCounts): "1 retried · 2 failed", or "none"; reconnects too
+  // when asked.
+  function recentText(rc, withReconnects) {
+    const parts = [];
+    if (rc.retried) parts.push(fmtInt(rc.retried) + ' retried');
+    if (rc.failed) parts.push(fmtInt(rc.failed) + ' failed');
+    if (withReconnects && rc.reconnects) parts.push(fmtInt(rc.reconnects) + (rc.reconnects > 1 ? ' reconnects' : ' reconnect'));
+    return parts.join(' · ') || 'none';
+  }
+
+  // recentClass colours recent failures: red only for failures within
+  // the window, amber for retries (and reconnects); totals never colour.
+  function recentClass(rc, withReconnects) {
+    return rc.failed ? 'bad' : rc.retried || withReconnects && rc.reconnects ? 'warn' : 'good';
+  }
+
   function stateClass(s) { return STATES.includes(s) ? 'st-' + s : 'st-unknown'; }
 
   // pill is a coloured state label (colour and text, never colour alone).
@@ -160,5 +194,5 @@
     };
   }
 
-  window.Tether = { STATES, ID_RE, el, svg, setText, setClass, fmtAge, fmtClock, fmtMs, fmtInt, stateClass, pill, agentHref, configSummary, apiGet, liveIndicator };
+  window.Tether = { STATES, ID_RE, el, svg, setText, setClass, fmtAge, fmtClock, fmtMs, fmtInt, fmtWindow, connReport, recentText, recentClass, stateClass, pill, agentHref, configSummary, apiGet, liveIndicator };
 })();

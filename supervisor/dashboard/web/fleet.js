@@ -94,7 +94,7 @@
     if (m.notices) renderNotices(m.notices);
     renderCounts(m);
     renderBanner(m);
-    if (m.page) { data.page = m.page; renderPage(m.page, m.t); }
+    if (m.page) { data.page = m.page; renderPage(m.page, m.t, m.rate_window_ms); }
     if (m.events && m.events.length || m.reset) renderEvents(m.events_dropped || 0);
     if (m.samples && m.samples.length || m.reset) { chartsDirty = true; requestAnimationFrame(renderCharts); }
   }
@@ -175,20 +175,26 @@
   function makeRow(id) {
     const cells = {};
     const tr = T.el('tr', { dataset: { agent: id } });
+    const keys = {};
     for (const c of COLS) {
       const td = T.el('td', { className: c });
       cells[c] = td;
       tr.append(td);
     }
-    cells.agent.append(T.el('a', { href: T.agentHref(id), text: id }));
+    cells.agent.append(T.el('a', { href: T.agentHref(id), text: id, title: id }));
     const pill = T.el('span', { className: 'pill' });
     const since = T.el('span', { className: 'since' });
     cells.state.append(pill, since);
     cells.pill = pill; cells.since = since;
-    return { tr, cells };
+    cells.roleText = T.el('span', { className: 'cut' });
+    cells.roleFlag = T.el('span', { className: 'flag' });
+    cells.role.append(cells.roleText, cells.roleFlag);
+    cells.reasonText = T.el('span', { className: 'clamp' });
+    cells.reason.append(cells.reasonText);
+    return { tr, cells, keys };
   }
 
-  function renderPage(p, now) {
+  function renderPage(p, now, windowMs) {
     const body = $('rows');
     const seen = new Set();
     const frag = [];
@@ -196,7 +202,7 @@
       let e = rowsById.get(r.id);
       if (!e) { e = makeRow(r.id); rowsById.set(r.id, e); }
       seen.add(r.id);
-      fillRow(e, r, now);
+      fillRow(e, r, now, windowMs);
       frag.push(e.tr);
     }
     for (const [id, e] of rowsById) if (!seen.has(id)) { e.tr.remove(); rowsById.delete(id); }
@@ -211,30 +217,55 @@
     $('next').disabled = to >= p.matched;
   }
 
-  function fillRow(e, r, now) {
+  // fill replaces a cell's children when key (what they show) changed.
+  function fill(e, cell, key, make) {
+    if (e.keys[cell] === key) return;
+    e.keys[cell] = key;
+    e.cells[cell].replaceChildren(...make());
+  }
+
+  function fillRow(e, r, now, windowMs) {
     const c = e.cells;
     T.setClass(e.tr, T.stateClass(r.state));
     T.setText(c.pill, r.state);
     T.setClass(c.pill, 'pill ' + T.stateClass(r.state));
     T.setText(c.since, r.since ? 'for ' + T.fmtAge(now - r.since) : '');
     const warned = !!(r.warnings && r.warnings.length);
-    T.setText(c.role, (r.role || '—') + (warned ? ' ⚠' : ''));
+    T.setText(c.roleText, r.role || '—');
+    T.setText(c.roleFlag, warned ? ' ⚠' : '');
     T.setClass(c.role, 'role' + (warned ? ' warn' : ''));
-    c.role.title = warned ? r.warnings.join('\n') : '';
-    T.setText(c.heard, r.heard_ms < 0 ? 'never' : T.fmtAge(r.heard_ms) + ' ago');
-    T.setClass(c.heard, 'heard num' + (r.interval_ms && r.heard_ms > 2 * r.interval_ms ? ' late' : ''));
+    c.role.title = warned ? r.warnings.join('\n') : r.role || '';
+    // The connection as the last heartbeat reported it, with its age;
+    // once the agent is no longer live, marked as history.
+    const age = r.heard_ms < 0 ? 'never' : T.fmtAge(r.heard_ms) + ' ago';
+    fill(e, 'heard', [r.conn, age, r.conn_stale].join('|'), () =>
+      [r.conn && r.heard_ms >= 0 ? T.connReport(r.conn, r.heard_ms, r.conn_stale) : age]);
+    T.setClass(c.heard, 'heard' + (r.interval_ms && r.heard_ms > 2 * r.interval_ms ? ' late' : '') +
+      (r.conn_stale ? ' stale' : r.conn && r.conn !== 'connected' ? ' warn' : ''));
+    c.heard.title = r.conn_stale ? 'The agent is ' + r.state + ': this is what its last heartbeat reported, ' + age : '';
     T.setText(c.rtt, r.rtt_ms ? T.fmtMs(r.rtt_ms) : '–');
     // A silent agent's RTT is its last report, not a measurement: dim it.
-    T.setClass(c.rtt, 'rtt num' + (r.state === 'lost' || r.state === 'gone' ? ' muted' : ''));
+    T.setClass(c.rtt, 'rtt num' + (r.conn_stale ? ' muted' : ''));
     const cs = T.configSummary(r.configs, r.more_configs);
     T.setText(c.configs, cs.text);
     T.setClass(c.configs, 'configs ' + cs.cls);
     c.configs.title = cs.title;
-    T.setText(c.calls, T.fmtInt(r.ok) + ' · ' + T.fmtInt(r.retried) + ' · ' + T.fmtInt(r.failed));
-    T.setClass(c.calls, 'calls num' + (r.failed ? ' bad' : r.retried ? ' warn' : ''));
-    c.calls.title = r.err_class ? 'last error class: ' + r.err_class : '';
-    T.setText(c.reconnects, T.fmtInt(r.reconnects) + (r.restarts ? ' · ' + r.restarts + ' restarts' : ''));
-    T.setClass(c.reconnects, 'reconnects num');
+    // Totals, and beneath them what rose within the rate window: only
+    // that colours the cell, so an agent that recovered is not red forever.
+    const rc = r.recent || {}, win = T.fmtWindow(windowMs);
+    const totals = T.fmtInt(r.ok) + ' · ' + T.fmtInt(r.retried) + ' · ' + T.fmtInt(r.failed);
+    const recentCalls = r.retried || r.failed ? win + ': ' + T.recentText(rc) : '';
+    // The recent line breaks only between its parts.
+    fill(e, 'calls', totals + '|' + recentCalls, () =>
+      [T.el('span', { className: 'total', text: totals }), recentCalls ? T.el('span', { className: 'recent' },
+        ...recentCalls.split(' · ').flatMap((part, i) => [i ? ' · ' : '', T.el('span', { className: 'part', text: part })])) : '']);
+    T.setClass(c.calls, 'calls num' + (rc.failed ? ' bad' : rc.retried ? ' warn' : ''));
+    c.calls.title = (r.err_class ? 'last error class: ' + r.err_class + '\n' : '') + 'totals since the agent started; beneath, the rise within the last ' + win;
+    const recTotal = T.fmtInt(r.reconnects) + (r.restarts ? ' · ' + r.restarts + ' restarts' : '');
+    const recentRec = r.reconnects ? win + ': ' + (rc.reconnects ? T.fmtInt(rc.reconnects) + ' new' : 'none') : '';
+    fill(e, 'reconnects', recTotal + '|' + recentRec, () =>
+      [T.el('span', { className: 'total', text: recTotal }), recentRec ? T.el('span', { className: 'recent', text: recentRec }) : '']);
+    T.setClass(c.reconnects, 'reconnects num' + (rc.reconnects ? ' warn' : ''));
     const pend = [];
     if (r.pending) pend.push(r.pending + ' cmd');
     if (r.probes_unacked) pend.push(r.probes_unacked + ' probe');
@@ -243,9 +274,8 @@
     const flags = [];
     if (r.duplicate) flags.push('duplicate instances under this id');
     if (r.skewed) flags.push('clock skewed');
-    if (r.conn && r.conn !== 'connected') flags.push('conn ' + r.conn);
     const reason = [r.reason, ...flags].filter(Boolean).join(' · ');
-    T.setText(c.reason, reason);
+    T.setText(c.reasonText, reason);
     c.reason.title = reason;
   }
 
