@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -367,7 +366,7 @@ func (s *Supervisor) Ready() (bool, string) {
 func Run(ctx context.Context, cfg Config) error {
 	v := Build()
 	f := cfg.Fleet.Effective()
-	cfg.Logger.Info().Str("version", v.Version).Str("revision", v.Revision).Str("go", v.Go).
+	cfg.Logger.Info().Str("release", v.Release).Str("version", v.Version).Str("revision", v.Revision).Str("go", v.Go).
 		Str("nats_url", kvconfig.MaskURLs(cfg.NATSURL)).Str("listen", cfg.Listen).Str("data_dir", cfg.DataDir).
 		Str("http", cfg.HTTPAddr).Str("prefix", cfg.Prefix).Str("admission", cfg.Admission).Int("max_agents", f.MaxAgents).
 		Dur("heartbeat_interval_ms", f.HeartbeatInterval).Int("suspect_after", f.SuspectAfter).Int("lost_after", f.LostAfter).
@@ -401,24 +400,13 @@ func Run(ctx context.Context, cfg Config) error {
 
 // BuildInfo is what Build reports of this binary.
 type BuildInfo struct {
-	Version, Revision, Go string
+	Release, Version, Revision, Go string
 }
 
-// Build is this binary's release (Version), its module version when it
-// has one, VCS revision (when the build recorded one) and Go version.
+// Build is this binary's release (Version, as the micro service reports
+// it) and what tether_build_info says: module version, VCS revision and
+// Go version (one source: buildLabels).
 func Build() BuildInfo {
-	v := BuildInfo{Version: Version, Go: runtime.Version()}
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return v
-	}
-	if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		v.Version = bi.Main.Version
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" {
-			v.Revision = s.Value
-		}
-	}
-	return v
+	v, g, r := buildLabels(debug.ReadBuildInfo())
+	return BuildInfo{Release: Version, Version: v, Revision: r, Go: g}
 }

@@ -25,9 +25,11 @@ import (
 	"github.com/tether-dev/tether/supervisor"
 )
 
-// dashboardArtifacts is where the screenshots are kept, checked in: every
-// run of the browser tests writes them again (dashboard-failure.png, of a
-// failed wait, is git-ignored).
+// dashboardArtifacts is where the screenshots are kept, checked in. A run
+// of the browser tests writes them there only with
+// TETHER_UPDATE_ARTIFACTS=1 (so a test run leaves the tree clean), and
+// always the git-ignored dashboard-failure.png of a failed wait; otherwise
+// into the test's temporary directory.
 const dashboardArtifacts = "artifacts"
 
 // xssPayload is put by a hostile agent into every free-text field it
@@ -246,10 +248,14 @@ func screenshot(t *testing.T, ctx context.Context, name string) string {
 		t.Errorf("screenshot %s: %v", name, err)
 		return ""
 	}
-	if err := os.MkdirAll(dashboardArtifacts, 0o755); err != nil {
+	dir := t.TempDir()
+	if os.Getenv("TETHER_UPDATE_ARTIFACTS") == "1" || name == "dashboard-failure.png" {
+		dir = dashboardArtifacts
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dashboardArtifacts, name)
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatal(err)
 	}
