@@ -280,7 +280,9 @@ func (a *app) cmdHistory(ctx context.Context, args []string) error {
 		}
 		t.row(rev, v.Op, a.when(v.Created), valid, string(v.Config))
 	}
-	t.flush()
+	if t.fit(maxTableWidth, 3).flush() {
+		fmt.Fprintln(a.out, "(an error ending in … is cut to fit the table; --json shows it in full)")
+	}
 	return nil
 }
 
