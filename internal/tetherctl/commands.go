@@ -48,9 +48,11 @@ func init() {
 		{name: "import", args: "FILE --scope SCOPE", minArgs: 1, maxArgs: 1, run: (*app).cmdImport, flags: importFlags,
 			summary: "Import an mcpServers file (Claude Desktop, Cursor, VS Code) as one key per server.",
 			detail: "Every entry is validated first; if any is invalid nothing is written (exit 3).\n" +
-				"Each key is written with compare-and-swap against the revision read for the diff;\n" +
-				"unchanged keys are not written. \"type\" maps to transport (stdio, http, sse;\n" +
-				"streamable-http is http); entries with \"disabled\": true are skipped.\n" +
+				"Each key is written with compare-and-swap against the revision read for the diff, and\n" +
+				"the diff lists the fields exactly as they will be stored. A key holding the same config\n" +
+				"(spelt differently: an inferred transport, key order) is unchanged and not written.\n" +
+				"\"type\" maps to transport (stdio, http, sse; streamable-http is http); entries with\n" +
+				"\"disabled\": true are skipped.\n" +
 				"  --scope SCOPE        global, role:<role> or agent:<agent> (required)\n" +
 				"  --dry-run            print the diff per key, write nothing\n" +
 				"  --drop-unsupported   drop fields Tether does not support (envFile, cwd, ...) instead of failing"},
