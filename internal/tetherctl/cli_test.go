@@ -3,6 +3,7 @@ package tetherctl
 import (
 	"encoding/json"
 	"flag"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -203,5 +204,19 @@ func TestConfigCell(t *testing.T) {
 	want := "fs 3/4* NOT APPLIED (boom), github 12/12, x 2 (no config)"
 	if got := configsCell(v); got != want {
 		t.Errorf("configsCell = %q, want %q", got, want)
+	}
+}
+
+// TestHelpNamesTheVariablesRead: the TETHER_* variables tetherctl's help
+// names are exactly the ones its global flags read.
+func TestHelpNamesTheVariablesRead(t *testing.T) {
+	var read []string
+	var g globals
+	g.fromEnv(func(k string) (string, bool) { read = append(read, k); return "", false })
+	named := regexp.MustCompile(`TETHER_[A-Z0-9_]+`).FindAllString(mainHelp, -1)
+	slices.Sort(read)
+	slices.Sort(named)
+	if named = slices.Compact(named); !slices.Equal(read, named) {
+		t.Errorf("tetherctl reads %v; its help names %v", read, named)
 	}
 }
