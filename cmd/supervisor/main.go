@@ -19,6 +19,7 @@ import (
 )
 
 func main() {
+	stopWithGoRun() // first: before anything is locked or bound
 	cfg := supervisor.DefaultConfig()
 	fs, level, format := newFlags(&cfg, flag.ExitOnError)
 	if err := cli.FlagsFromEnv(fs, os.LookupEnv); err != nil {
