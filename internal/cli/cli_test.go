@@ -2,8 +2,12 @@ package cli
 
 import (
 	"flag"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestDescribeLayout(t *testing.T) {
@@ -35,5 +39,33 @@ func TestCheckHelp(t *testing.T) {
 		if err := CheckHelp(help, "tool"); (err == nil) != ok {
 			t.Errorf("CheckHelp(%q) = %v, want ok %v", help, err, ok)
 		}
+	}
+}
+
+func TestDependsOnForms(t *testing.T) {
+	var c ComposeFile
+	err := yaml.Unmarshal([]byte(`services:
+  a: {depends_on: [b, c]}
+  d:
+    depends_on:
+      b: {condition: service_healthy}
+      c: {condition: service_completed_successfully}
+      e: {}
+`), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Services["a"].DependsOn; !maps.Equal(got, DependsOn{"b": ConditionStarted, "c": ConditionStarted}) {
+		t.Errorf("list form: %v", got)
+	}
+	if got := c.Services["d"].DependsOn; !maps.Equal(got, DependsOn{"b": ConditionHealthy, "c": ConditionCompleted, "e": ConditionStarted}) {
+		t.Errorf("map form: %v", got)
+	}
+	if got := c.Services["d"].DependsOn.Names(); !slices.Equal(got, []string{"b", "c", "e"}) {
+		t.Errorf("Names: %v", got)
+	}
+	err = yaml.Unmarshal([]byte("services:\n  a:\n    depends_on:\n      b: {condition: service_healty}\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), "service_healty") {
+		t.Errorf("a misspelt condition: %v", err)
 	}
 }
