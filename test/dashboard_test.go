@@ -27,7 +27,7 @@ import (
 
 // dashboardArtifacts is where the screenshots are kept, checked in. A run
 // of the browser tests writes them there only with
-// TETHER_UPDATE_ARTIFACTS=1 (so a test run leaves the tree clean), and
+// TEST_UPDATE_ARTIFACTS=1 (so a test run leaves the tree clean), and
 // always the git-ignored dashboard-failure.png of a failed wait; otherwise
 // into the test's temporary directory.
 const dashboardArtifacts = "artifacts"
@@ -249,7 +249,7 @@ func screenshot(t *testing.T, ctx context.Context, name string) string {
 		return ""
 	}
 	dir := t.TempDir()
-	if os.Getenv("TETHER_UPDATE_ARTIFACTS") == "1" || name == "dashboard-failure.png" {
+	if os.Getenv("TEST_UPDATE_ARTIFACTS") == "1" || name == "dashboard-failure.png" {
 		dir = dashboardArtifacts
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -57,7 +58,35 @@ func readWalkthrough(t *testing.T) []walkthroughStep {
 	if len(steps) < 10 {
 		t.Fatalf("README walkthrough has %d commands; markers missing?", len(steps))
 	}
+	shown := false
+	for _, st := range steps {
+		for _, e := range st.expect {
+			shown = shown || strings.HasPrefix(e, "Nats-Service-Error-Code: ")
+		}
+	}
+	if !shown {
+		t.Fatal("README walkthrough never shows how to see an error reply's status (nats req exits 0 for a 4xx): expect a Nats-Service-Error-Code header")
+	}
 	return steps
+}
+
+// statusHeader is the status nats req prints from an error reply's headers.
+var statusHeader = regexp.MustCompile(`Nats-Service-Error-Code: (\d+)`)
+
+// checkStatus: when nats req shows an error reply's status header, the
+// body's JSON status says the same, and the message header is there too.
+func checkStatus(out string) error {
+	m := statusHeader.FindStringSubmatch(out)
+	if m == nil || !strings.Contains(out, `"error":`) { // no status, or only the header (grep)
+		return nil
+	}
+	if !strings.Contains(out, "Nats-Service-Error: ") {
+		return fmt.Errorf("status %s without a Nats-Service-Error message header", m[1])
+	}
+	if !strings.Contains(out, `"status":`+m[1]) {
+		return fmt.Errorf("header status %s but the body says otherwise", m[1])
+	}
+	return nil
 }
 
 // natsEnv runs the CLI against url with a clean HOME (no saved contexts).
@@ -85,8 +114,8 @@ func runNATSIn(t *testing.T, env []string, dir, cmdline string) (string, error) 
 
 // TestREADMEWalkthroughWithNATSCLI runs every command of the README's
 // walkthrough with the real nats CLI against a running supervisor and
-// checks the output of each (nats req exits 0 even on no responders, so
-// output is what is asserted).
+// checks the output of each (nats req exits 0 even for an error reply or on
+// no responders, so output is what is asserted, the status header included).
 func TestREADMEWalkthroughWithNATSCLI(t *testing.T) {
 	cli := natstest.NATSCLI(t)
 	// As a new user runs it: the embedded server with auth on, data in
@@ -115,7 +144,7 @@ func TestREADMEWalkthroughWithNATSCLI(t *testing.T) {
 					return fmt.Errorf("output lacks %q", e)
 				}
 			}
-			return nil
+			return checkStatus(out)
 		})
 		if strings.Contains(out, "No responders") || strings.Contains(out, "no responders") {
 			t.Fatalf("README.md:%d %s: no responders:\n%s", st.line, st.cmd, out)

@@ -28,7 +28,8 @@ func newFlags(cfg *demoagent.Config, onErr flag.ErrorHandling) (fs *flag.FlagSet
 	cli.Describe(fs, `demo-agent: an example Tether agent on agentproto. It resolves one MCP server's config from the
 supervisor, calls one of its tools every --interval through the retry layer, heartbeats, obeys
 the supervisor's commands and survives restarts of NATS and of the MCP server; --serve-mcp also
-runs an MCP echo server to call.`, "demo-agent --agent ID --creds FILE [flags]")
+runs an MCP echo server to call.`, `
+demo-agent --agent demo-1 --creds demo-1.creds --serve-mcp 127.0.0.1:9000`, "demo-agent --agent ID --creds FILE [flags]")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cli.Env("TETHER_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env TETHER_NATS_URL)")
 	fs.StringVar(&cfg.Agent, "agent", cli.Env("TETHER_AGENT", "demo-1"), "agent id (env TETHER_AGENT)")
 	fs.StringVar(&cfg.CredsFile, "creds", cli.Env("TETHER_NATS_CREDS", ""), "the agent's NATS .creds file, from 'tetherctl agent add' (env TETHER_NATS_CREDS); the supervisor's embedded server needs it")

@@ -45,4 +45,7 @@ func TestHelpSaysWhatItIs(t *testing.T) {
 			t.Errorf("--help lacks %q:\n%s", want, b.String())
 		}
 	}
+	if err := cli.CheckHelp(b.String(), "demo-agent"); err != nil {
+		t.Error(err)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -21,33 +22,52 @@ import (
 )
 
 func main() {
-	fs := flag.NewFlagSet("fleetsim", flag.ExitOnError)
-	cli.Describe(fs, `fleetsim: simulates a fleet of agents retrying against a server that is down for --outage, on a
-fake clock, once per jitter mode, and prints the load the server sees. Columns: jitter mode; the
-most retries in one --window; the most calls in one window once the server is back (the stampede);
-when the last agent succeeded; total attempts; calls rejected for want of --capacity; agents that
-gave up.`, "fleetsim [flags]")
-	agents := fs.Int("agents", 1000, "fleet size")
-	outage := fs.Duration("outage", 10*time.Second, "how long the server refuses every call")
-	spread := fs.Duration("spread", 0, "spread the first calls over this long (0: all at once, the worst case)")
-	capacity := fs.Int("capacity", 0, "calls the recovered server answers per window (0: unlimited)")
-	window := fs.Duration("window", 100*time.Millisecond, "window peak load is counted in")
-	attempts := fs.Int("attempts", -1, "max attempts per call (-1: unlimited)")
-	maxDelay := fs.Duration("max-delay", agentproto.DefaultMaxDelay, "cap on a single wait")
-	seed := fs.Uint64("seed", 1, "random seed")
+	fs, o := newFlags(flag.ExitOnError)
 	_ = fs.Parse(os.Args[1:])
-	if err := run(os.Stdout, fleetsim.Config{
-		Agents: *agents, Outage: *outage, Spread: *spread, Capacity: *capacity, Window: *window, Seed: *seed,
-	}, *attempts, *maxDelay); err != nil {
+	if err := run(os.Stdout, o.cfg, o.attempts, o.maxDelay); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetsim:", err)
 		os.Exit(1)
 	}
 }
 
+// options are the parsed flags.
+type options struct {
+	cfg      fleetsim.Config
+	attempts int
+	maxDelay time.Duration
+}
+
+// newFlags binds every flag to the options it returns.
+func newFlags(onErr flag.ErrorHandling) (*flag.FlagSet, *options) {
+	fs := flag.NewFlagSet("fleetsim", onErr)
+	cli.Describe(fs, `fleetsim: simulates a fleet of agents retrying against a server that is down for --outage, on a
+fake clock, once per jitter mode, and prints the load the server sees, one row per mode. Columns:
+"jitter" the mode; "peak retries/window" the most retries in one --window; "peak calls/window
+after outage" the most calls in one window once the server is back (the stampede it absorbs); "all
+done" when the last agent succeeded (never: some gave up or were still retrying); "attempts" every
+call; "rejected" calls refused for want of --capacity; "gave up" agents out of --attempts.`, `
+go run ./cmd/fleetsim --agents 1000 --outage 10s
+fleetsim --agents 5000 --outage 30s --capacity 200 --attempts 8`, "fleetsim [flags]")
+	o := &options{}
+	c := &o.cfg
+	fs.IntVar(&c.Agents, "agents", fleetsim.DefaultAgents, "fleet size")
+	fs.DurationVar(&c.Outage, "outage", fleetsim.DefaultOutage, "how long the server refuses every call")
+	fs.DurationVar(&c.Spread, "spread", 0, "spread the first calls over this long (0: all at once, the worst case)")
+	fs.IntVar(&c.Capacity, "capacity", 0, "calls the recovered server answers per window (0: unlimited)")
+	fs.DurationVar(&c.Window, "window", fleetsim.DefaultWindow, "window peak load is counted in")
+	fs.IntVar(&o.attempts, "attempts", -1, "max attempts per call (-1: unlimited)")
+	fs.DurationVar(&o.maxDelay, "max-delay", agentproto.DefaultMaxDelay, "cap on a single wait")
+	fs.Uint64Var(&c.Seed, "seed", 1, "random seed")
+	return fs, o
+}
+
+// columns are the headers of run's table, as --help and README.md explain them.
+var columns = []string{"jitter", "peak retries/window", "peak calls/window after outage", "all done", "attempts", "rejected", "gave up"}
+
 // run prints one row per jitter mode.
 func run(w io.Writer, cfg fleetsim.Config, attempts int, maxDelay time.Duration) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "jitter\tpeak retries/window\tpeak calls/window after outage\tall done\tattempts\trejected\tgave up\t\n")
+	fmt.Fprintf(tw, "%s\t\n", strings.Join(columns, "\t"))
 	for _, m := range []agentproto.JitterMode{agentproto.JitterNone, agentproto.JitterAdditive, agentproto.JitterFull, agentproto.JitterDecorrelated} {
 		p := agentproto.DefaultPolicy()
 		p.JitterMode, p.MaxAttempts, p.MaxDelay, p.MaxElapsed = m, attempts, maxDelay, 0

@@ -19,6 +19,7 @@ import (
 )
 
 func main() {
+	stopWithGoRun() // first: before anything is locked or bound
 	cfg := supervisor.DefaultConfig()
 	fs, level, format := newFlags(&cfg, flag.ExitOnError)
 	if err := cli.FlagsFromEnv(fs, os.LookupEnv); err != nil {
@@ -48,7 +49,9 @@ func newFlags(cfg *supervisor.Config, onErr flag.ErrorHandling) (fs *flag.FlagSe
 bucket mcp_configs and resolves them for agents over NATS (micro service mcp-supervisor), tracks
 every agent's heartbeats, finds lost and zombie agents and sends them acknowledged, staggered
 recovery commands, and serves the fleet dashboard and /metrics over HTTP. Without --nats-url it
-runs an embedded nats-server with auth always on (credentials in <data-dir>/auth/).`, "supervisor [flags]")
+runs an embedded nats-server with auth always on (credentials in <data-dir>/auth/).`, `
+go run ./cmd/supervisor
+supervisor --nats-url nats://127.0.0.1:4222 --creds ./data/auth/supervisor.creds --http 0.0.0.0:8080`, "supervisor [flags]")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cli.Env("TETHER_NATS_URL", ""), "NATS server URL(s); empty starts an embedded nats-server (env TETHER_NATS_URL)")
 	fs.StringVar(&cfg.CredsFile, "creds", cli.Env("TETHER_NATS_CREDS", ""), "NATS .creds file for an external server (env TETHER_NATS_CREDS)")
 	fs.StringVar(&cfg.User, "user", cli.Env("TETHER_NATS_USER", ""), "NATS user (env TETHER_NATS_USER)")

@@ -98,9 +98,12 @@ func TestHelpSaysWhatItIs(t *testing.T) {
 	var b strings.Builder
 	fs.SetOutput(&b)
 	fs.Usage()
-	for _, want := range []string{"supervisor: Tether's central service", "usage: supervisor", "-heartbeat-interval", "auth always on"} {
+	for _, want := range []string{"supervisor: Tether's central service", "usage: supervisor", "-heartbeat-interval", "auth always on", "  go run ./cmd/supervisor\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("--help lacks %q:\n%s", want, b.String())
 		}
+	}
+	if err := cli.CheckHelp(b.String(), "supervisor"); err != nil {
+		t.Error(err)
 	}
 }

@@ -75,12 +75,46 @@ func FlagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 	return errors.Join(errs...)
 }
 
-// Describe makes fs's -help print what the program is, then its usage
-// line and every flag with its default.
-func Describe(fs *flag.FlagSet, about, usage string) {
+// Describe makes fs's -help print what the program is (about: one
+// paragraph), an example (one or more command lines), then its usage line
+// and every flag with its default.
+func Describe(fs *flag.FlagSet, about, example, usage string) {
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintf(w, "%s\n\nusage: %s\n\nflags:\n", strings.TrimSpace(about), usage)
+		fmt.Fprintf(w, "%s\n\nexample:\n", strings.TrimSpace(about))
+		for _, l := range strings.Split(strings.TrimSpace(example), "\n") {
+			fmt.Fprintf(w, "  %s\n", strings.TrimSpace(l))
+		}
+		fmt.Fprintf(w, "\nusage: %s\n\nflags:\n", usage)
 		fs.PrintDefaults()
 	}
+}
+
+// CheckHelp reports whether help starts as every command's --help must: one
+// paragraph that says what program is ("program: ..." or "program — ..."),
+// a blank line, then "example:" and at least one indented command line
+// that runs program (directly, or with go run ./cmd/program).
+func CheckHelp(help, program string) error {
+	paras := strings.SplitN(strings.TrimLeft(help, "\n"), "\n\n", 3)
+	if len(paras) < 2 {
+		return fmt.Errorf("cli: %s --help: want a paragraph, a blank line and an example; got %q", program, help)
+	}
+	about, example := paras[0], paras[1]
+	if !strings.HasPrefix(about, program+": ") && !strings.HasPrefix(about, program+" — ") {
+		return fmt.Errorf("cli: %s --help: the first paragraph must start with %q and say what it is; got %q", program, program+": ", about)
+	}
+	if len(strings.Fields(about)) < 8 {
+		return fmt.Errorf("cli: %s --help: the first paragraph is too short to say what it is: %q", program, about)
+	}
+	lines := strings.Split(strings.TrimRight(example, "\n"), "\n")
+	if lines[0] != "example:" || len(lines) < 2 {
+		return fmt.Errorf("cli: %s --help: the second paragraph must be \"example:\" and command lines; got %q", program, example)
+	}
+	for _, l := range lines[1:] {
+		cmd := strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "  ") || !(strings.HasPrefix(cmd, program+" ") || strings.HasPrefix(cmd, "go run ./cmd/"+program)) {
+			return fmt.Errorf("cli: %s --help: example line %q must be indented and run %s", program, l, program)
+		}
+	}
+	return nil
 }

@@ -16,27 +16,64 @@ type ComposeFile struct {
 
 // ComposeService is one service of a compose file.
 type ComposeService struct {
-	Image     string    `yaml:"image"`
-	Build     any       `yaml:"build"`
-	Command   []string  `yaml:"command"`
-	Ports     []string  `yaml:"ports"`
-	Volumes   []string  `yaml:"volumes"`
-	DependsOn DependsOn `yaml:"depends_on"`
+	Image       string       `yaml:"image"`
+	Build       any          `yaml:"build"`
+	Command     []string     `yaml:"command"`
+	Ports       []string     `yaml:"ports"`
+	Volumes     []string     `yaml:"volumes"`
+	DependsOn   DependsOn    `yaml:"depends_on"`
+	Restart     string       `yaml:"restart"` // "" is compose's default, no
+	Healthcheck *Healthcheck `yaml:"healthcheck"`
 }
 
-// DependsOn is a service's depends_on in either compose form: a list of
-// service names, or a map of service name to its condition.
-type DependsOn []string
+// Healthcheck is a service's healthcheck.
+type Healthcheck struct {
+	// Test is the exec form: ["CMD", program, args...].
+	Test        []string `yaml:"test"`
+	Interval    string   `yaml:"interval"`
+	Timeout     string   `yaml:"timeout"`
+	Retries     int      `yaml:"retries"`
+	StartPeriod string   `yaml:"start_period"`
+}
+
+// Conditions of a depends_on entry.
+const (
+	// ConditionStarted waits until the service has started; compose's
+	// default, and what the list form means.
+	ConditionStarted = "service_started"
+	// ConditionHealthy waits until the service's healthcheck passes.
+	ConditionHealthy = "service_healthy"
+	// ConditionCompleted waits until a one-shot service exited 0.
+	ConditionCompleted = "service_completed_successfully"
+)
+
+// DependsOn is a service's depends_on in either compose form — a list of
+// service names, or a map of service name to its condition — as service
+// name to condition (ConditionStarted where none is given).
+type DependsOn map[string]string
+
+// Names returns the services depended on, sorted.
+func (d DependsOn) Names() []string {
+	names := make([]string, 0, len(d))
+	for k := range d {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	return names
+}
 
 // UnmarshalYAML accepts both forms.
 func (d *DependsOn) UnmarshalYAML(n *yaml.Node) error {
+	out := DependsOn{}
 	switch n.Kind {
 	case yaml.SequenceNode:
 		var names []string
 		if err := n.Decode(&names); err != nil {
 			return err
 		}
-		*d = names
+		for _, name := range names {
+			out[name] = ConditionStarted
+		}
 	case yaml.MappingNode:
 		var m map[string]struct {
 			Condition string `yaml:"condition"`
@@ -44,15 +81,21 @@ func (d *DependsOn) UnmarshalYAML(n *yaml.Node) error {
 		if err := n.Decode(&m); err != nil {
 			return err
 		}
-		names := make([]string, 0, len(m))
-		for k := range m {
-			names = append(names, k)
+		for name, dep := range m {
+			switch dep.Condition {
+			case "":
+				dep.Condition = ConditionStarted
+			case ConditionStarted, ConditionHealthy, ConditionCompleted:
+			default:
+				return fmt.Errorf("depends_on %s at line %d: condition %q: want %s, %s or %s",
+					name, n.Line, dep.Condition, ConditionStarted, ConditionHealthy, ConditionCompleted)
+			}
+			out[name] = dep.Condition
 		}
-		slices.Sort(names)
-		*d = names
 	default:
 		return fmt.Errorf("depends_on at line %d: want a list or a map of services", n.Line)
 	}
+	*d = out
 	return nil
 }
 

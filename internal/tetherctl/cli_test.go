@@ -3,10 +3,13 @@ package tetherctl
 import (
 	"encoding/json"
 	"flag"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-dev/tether/internal/cli"
 )
 
 func TestUsageErrorsExit2(t *testing.T) {
@@ -59,8 +62,41 @@ func TestHelp(t *testing.T) {
 	}
 	for _, args := range [][]string{{"help", "put"}, {"put", "-h"}, {"import", "--help"}} {
 		r := runCLI("", args...)
-		if r.code != ExitOK || !strings.HasPrefix(r.stdout, "usage: tetherctl "+args[0+boolInt(args[0] == "help")]) {
+		name := args[0+boolInt(args[0] == "help")]
+		if r.code != ExitOK || !strings.Contains(r.stdout, "\nusage: tetherctl "+name) {
 			t.Errorf("%q: %s", args, r)
+		}
+	}
+}
+
+// TestEveryHelpSaysWhatItIsWithAnExample: tetherctl's and each command's
+// --help start with a paragraph saying what it is, then an example.
+func TestEveryHelpSaysWhatItIsWithAnExample(t *testing.T) {
+	r := runCLI("", "--help")
+	if err := cli.CheckHelp(r.stdout, "tetherctl"); err != nil {
+		t.Error(err)
+	}
+	for _, c := range commands {
+		for _, args := range [][]string{{c.name, "--help"}, {"help", c.name}} {
+			r := runCLI("", args...)
+			if r.code != ExitOK {
+				t.Fatalf("%q: %s", args, r)
+			}
+			if err := cli.CheckHelp(r.stdout, "tetherctl "+c.name); err != nil {
+				t.Error(err)
+			}
+		}
+		// The example is a valid invocation: its flags and arguments parse.
+		fs := newFlagSet(c.name)
+		var g globals
+		g.register(fs)
+		var f cmdFlags
+		if c.flags != nil {
+			c.flags(fs, &f)
+		}
+		pos, err := parseInterleaved(fs, strings.Fields(c.example)[1:])
+		if err != nil || len(pos) < c.minArgs || (c.maxArgs >= 0 && len(pos) > c.maxArgs) {
+			t.Errorf("tetherctl %s: example %q does not parse: %v, %d argument(s)", c.name, c.example, err, len(pos))
 		}
 	}
 }
@@ -168,5 +204,19 @@ func TestConfigCell(t *testing.T) {
 	want := "fs 3/4* NOT APPLIED (boom), github 12/12, x 2 (no config)"
 	if got := configsCell(v); got != want {
 		t.Errorf("configsCell = %q, want %q", got, want)
+	}
+}
+
+// TestHelpNamesTheVariablesRead: the TETHER_* variables tetherctl's help
+// names are exactly the ones its global flags read.
+func TestHelpNamesTheVariablesRead(t *testing.T) {
+	var read []string
+	var g globals
+	g.fromEnv(func(k string) (string, bool) { read = append(read, k); return "", false })
+	named := regexp.MustCompile(`TETHER_[A-Z0-9_]+`).FindAllString(mainHelp, -1)
+	slices.Sort(read)
+	slices.Sort(named)
+	if named = slices.Compact(named); !slices.Equal(read, named) {
+		t.Errorf("tetherctl reads %v; its help names %v", read, named)
 	}
 }

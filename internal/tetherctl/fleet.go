@@ -123,11 +123,7 @@ func (a *app) printFleet(all fleetPage) {
 			configsCell(m["configs"]), str(m, "reason"))
 	}
 	t.flush()
-	fmt.Fprintf(a.out, "%d agent(s)", len(all.Agents))
-	if c := countsLine(all.Counts); c != "" {
-		fmt.Fprintf(a.out, "; fleet: %s", c)
-	}
-	fmt.Fprintln(a.out)
+	fmt.Fprintln(a.out, a.summaryLine(len(all.Agents), all.Counts))
 	if all.MassSilence {
 		fmt.Fprintf(a.out, "WARNING: mass silence: %d agents went silent at once; the supervisor suspects the broker or its own link and is holding commands\n", all.Silent)
 	}
@@ -137,6 +133,37 @@ func (a *app) printFleet(all fleetPage) {
 	for _, u := range all.UnconfiguredRoles {
 		fmt.Fprintf(a.out, "WARNING: %s\n", u.Warning())
 	}
+}
+
+// summaryLine says how many agents the table shows, under which filters,
+// and what the counts are over: fleet.status counts every agent matching
+// --agent and --role (not --state), so they are fleet-wide only without
+// those two.
+func (a *app) summaryLine(shown int, counts map[string]int) string {
+	var filters, scope []string
+	if a.f.agent != "" {
+		filters = append(filters, "agent "+a.f.agent)
+		scope = append(scope, "agent "+a.f.agent)
+	}
+	if a.f.role != "" {
+		filters = append(filters, "role "+a.f.role)
+		scope = append(scope, "role "+a.f.role)
+	}
+	if a.f.state != "" {
+		filters = append(filters, "state "+a.f.state)
+	}
+	line := fmt.Sprintf("shown: %d agent(s)", shown)
+	if len(filters) > 0 {
+		line += " with " + strings.Join(filters, ", ")
+	}
+	c := countsLine(counts)
+	if c == "" {
+		c = "none"
+	}
+	if len(scope) == 0 {
+		return line + "; fleet: " + c
+	}
+	return line + "; all with " + strings.Join(scope, ", ") + ": " + c
 }
 
 // roleCell is the agent's role, flagged when the status warns about it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -177,4 +178,80 @@ func TestImportConflictPerKey(t *testing.T) {
 	if h.revision("global.a") != theirs || !strings.Contains(h.value("global.a"), "a-theirs") {
 		t.Error("the conflicting key was overwritten")
 	}
+}
+
+// TestImportDiffIsWhatIsStored: the dry run's diff of every key is exactly
+// the difference between the stored value before and after the import:
+// no field the import does not write (a transport inferred from command or
+// url), none missing. A file entry that is the same config as the stored
+// one, spelt differently, is unchanged and not written.
+func TestImportDiffIsWhatIsStored(t *testing.T) {
+	h := newHarness(t)
+	before := map[string]string{
+		"global.fs":   `{"command":"fs-server","args":["/data"]}`,
+		"global.same": `{"url":"https://same.example/mcp"}`,
+		"global.bad":  `{"url":"https://bad.example/mcp","timout":"1s"}`,
+	}
+	for k, v := range before {
+		h.kvPut(k, v)
+	}
+	sameRev := h.revision("global.same")
+	file := writeFile(t, "mcp.json", `{"mcpServers":{
+		"github": {"command": "npx", "args": ["-y", "server-github"], "env": {"GITHUB_TOKEN": "ghp_x"}},
+		"fs":     {"type": "stdio", "command": "fs-server", "args": ["/data", "/tmp"]},
+		"web":    {"url": "https://web.example/mcp", "timeout": "20s"},
+		"remote": {"type": "sse", "url": "https://remote.example/sse"},
+		"same":   {"type": "http", "url": "https://same.example/mcp"},
+		"bad":    {"url": "https://bad.example/mcp"}}}`)
+
+	r := h.must(ExitOK, "import", file, "--scope", "global", "--dry-run", "--show-secrets")
+	contains(t, "dry run", r.stdout, "global.github  new", `+ command: "npx"`, "global.same  unchanged", "same config", `+ transport: "sse"`)
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if d := strings.TrimSpace(l); strings.HasPrefix(d, "+ transport") && d != `+ transport: "sse"` && d != `+ transport: "stdio"` {
+			t.Errorf("dry run shows a transport the import does not store: %q\n%s", l, r.stdout)
+		}
+	}
+	r = h.must(ExitOK, "import", file, "--scope", "global", "--dry-run", "--show-secrets", "--json")
+	var plan importReport
+	if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil {
+		t.Fatal(err)
+	}
+	h.must(ExitOK, "import", file, "--scope", "global")
+	if h.revision("global.same") != sameRev {
+		t.Error("global.same was written though it is the same config")
+	}
+	for _, it := range plan.Servers {
+		old := map[string]string{}
+		if v, ok := before[it.Key]; ok {
+			old = mustFlatten(t, v)
+		}
+		now := mustFlatten(t, h.value(it.Key))
+		want := maps.Clone(old)
+		for _, c := range it.Changes {
+			switch c.Op {
+			case "added", "changed":
+				want[c.Field] = c.New
+			case "removed":
+				delete(want, c.Field)
+			}
+		}
+		if it.Status == statusUnchanged {
+			if len(it.Changes) != 0 {
+				t.Errorf("%s: unchanged with changes %+v", it.Key, it.Changes)
+			}
+			continue
+		}
+		if !maps.Equal(want, now) {
+			t.Errorf("%s: stored before %v, diff %+v, so want %v; stored after %v", it.Key, old, it.Changes, want, now)
+		}
+	}
+}
+
+func mustFlatten(t *testing.T, v string) map[string]string {
+	t.Helper()
+	m, err := flatten([]byte(v))
+	if err != nil {
+		t.Fatalf("flatten %s: %v", v, err)
+	}
+	return m
 }

@@ -1,6 +1,7 @@
 package tetherctl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -198,8 +199,10 @@ func (a *app) planItem(ctx context.Context, kv jetstream.KeyValue, kind kvconfig
 		it.Notes = append(it.Notes, "not imported: "+e.Skipped)
 		return it, nil
 	}
+	// The diff is of exactly what would be stored. Converted entries are
+	// validated JSON objects, so an error here is a bug.
 	newFlat, err := flatten(e.Value)
-	if err != nil { // converted entries are validated; this is a bug
+	if err != nil {
 		return it, fail(nil, err, "server %q: %v", e.Name, err)
 	}
 	octx, cancel := a.opCtx(ctx)
@@ -213,15 +216,22 @@ func (a *app) planItem(ctx context.Context, kv jetstream.KeyValue, kind kvconfig
 		return it, a.natsFailure("read "+k.String(), err)
 	}
 	it.Revision = cur.Revision()
-	oldFlat, err := flatten(cur.Value())
-	if err != nil {
+	if equivalent(cur.Value(), e.Value) {
+		it.Status = statusUnchanged
+		if !bytes.Equal(compact(cur.Value()), compact(e.Value)) {
+			it.Notes = append(it.Notes, fmt.Sprintf("revision %d is spelt differently but is the same config (e.g. its transport is inferred); not written", it.Revision))
+		}
+		return it, nil
+	}
+	it.Status = statusChanged
+	if _, err := kvconfig.DecodeConfig(cur.Value()); err != nil {
 		it.Notes = append(it.Notes, fmt.Sprintf("current revision %d is invalid (%s); it will be replaced", it.Revision, describeConfigErr(err)))
 	}
-	it.Changes = a.diff(oldFlat, newFlat)
-	it.Status = statusChanged
-	if err == nil && len(it.Changes) == 0 {
-		it.Status = statusUnchanged
+	oldFlat, err := flatten(cur.Value())
+	if err != nil {
+		it.Notes = append(it.Notes, fmt.Sprintf("current revision %d is not a JSON object; the diff lists every field as added", it.Revision))
 	}
+	it.Changes = a.diff(oldFlat, newFlat)
 	return it, nil
 }
 

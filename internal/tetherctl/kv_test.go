@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tether-dev/tether/internal/natstest"
 )
@@ -277,4 +278,103 @@ func (h *harness) waitResolves(agent, server string, rev uint64, want string) {
 		}
 		return nil
 	})
+}
+
+// TestPutAfterDeleteSaysRecreated: a put on a key whose last revision is a
+// delete (or purge) says so, rather than calling it a new key; so does a
+// rollback over a delete.
+func TestPutAfterDeleteSaysRecreated(t *testing.T) {
+	h := newHarness(t)
+	v1 := writeFile(t, "v1.json", `{"url":"https://one.example/mcp"}`)
+	h.putRev("global", "github", v1)
+	ctx := context.Background()
+	// lastRevision is the newest revision in the key's history (a delete
+	// marker's too, which get does not show).
+	lastRevision := func() uint64 {
+		t.Helper()
+		r := h.must(ExitOK, "history", "global", "github", "--json")
+		var views []entryView
+		if err := json.Unmarshal([]byte(r.stdout), &views); err != nil || len(views) == 0 {
+			t.Fatalf("history: %v\n%s", err, r)
+		}
+		return views[len(views)-1].Revision
+	}
+	if err := h.sup.Buckets().Configs.Delete(ctx, "global.github"); err != nil {
+		t.Fatal(err)
+	}
+	del := lastRevision()
+	r := h.must(ExitOK, "put", "global", "github", v1)
+	contains(t, "put after delete", r.stdout, fmt.Sprintf("(re-created; revision %d was a delete)", del))
+	lacks(t, "put after delete", r.stdout, "new key")
+
+	r = h.must(ExitOK, "put", "global", "github", v1, "--json")
+	var out struct {
+		Previous uint64 `json:"previous_revision"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Previous == 0 {
+		t.Fatalf("put --json: %v\n%s", err, r)
+	}
+
+	if err := h.sup.Buckets().Configs.Purge(ctx, "global.github"); err != nil {
+		t.Fatal(err)
+	}
+	purge := lastRevision()
+	r = h.must(ExitOK, "put", "global", "github", v1, "--json")
+	var rec struct {
+		Deleted uint64 `json:"deleted_revision"`
+		Op      string `json:"deleted_op"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rec); err != nil || rec.Deleted != purge || rec.Op != "PURGE" {
+		t.Fatalf("put --json after purge: %+v %v\n%s", rec, err, r)
+	}
+
+	// A rollback over a delete is a re-creation too, not "was revision N".
+	good := h.revision("global.github")
+	if err := h.sup.Buckets().Configs.Delete(ctx, "global.github"); err != nil {
+		t.Fatal(err)
+	}
+	del = lastRevision()
+	r = h.must(ExitOK, "rollback", "global", "github", strconv.FormatUint(good, 10))
+	contains(t, "rollback after delete", r.stdout, fmt.Sprintf("(re-created; revision %d was a delete)", del))
+	lacks(t, "rollback after delete", r.stdout, "was revision")
+
+	// A key that never existed is still a new key.
+	r = h.must(ExitOK, "put", "global", "jira", v1)
+	contains(t, "put new", r.stdout, "(new key)")
+}
+
+// TestHistoryTableWidth: an invalid revision's error is cut in the table so
+// that every line stays within maxTableWidth (values are never cut: a long
+// one only makes its own line longer); --json keeps the full text.
+func TestHistoryTableWidth(t *testing.T) {
+	h := newHarness(t)
+	h.kvPut("global.github", `{"url":"https://one.example/mcp"}`)
+	bad := `{"transport":"stdio","timout":"1s","retry":{"max_attemps":3,"jitter":2}}`
+	h.kvPut("global.github", bad)
+	long := `{"command":"npx","args":["-y","@modelcontextprotocol/server-github","--log-level","debug","--read-only"]}`
+	h.kvPut("global.github", long)
+	r := h.must(ExitOK, "history", "global", "github", "--show-secrets")
+	valueAt := strings.Index(r.stdout[strings.Index(r.stdout, "REVISION"):], "VALUE")
+	for i, line := range strings.Split(strings.TrimRight(r.stdout, "\n"), "\n") {
+		n := utf8.RuneCountInString(line)
+		if line != "" && line[0] >= '0' && line[0] <= '9' { // a row: a long value only makes its own line longer
+			n = min(n, valueAt+lastColumnRoom)
+		}
+		if n > maxTableWidth {
+			t.Errorf("history line %d is %d columns wide (max %d):\n%s", i+1, n, maxTableWidth, line)
+		}
+	}
+	contains(t, "history", r.stdout, "NO: 4 problems", "…", "--json shows it in full", long)
+	r = h.must(ExitOK, "history", "global", "github", "--json")
+	var views []entryView
+	if err := json.Unmarshal([]byte(r.stdout), &views); err != nil || len(views) != 3 {
+		t.Fatalf("history --json: %v\n%s", err, r)
+	}
+	if e := views[1].Error; !strings.Contains(e, "timout") || !strings.Contains(e, "jitter") || strings.Contains(e, "…") {
+		t.Errorf("--json error is not the full text: %q", e)
+	}
+	// Without an invalid revision nothing is cut and nothing is said.
+	h.kvPut("global.jira", `{"url":"https://jira.example/mcp"}`)
+	r = h.must(ExitOK, "history", "global", "jira")
+	lacks(t, "history of valid revisions", r.stdout, "…", "--json")
 }

@@ -174,24 +174,60 @@ func (a *app) reportWrite(ctx context.Context, kv jetstream.KeyValue, k kvconfig
 		return fail(nil, err, "%s, but reading it back failed: %v", headline, err)
 	}
 	v := a.view(k, e)
+	before := a.before(ctx, kv, k, rev)
 	if a.g.json {
-		return a.printJSON(struct {
+		out := struct {
 			Written  uint64    `json:"written_revision"`
 			Previous uint64    `json:"previous_revision"`
+			Deleted  uint64    `json:"deleted_revision,omitempty"` // the delete or purge marker this write re-created the key after
+			DelOp    string    `json:"deleted_op,omitempty"`       // DEL or PURGE
 			ReadBack entryView `json:"read_back"`
-		}{rev, prev, v})
+		}{Written: rev, Previous: prev, ReadBack: v}
+		if before != nil && before.Operation() != jetstream.KeyValuePut {
+			out.Deleted, out.DelOp = before.Revision(), opName(before.Operation())
+		}
+		return a.printJSON(out)
 	}
-	was := "new key"
-	if prev != 0 {
-		was = "was revision " + strconv.FormatUint(prev, 10)
-	}
-	fmt.Fprintf(a.out, "%s (%s)\n", headline, was)
+	fmt.Fprintf(a.out, "%s (%s)\n", headline, wasLine(prev, before))
 	if e.Revision() != rev {
 		fmt.Fprintf(a.out, "note: %s has changed again since: now revision %d\n", k, e.Revision())
 	}
 	fmt.Fprintln(a.out, "read back:")
 	a.printEntry(v)
 	return nil
+}
+
+// before returns the revision of k kept just before rev, nil when rev is
+// its first (or the history cannot be read: the caller then says less).
+func (a *app) before(ctx context.Context, kv jetstream.KeyValue, k kvconfig.Key, rev uint64) jetstream.KeyValueEntry {
+	hist, err := a.history(ctx, kv, k)
+	if err != nil {
+		return nil
+	}
+	var prev jetstream.KeyValueEntry
+	for _, e := range hist {
+		if e.Revision() >= rev {
+			break
+		}
+		prev = e
+	}
+	return prev
+}
+
+// wasLine says what a write replaced: nothing (a new key), a delete or
+// purge marker (the key is re-created) or a value at revision prev.
+func wasLine(prev uint64, before jetstream.KeyValueEntry) string {
+	switch {
+	case before != nil && before.Operation() == jetstream.KeyValueDelete:
+		return fmt.Sprintf("re-created; revision %d was a delete", before.Revision())
+	case before != nil && before.Operation() == jetstream.KeyValuePurge:
+		return fmt.Sprintf("re-created; revision %d was a purge", before.Revision())
+	case prev != 0:
+		return "was revision " + strconv.FormatUint(prev, 10)
+	case before != nil:
+		return "was revision " + strconv.FormatUint(before.Revision(), 10)
+	}
+	return "new key"
 }
 
 // history returns every kept revision of k, oldest first.
@@ -244,7 +280,9 @@ func (a *app) cmdHistory(ctx context.Context, args []string) error {
 		}
 		t.row(rev, v.Op, a.when(v.Created), valid, string(v.Config))
 	}
-	t.flush()
+	if t.fit(maxTableWidth, 3).flush() {
+		fmt.Fprintln(a.out, "(an error ending in … is cut to fit the table; --json shows it in full)")
+	}
 	return nil
 }
 

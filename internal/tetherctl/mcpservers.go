@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/tether-dev/tether/kvconfig"
@@ -235,27 +236,45 @@ func findPlaceholder(path string, v any) string {
 	return ""
 }
 
-// flatten turns a validated config into field path -> compact JSON value,
-// e.g. "env.TOKEN" -> "\"x\"", "args" -> "[\"a\"]". The transport is
-// inferred first, so {"command":"x"} equals {"transport":"stdio","command":"x"}.
+// flatten turns a config value into field path -> compact JSON value,
+// e.g. "env.TOKEN" -> "\"x\"", "args" -> "[\"a\"]": exactly the fields
+// the stored bytes hold, nothing inferred. An import's diff is made of it.
 func flatten(value []byte) (map[string]string, error) {
-	c, err := kvconfig.DecodeConfig(value)
-	if err != nil {
-		return nil, err
-	}
-	norm, err := json.Marshal(c)
-	if err != nil {
-		return nil, err
-	}
 	var m map[string]any
-	dec := json.NewDecoder(bytes.NewReader(norm))
+	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.UseNumber()
 	if err := dec.Decode(&m); err != nil {
 		return nil, err
 	}
+	if m == nil {
+		return nil, errors.New("not a JSON object")
+	}
 	out := map[string]string{}
 	flattenInto("", m, out)
 	return out, nil
+}
+
+// equivalent reports whether two values are the same config once decoded:
+// the transport inferred ({"command":"x"} is {"transport":"stdio",
+// "command":"x"}), key order and spacing ignored. Writing one over the
+// other would change nothing an agent sees.
+func equivalent(a, b []byte) bool {
+	ca, err := kvconfig.DecodeConfig(a)
+	if err != nil {
+		return false
+	}
+	cb, err := kvconfig.DecodeConfig(b)
+	if err != nil {
+		return false
+	}
+	na, errA := json.Marshal(ca)
+	nb, errB := json.Marshal(cb)
+	if errA != nil || errB != nil {
+		return false
+	}
+	fa, errA := flatten(na)
+	fb, errB := flatten(nb)
+	return errA == nil && errB == nil && maps.Equal(fa, fb)
 }
 
 func flattenInto(prefix string, v any, out map[string]string) {

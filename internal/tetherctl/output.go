@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tether-dev/tether/kvconfig"
@@ -67,12 +68,38 @@ func (a *app) printJSON(v any) error {
 	return nil
 }
 
-// table writes aligned columns.
-type table struct{ tw *tabwriter.Writer }
+// maxTableWidth is the most columns a table that fit applies to takes, as
+// long as its last column is at most lastColumnRoom wide.
+const maxTableWidth = 120
+
+// lastColumnRoom is the width fit keeps for a table's last column. That
+// column is never cut (it is the data: a longer value only makes its own
+// line longer, never pads the others).
+const lastColumnRoom = 40
+
+// minCutWidth is the narrowest a column that fit may cut becomes.
+const minCutWidth = 12
+
+// table writes aligned columns. Rows are kept until flush, so fit can
+// measure them first.
+type table struct {
+	w     io.Writer
+	rows  [][]string
+	width int   // 0: no limit
+	cut   []int // columns fit may cut, to make the table width columns wide
+}
 
 func newTable(w io.Writer, header ...string) *table {
-	t := &table{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
+	t := &table{w: w}
 	t.row(header...)
+	return t
+}
+
+// fit makes flush cut cells of cols (widest column first, each down to
+// minCutWidth at most) until every line is at most width columns, counting
+// at most lastColumnRoom of the last column, which is never cut.
+func (t *table) fit(width int, cols ...int) *table {
+	t.width, t.cut = width, cols
 	return t
 }
 
@@ -82,10 +109,69 @@ func (t *table) row(cells ...string) {
 			cells[i] = "-"
 		}
 	}
-	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+	t.rows = append(t.rows, cells)
 }
 
-func (t *table) flush() { _ = t.tw.Flush() }
+// flush writes the table and reports whether a cell was cut to fit.
+func (t *table) flush() bool {
+	widths := t.fitWidths()
+	cut := false
+	tw := tabwriter.NewWriter(t.w, 0, 0, 2, ' ', 0)
+	for ri, cells := range t.rows {
+		for i, c := range cells {
+			if ri > 0 && i < len(widths)-1 && utf8.RuneCountInString(c) > widths[i] {
+				cells[i], cut = truncateRunes(c, widths[i]), true
+			}
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	_ = tw.Flush()
+	return cut
+}
+
+// fitWidths returns the width each column may take (nil: no limit).
+func (t *table) fitWidths() []int {
+	if t.width <= 0 || len(t.cut) == 0 {
+		return nil
+	}
+	var widths []int
+	for _, cells := range t.rows {
+		for i, c := range cells {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	last := len(widths) - 1
+	total := 2*last + min(widths[last], lastColumnRoom)
+	for _, w := range widths[:last] {
+		total += w
+	}
+	for total > t.width {
+		widest := -1
+		for _, c := range t.cut {
+			if c < last && widths[c] > minCutWidth && (widest < 0 || widths[c] > widths[widest]) {
+				widest = c
+			}
+		}
+		if widest < 0 {
+			break // nothing left to cut: the other columns alone are too wide
+		}
+		widths[widest]--
+		total--
+	}
+	return widths
+}
+
+// truncateRunes cuts s to n runes, the last one an ellipsis.
+func truncateRunes(s string, n int) string {
+	if n < 1 {
+		return ""
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
 
 // opName spells a KV operation as the nats CLI does.
 func opName(op jetstream.KeyValueOp) string {

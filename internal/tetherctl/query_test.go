@@ -147,7 +147,9 @@ func TestFleetFollowsPages(t *testing.T) {
 	contains(t, "fleet", r.stdout, "AGENT", "LAST HEARD", "CONFIGS (applied/current)",
 		"a1", "healthy", "coder", "2s ago", "1.25ms", "github 4/4",
 		"a2", "zombie", "1.5s ago", "github 3/4* NOT APPLIED (boom)", "3 probes unacknowledged",
-		"b2", "5 agent(s); fleet: healthy 3, lost 1, zombie 1", "invalid entry: mcp_configs global.x revision 9: bad")
+		"b2", "shown: 5 agent(s) with role coder, state zombie; all with role coder: healthy 3, lost 1, zombie 1",
+		"invalid entry: mcp_configs global.x revision 9: bad")
+	lacks(t, "fleet --role", r.stdout, "fleet:")
 	f.mu.Lock()
 	reqs := f.reqs
 	f.mu.Unlock()
@@ -166,5 +168,32 @@ func TestFleetFollowsPages(t *testing.T) {
 	r = run("fleet", "--agent", "zz")
 	if r.code != ExitNotFound || !strings.Contains(r.stderr, `no agent "zz"`) {
 		t.Errorf("unknown agent: %s", r)
+	}
+}
+
+// TestFleetSummaryNamesWhatItCounts: the summary line says what is shown
+// (with the filters named) and labels the counts "fleet:" only when they
+// are fleet-wide: fleet.status counts agents matching --agent and --role,
+// and ignores --state.
+func TestFleetSummaryNamesWhatItCounts(t *testing.T) {
+	a := &app{}
+	counts := map[string]int{"healthy": 3, "zombie": 1}
+	for _, tc := range []struct {
+		agent, role, state string
+		want               string
+	}{
+		{"", "", "", "shown: 4 agent(s); fleet: healthy 3, zombie 1"},
+		{"", "", "zombie", "shown: 4 agent(s) with state zombie; fleet: healthy 3, zombie 1"},
+		{"", "coder", "", "shown: 4 agent(s) with role coder; all with role coder: healthy 3, zombie 1"},
+		{"a1", "", "", "shown: 4 agent(s) with agent a1; all with agent a1: healthy 3, zombie 1"},
+		{"a1", "coder", "healthy", "shown: 4 agent(s) with agent a1, role coder, state healthy; all with agent a1, role coder: healthy 3, zombie 1"},
+	} {
+		a.f.agent, a.f.role, a.f.state = tc.agent, tc.role, tc.state
+		if got := a.summaryLine(4, counts); got != tc.want {
+			t.Errorf("agent %q role %q state %q:\n got %s\nwant %s", tc.agent, tc.role, tc.state, got, tc.want)
+		}
+	}
+	if got := a.summaryLine(0, nil); !strings.HasSuffix(got, ": none") {
+		t.Errorf("no counts: %s", got)
 	}
 }
