@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -167,5 +168,20 @@ func TestListenInUseMessage(t *testing.T) {
 		"that holds the data dir "+dir, "stop PID "+pid+", or use a different --listen together with a different --data-dir")
 	if !errors.As(err, &inUse) || inUse.Holder == nil || inUse.Holder.PID != os.Getpid() {
 		t.Errorf("error %T %+v: want a *ListenInUseError naming PID %d", err, inUse, os.Getpid())
+	}
+}
+
+// --listen host:0 picks a free port, as every other listener does (nats-
+// server reads port 0 as its default 4222).
+func TestEmbeddedListenPortZeroPicksAFreePort(t *testing.T) {
+	cfg := suptest.Config(t, "")
+	cfg.Listen, cfg.DataDir = "127.0.0.1:0", t.TempDir()
+	s := suptest.Start(t, cfg)
+	u, err := url.Parse(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Port() == "4222" || u.Port() == "0" {
+		t.Fatalf("--listen 127.0.0.1:0 serves on %s, want a free port", s.ClientURL())
 	}
 }

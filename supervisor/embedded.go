@@ -30,6 +30,9 @@ func startEmbedded(cfg Config, m *auth.Material, log zerolog.Logger) (*server.Se
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: --listen %q: port: %w", cfg.Listen, err)
 	}
+	if port == 0 {
+		port = server.RANDOM_PORT // nats-server reads 0 as its default, 4222
+	}
 	oc, err := m.OperatorClaims()
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: operator JWT in %s: %w", m.Dir, err)
