@@ -1,7 +1,7 @@
 package test
 
 // Leadership gaps (issue 13): a lease holder that cannot take over the
-// fleet.
+// fleet, and a fleet where no replica can hold the lease.
 
 import (
 	"bytes"
@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/internal/natstest"
@@ -163,5 +166,91 @@ func TestTakeoverBoundResigns(t *testing.T) {
 	t.Logf("the rival holds the lease %v after Start returned", (time.Since(start) - took).Round(time.Millisecond))
 	if n := logs.count("reading mcp_fleet"); n > 100 {
 		t.Errorf("%d 'reading mcp_fleet' warnings in %v: the read retries without pause", n, took.Round(time.Millisecond))
+	}
+}
+
+// TestReadyNoLeader: two replicas whose lease writes the server refuses
+// (an operator's permission change) hold no lease: after 2x the TTL both
+// report not ready, saying no replica leads, on Ready, /readyz and the
+// metrics; once the writes are allowed again one leads and both are ready.
+func TestReadyNoLeader(t *testing.T) {
+	users := func(deny bool) []*server.User {
+		p := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}}, Subscribe: &server.SubjectPermission{Allow: []string{">"}}}
+		if deny {
+			p.Publish.Deny = []string{"$KV." + lease.Bucket + ".>"}
+		}
+		return []*server.User{{Username: "sup", Password: "pw", Permissions: p}}
+	}
+	srv := natstest.RunServer(t, natstest.WithOptions(func(o *server.Options) { o.Users = users(false) }))
+	// The lease bucket as the supervisor creates it, but read through the
+	// stream API instead of direct gets: in nats-server v2.15.2 a direct
+	// get reads the server's options without their lock, a data race with
+	// the config reloads below (getDirectRequest, stream.go).
+	js, _ := jetstream.New(srv.Connect(nats.UserInfo("sup", "pw")))
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
+		Name: "KV_" + lease.Bucket, Subjects: []string{"$KV." + lease.Bucket + ".>"}, MaxMsgsPerSubject: 1,
+		MaxAge: gapTTL, Duplicates: gapTTL, Discard: jetstream.DiscardNew, AllowRollup: true, DenyDelete: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sups := make([]*supervisor.Supervisor, 2)
+	for i := range sups {
+		cfg := suptest.Config(t, srv.URL())
+		suptest.FastFleet(&cfg)
+		cfg.User, cfg.Password = "sup", "pw"
+		cfg.HTTPAddr, cfg.LeaseTTL, cfg.ReplicaID = "127.0.0.1:0", gapTTL, fmt.Sprint("r", i)
+		sups[i] = suptest.Start(t, cfg)
+	}
+	ready := func(want bool, reason string) func() error {
+		return func() error {
+			for i, s := range sups {
+				ok, why := s.Ready()
+				if ok != want || !strings.Contains(why, reason) {
+					return fmt.Errorf("replica %d: ready %v %q, want %v %q", i, ok, why, want, reason)
+				}
+			}
+			return nil
+		}
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, ready(true, "ready"))
+	if l := leaders(sups, -1); len(l) != 1 {
+		t.Fatalf("leaders %v", l)
+	}
+
+	deny := time.Now()
+	srv.Reload(func(o *server.Options) { o.Users = users(true) })
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, ready(false, "no leader for"))
+	t.Logf("not ready (no leader) %v after the lease writes were refused (TTL %v)", time.Since(deny).Round(time.Millisecond), gapTTL)
+	for i, s := range sups {
+		if s.IsLeader() {
+			t.Errorf("replica %d commands without a lease", i)
+		}
+		code, body := readyz(t, s)
+		if why, _ := body["reason"].(string); code != http.StatusServiceUnavailable || !strings.Contains(why, "no leader for") {
+			t.Errorf("replica %d /readyz %d %v", i, code, body)
+		}
+		fams := suptest.Gather(s)
+		if gap := suptest.Value(fams, "tether_no_leader_seconds", nil); gap <= 2*gapTTL.Seconds() {
+			t.Errorf("replica %d tether_no_leader_seconds %v", i, gap)
+		}
+		if v := suptest.Value(fams, "tether_leader", nil); v != 0 {
+			t.Errorf("replica %d tether_leader %v", i, v)
+		}
+	}
+
+	allow := time.Now()
+	srv.Reload(func(o *server.Options) { o.Users = users(false) })
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, ready(true, "ready"))
+	t.Logf("ready again %v after the lease writes were allowed", time.Since(allow).Round(time.Millisecond))
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if l := leaders(sups, -1); len(l) != 1 {
+			return fmt.Errorf("leaders %v after the writes were allowed, want one", l)
+		}
+		return nil
+	})
+	for i, s := range sups {
+		if code, _ := readyz(t, s); code != http.StatusOK {
+			t.Errorf("replica %d /readyz %d", i, code)
+		}
 	}
 }
