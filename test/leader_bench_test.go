@@ -17,11 +17,13 @@ import (
 // leaderTrials is how many faults each leadership benchmark injects.
 const leaderTrials = 10
 
-// benchReplica is the replicas' config in the leadership benchmarks.
+// benchReplica is the replicas' config in the leadership benchmarks. They
+// log nothing: a benchmark's output keeps only its first 10 lines, which
+// must be the per-trial figures.
 func benchReplica(ttl time.Duration) func(*supervisor.Config) {
 	return func(cfg *supervisor.Config) {
 		cfg.LeaseTTL = ttl
-		cfg.Logger = cfg.Logger.Level(zerolog.ErrorLevel)
+		cfg.Logger = zerolog.Nop()
 	}
 }
 
@@ -75,6 +77,15 @@ func (r *replicaSet) rejoin(tb testing.TB, old, next int) {
 	})
 }
 
+// faultPhase is how long trial i waits before its fault: spread over one
+// renewal period (TTL/3), so that trials sample every phase of the
+// leader's renewals and the followers' campaigns. Without it each trial
+// started right after a replica's campaign (the previous trial waited for
+// one) and measured only two phases: TTL and 4/3 TTL, nothing between.
+func faultPhase(i int, ttl time.Duration) time.Duration {
+	return time.Duration(i*37%100) * ttl / 300
+}
+
 // reportTimes reports p50 and max of d in ms and as multiples of ttl.
 func reportTimes(b *testing.B, what string, d []time.Duration, ttl time.Duration) {
 	slices.Sort(d)
@@ -101,8 +112,8 @@ func roundAll(d []time.Duration) []time.Duration {
 // the time from the leader's link failing to another replica commanding:
 // crash (its proxy cuts every link and refuses new ones; no lease
 // release) and partition (its proxy black-holes the link). Ten trials per
-// case on one cluster, each cutting whichever replica leads, then
-// restoring it; the lease TTL is the reference (the key outlives a dead
+// case on one cluster, each cutting whichever replica leads (at a phase of
+// its renewals of its own), then restoring it; the lease TTL is the reference (the key outlives a dead
 // leader by up to one TTL; followers campaign every TTL/3).
 //
 //	go test -run '^$' -bench LeaderFailover -benchtime 1x -timeout 30m ./test/
@@ -113,8 +124,8 @@ func BenchmarkLeaderFailover(b *testing.B) {
 				r := startReplicaSet(b, benchReplica(ttl))
 				var d []time.Duration
 				for b.Loop() {
-					for range leaderTrials {
-						d = append(d, r.failover(b, fault))
+					for i := range leaderTrials {
+						d = append(d, r.failover(b, fault, faultPhase(i, ttl)))
 					}
 				}
 				reportTimes(b, "failover", d, ttl)
@@ -123,11 +134,12 @@ func BenchmarkLeaderFailover(b *testing.B) {
 	}
 }
 
-// failover cuts or black-holes the leader's link, returns how long until
-// another replica commands, and restores the link.
-func (r *replicaSet) failover(b *testing.B, fault string) time.Duration {
+// failover cuts or black-holes the leader's link after phase, returns how
+// long until another replica commands, and restores the link.
+func (r *replicaSet) failover(b *testing.B, fault string, phase time.Duration) time.Duration {
 	b.Helper()
 	old := r.soleLeader(b)
+	time.Sleep(phase)
 	start := time.Now()
 	if fault == "crash" {
 		r.proxies[old].Cut()
@@ -165,8 +177,8 @@ func BenchmarkLeaderBucketDeleted(b *testing.B) {
 			}
 			var working, gaps []time.Duration
 			for b.Loop() {
-				for range leaderTrials {
-					w, g := r.bucketDeleted(b, js)
+				for i := range leaderTrials {
+					w, g := r.bucketDeleted(b, js, faultPhase(i, ttl))
 					working, gaps = append(working, w), append(gaps, g)
 				}
 			}
@@ -176,11 +188,12 @@ func BenchmarkLeaderBucketDeleted(b *testing.B) {
 	}
 }
 
-// bucketDeleted deletes mcp_leader and returns the time to a commanding
-// replica after the gap, and the gap's length.
-func (r *replicaSet) bucketDeleted(b *testing.B, js jetstream.JetStream) (working, gap time.Duration) {
+// bucketDeleted deletes mcp_leader after phase and returns the time to a
+// commanding replica after the gap, and the gap's length.
+func (r *replicaSet) bucketDeleted(b *testing.B, js jetstream.JetStream, phase time.Duration) (working, gap time.Duration) {
 	b.Helper()
 	r.soleLeader(b)
+	time.Sleep(phase)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
