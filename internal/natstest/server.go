@@ -235,32 +235,37 @@ func RunCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	return c
 }
 
-// WaitJetStream waits until every running node agrees on a meta leader.
+// WaitJetStream waits until every running node agrees on a meta leader
+// and the leader counts every running node as a peer it can place
+// streams on (online, with JetStream, its stats received). Without the
+// last condition an R3 create right after RunCluster could fail with "no
+// suitable peers for placement": the leader had not yet heard from one
+// node (2 of 60 starts under load).
 func (c *Cluster) WaitJetStream(t testing.TB) {
 	t.Helper()
 	CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		running := 0
+		var leader *server.Server
 		for _, s := range c.Servers {
 			if s.NATS() == nil {
 				continue
 			}
+			running++
 			if !s.NATS().JetStreamIsCurrent() {
 				return fmt.Errorf("node %s: JetStream not current", s.opts.ServerName)
 			}
+			if s.NATS().JetStreamIsLeader() {
+				leader = s.NATS()
+			}
 		}
-		if leaderOf(c) == "" {
+		if leader == nil {
 			return fmt.Errorf("no meta leader")
+		}
+		if peers := leader.JetStreamClusterPeers(); len(peers) < running {
+			return fmt.Errorf("meta leader %s can place on %v, %d of %d running nodes", leader.Name(), peers, len(peers), running)
 		}
 		return nil
 	})
-}
-
-func leaderOf(c *Cluster) string {
-	for _, s := range c.Servers {
-		if s.NATS() != nil && s.NATS().JetStreamIsLeader() {
-			return s.opts.ServerName
-		}
-	}
-	return ""
 }
 
 // URLs is a comma-separated list of every node's client URL.
