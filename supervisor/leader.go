@@ -49,10 +49,13 @@ func (s *Supervisor) LeaderID() string {
 }
 
 // startLease campaigns at once and, if this replica wins the first try,
-// takes over the fleet before returning, so a lone supervisor commands
-// from the moment Start returns.
+// waits for the lead goroutine's takeover of the fleet before returning,
+// so a lone supervisor commands from the moment Start returns. A takeover
+// that cannot complete resigns within takeoverBound, so Start returns by
+// then; a ctx that ends first fails Start.
 func (s *Supervisor) startLease(ctx context.Context) error {
 	s.leadWake = make(chan struct{}, 1)
+	s.firstTake = make(chan struct{})
 	l, err := lease.Start(ctx, lease.Config{
 		JS: s.js, ID: s.cfg.ReplicaID, TTL: s.cfg.LeaseTTL, Replicas: s.cfg.Buckets.Replicas,
 		OnChange: s.onLeadership,
@@ -76,8 +79,17 @@ func (s *Supervisor) startLease(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	s.takeLead(ctx)
-	return nil
+	if !l.IsLeader() {
+		return nil
+	}
+	// Winning woke the lead goroutine: the takeover is its own, never run
+	// twice for one win (a second run would wait out another bound).
+	select {
+	case <-s.firstTake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // onLeadership runs on the lease goroutine: it must not block.
@@ -96,13 +108,21 @@ func (s *Supervisor) onLeadership(leader bool) {
 	}
 }
 
+// leadLoop takes over the fleet each time this replica wins the lease;
+// it closes firstTake when its first takeover has ended (commanding, or
+// resigned, or leadership lost meanwhile).
 func (s *Supervisor) leadLoop(ctx context.Context) {
+	first := s.firstTake
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.leadWake:
 			s.takeLead(ctx)
+			if first != nil {
+				close(first)
+				first = nil
+			}
 		}
 	}
 }
@@ -110,11 +130,9 @@ func (s *Supervisor) leadLoop(ctx context.Context) {
 // takeLead runs Fleet.TakeLead while this replica holds the lease and
 // does not command yet, retrying every LeaseTTL/3, and then lets the fleet
 // command unless leadership changed meanwhile. A takeover that cannot
-// complete within TakeoverBound resigns the lease, so another replica
-// leads instead of nobody. Serialised by takeMu.
+// complete within takeoverBound resigns the lease, so another replica
+// leads instead of nobody. Run by the lead goroutine only.
 func (s *Supervisor) takeLead(ctx context.Context) {
-	s.takeMu.Lock()
-	defer s.takeMu.Unlock()
 	l, f := s.lease.Load(), s.fleet.Load()
 	first := time.Now()
 	for ctx.Err() == nil && l.IsLeader() && !s.leading.Load() {

@@ -56,8 +56,8 @@ type Supervisor struct {
 	leading    atomic.Bool // took over the fleet under the current lease
 	leadMu     sync.Mutex  // guards leadGen and writes of leading
 	leadGen    uint64      // bumped on every lease change
-	takeMu     sync.Mutex  // serialises takeLead
 	leadWake   chan struct{}
+	firstTake  chan struct{} // closed when the lead goroutine's first takeover has ended
 	leadCancel context.CancelFunc
 	leadWG     sync.WaitGroup
 

@@ -28,6 +28,13 @@ const clusterLeaseTTL = 300 * time.Millisecond
 // with millisecond fleet timings and buckets at replicas 3.
 func startReplica(t *testing.T, url string, i int) *supervisor.Supervisor {
 	t.Helper()
+	return startReplicaWith(t, url, i, nil)
+}
+
+// startReplicaWith is startReplica with its config changed by adjust (the
+// lease bucket's TTL is the first replica's).
+func startReplicaWith(t testing.TB, url string, i int, adjust func(*supervisor.Config)) *supervisor.Supervisor {
+	t.Helper()
 	cfg := supervisor.DefaultConfig()
 	cfg.NATSURL, cfg.HTTPAddr = url, ""
 	cfg.ReplicaID = fmt.Sprintf("replica-%d", i)
@@ -39,6 +46,9 @@ func startReplica(t *testing.T, url string, i int) *supervisor.Supervisor {
 	f.HeartbeatInterval, f.CheckInterval = 50*time.Millisecond, 10*time.Millisecond
 	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = 50*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
 	f.PersistInterval = 20 * time.Millisecond
+	if adjust != nil {
+		adjust(&cfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	s, err := supervisor.Start(ctx, cfg)

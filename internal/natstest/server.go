@@ -130,6 +130,23 @@ func (s *Server) Start() {
 	s.start()
 }
 
+// Reload changes the running server's options with f (users and
+// permissions, say) through the server's config reload, as an operator's
+// `nats-server --signal reload` does; a later restart keeps them.
+//
+// Under -race, keep direct gets (KV Get on a bucket with AllowDirect) away
+// from a reload: nats-server v2.15.2 reads its options without their lock
+// when it serves one (stream.go, getDirectRequest), a data race.
+func (s *Server) Reload(f func(*server.Options)) {
+	s.t.Helper()
+	o := s.opts
+	f(&o)
+	if err := s.NATS().ReloadOptions(&o); err != nil {
+		s.t.Fatalf("natstest: reload: %v", err)
+	}
+	s.opts = o
+}
+
 // Restart shuts the server down and starts it again on the same port and store.
 func (s *Server) Restart() {
 	s.t.Helper()
@@ -186,8 +203,10 @@ type Cluster struct {
 }
 
 // RunCluster starts n JetStream servers routed into one cluster and waits
-// until JetStream has a meta leader.
-func RunCluster(t testing.TB, n int) *Cluster {
+// until JetStream has a meta leader. Options apply to every node, after
+// the cluster settings (e.g. WithOptions setting Cluster.NoAdvertise, so
+// clients behind a Proxy do not learn the nodes' own URLs).
+func RunCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	ports := make([]int, n)
 	for i := range ports {
@@ -203,45 +222,50 @@ func RunCluster(t testing.TB, n int) *Cluster {
 	c := &Cluster{}
 	for i := 0; i < n; i++ {
 		i := i
-		s := RunServer(t, WithOptions(func(o *server.Options) {
+		s := RunServer(t, append([]Option{WithOptions(func(o *server.Options) {
 			o.ServerName = fmt.Sprintf("n%d", i)
 			o.Cluster.Name = "tether"
 			o.Cluster.Host = "127.0.0.1"
 			o.Cluster.Port = ports[i]
 			o.Routes = server.RoutesFromStr(routes)
-		}))
+		})}, opts...)...)
 		c.Servers = append(c.Servers, s)
 	}
 	c.WaitJetStream(t)
 	return c
 }
 
-// WaitJetStream waits until every running node agrees on a meta leader.
+// WaitJetStream waits until every running node agrees on a meta leader
+// and the leader counts every running node as a peer it can place
+// streams on (online, with JetStream, its stats received). Without the
+// last condition an R3 create right after RunCluster could fail with "no
+// suitable peers for placement": the leader had not yet heard from one
+// node (2 of 60 starts under load).
 func (c *Cluster) WaitJetStream(t testing.TB) {
 	t.Helper()
 	CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		running := 0
+		var leader *server.Server
 		for _, s := range c.Servers {
 			if s.NATS() == nil {
 				continue
 			}
+			running++
 			if !s.NATS().JetStreamIsCurrent() {
 				return fmt.Errorf("node %s: JetStream not current", s.opts.ServerName)
 			}
+			if s.NATS().JetStreamIsLeader() {
+				leader = s.NATS()
+			}
 		}
-		if leaderOf(c) == "" {
+		if leader == nil {
 			return fmt.Errorf("no meta leader")
+		}
+		if peers := leader.JetStreamClusterPeers(); len(peers) < running {
+			return fmt.Errorf("meta leader %s can place on %v, %d of %d running nodes", leader.Name(), peers, len(peers), running)
 		}
 		return nil
 	})
-}
-
-func leaderOf(c *Cluster) string {
-	for _, s := range c.Servers {
-		if s.NATS() != nil && s.NATS().JetStreamIsLeader() {
-			return s.opts.ServerName
-		}
-	}
-	return ""
 }
 
 // URLs is a comma-separated list of every node's client URL.

@@ -67,3 +67,16 @@ func TestCluster(t *testing.T) {
 		return err
 	})
 }
+
+// TestClusterPlacesR3AtOnce: once RunCluster returns, an R3 stream can be
+// placed at the first try. Before, WaitJetStream waited only for a meta
+// leader and for every node to be current, and under load the leader had
+// not yet heard from every peer: "no suitable peers for placement".
+func TestClusterPlacesR3AtOnce(t *testing.T) {
+	c := RunCluster(t, 3)
+	nc := Connect(t, c.URLs())
+	js, _ := nc.JetStream(nats.MaxWait(10 * time.Second))
+	if _, err := js.CreateKeyValue(&nats.KeyValueConfig{Bucket: "r3", Replicas: 3}); err != nil {
+		t.Fatalf("first R3 create after RunCluster: %v", err)
+	}
+}

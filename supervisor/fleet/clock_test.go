@@ -41,7 +41,7 @@ func (c *manualClock) advance(d time.Duration) {
 // embedded server to a subscription on the same connection, so after a
 // flush every message the last sweep sent is readable.
 type clockRig struct {
-	t       *testing.T
+	t       testing.TB
 	clk     *manualClock
 	cfg     Config
 	tr      *tracker
@@ -66,7 +66,7 @@ func rigConfig() Config {
 	return cfg
 }
 
-func newClockRig(t *testing.T, cfg Config) *clockRig {
+func newClockRig(t testing.TB, cfg Config) *clockRig {
 	t.Helper()
 	srv := natstest.RunServer(t, natstest.WithoutJetStream())
 	nc := srv.Connect()
@@ -361,4 +361,31 @@ func counterValue(c prometheus.Collector) float64 {
 		return d.GetGauge().GetValue()
 	}
 	return d.GetCounter().GetValue()
+}
+
+// Sweeps come every CheckInterval give or take the ticker's latency. With
+// probes due every sweep (probe interval = check interval), a sweep that
+// starts a millisecond earlier, relative to its tick, than the one that
+// sent the last probe must still send the next: before, the probe slipped
+// to the sweep after, so probes went out every other interval and a
+// zombie took twice as long to find (8 intervals at 500 ms beats under the
+// default 500 ms sweep, BENCHMARKS.md issue 13).
+func TestTrackerClockProbeCadenceWithSweepLatency(t *testing.T) {
+	cfg := rigConfig()
+	cfg.CheckInterval = cfg.HeartbeatInterval // a sweep per interval, as 500 ms beats get by default
+	r := newClockRig(t, cfg)
+	ack, sent := "", 0
+	const sweeps = 20
+	for k := 0; k <= sweeps; k++ {
+		// The sweep of tick k starts 1 ms late on odd ticks, on time on even ones.
+		r.clk.set(r.start.Add(time.Duration(k)*cfg.CheckInterval + time.Duration(k%2)*time.Millisecond))
+		r.heartbeat("p1", ack)
+		if n := r.sweep(); len(n) > 0 {
+			ack, sent = n[len(n)-1], sent+len(n)
+		}
+		r.want("p1", StateHealthy)
+	}
+	if sent < sweeps-1 {
+		t.Fatalf("%d probes in %d sweeps a probe interval apart, want one a sweep", sent, sweeps)
+	}
 }

@@ -151,12 +151,18 @@ func (t *tracker) load(ctx context.Context, kv jetstream.KeyValue) (int, error) 
 // anything before its watcher is taken for lost and the read starts over.
 const readFleetStall = 3 * time.Second
 
+// readFleetRetry is the pause before a failed read of mcp_fleet starts
+// over: a read the server refuses at once (no stream, a consumer limit)
+// must not spin.
+const readFleetRetry = 250 * time.Millisecond
+
 // readFleet calls fn for every readable record of mcp_fleet. A watcher whose
 // creation or delivery was lost (a request written into a connection that
 // was just dropped, a stream leader moving in a cluster) would otherwise
 // stall the read until ctx ends, so a read that delivers nothing for
-// readFleetStall starts over with a new watcher; records are applied only
-// once a read is complete, so none is applied twice.
+// readFleetStall starts over with a new watcher, and a failed one after
+// readFleetRetry; records are applied only once a read is complete, so
+// none is applied twice.
 func (t *tracker) readFleet(ctx context.Context, kv jetstream.KeyValue, fn func(*Record)) (int, error) {
 	for attempt := 1; ; attempt++ {
 		recs, bad, err := readFleetOnce(ctx, kv)
@@ -172,7 +178,12 @@ func (t *tracker) readFleet(ctx context.Context, kv jetstream.KeyValue, fn func(
 		if ctx.Err() != nil {
 			return 0, err
 		}
-		t.log.Warn().Err(err).Int("attempt", attempt).Msg("reading mcp_fleet stalled; starting over with a new watcher")
+		t.log.Warn().Err(err).Int("attempt", attempt).Msg("reading mcp_fleet failed; starting over with a new watcher")
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(readFleetRetry):
+		}
 	}
 }
 

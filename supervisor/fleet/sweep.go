@@ -194,7 +194,12 @@ func (t *tracker) commandDue(a *agent, now int64, behind bool) {
 	case behind: // answers may be in the backlog: neither judge nor add probes
 	case a.probeNext == 0:
 		a.probeNext = now + int64(hashOffset(a.id, tm.probeEvery))
-	case now >= a.probeNext:
+	case now >= a.probeNext-int64(t.cfg.CheckInterval)/2:
+		// Sweeps come every CheckInterval, give or take the ticker's
+		// latency: a probe due within half a sweep goes now. Otherwise a
+		// probe due one sweep after the last would slip to the next one
+		// whenever this sweep starts a little earlier after its tick than
+		// that one did (at a probe interval of one sweep: every other one).
 		nonce, seq := t.cmd.newNonce()
 		a.probeSent = seq
 		if len(a.probes) < t.cfg.ZombieAfter {

@@ -58,7 +58,12 @@ type Config struct {
 // expire its key, unless the server's clock runs more than TTL/3 faster
 // than the holder's over one TTL (a rate, not an offset: NTP-synchronised
 // clocks that disagree by minutes are fine). A stream leader that moves to
-// another server applies that server's clock from then on. What the
+// another server applies that server's clock from then on. The server
+// expires late, never early: nats-server checks a stream's max age at
+// most every 250 ms and reads its clock in 100 ms ticks, so a dead
+// holder's key outlives the TTL by up to about 0.35 s, and a failover
+// takes up to TTL + 0.35 s + TTL/3 (the next campaign) + the takeover:
+// more than 2x the TTL when the TTL is below about 1 s. What the
 // assumption guards is only who commands; the fence (Fence: commands
 // carry it, mcp_fleet writes are compare-and-swap) makes a deposed
 // leader's late commands and writes have no effect even if it breaks.
