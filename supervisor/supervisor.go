@@ -381,7 +381,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := s.WaitReady(rctx); err != nil {
 		cfg.Logger.Warn().Err(err).Msg("config index still loading; resolves answer 503 until it is")
 	} else {
-		cfg.Logger.Info().Int("configs", s.Index().Len()).Str("nats", kvconfig.MaskURLs(s.ClientURL())).Str("http", cfg.HTTPAddr).Msg("supervisor ready")
+		cfg.Logger.Info().Int("configs", s.Index().Len()).Str("nats", kvconfig.MaskURLs(s.ClientURL())).Str("http", s.HTTPAddr()).Msg("supervisor ready")
 	}
 	cancel()
 	<-ctx.Done()
