@@ -72,34 +72,53 @@ func readyz(t *testing.T, s *supervisor.Supervisor) (int, map[string]any) {
 }
 
 // TestTakeoverBoundResigns: a replica that wins the lease at Start but
-// cannot read mcp_fleet (its stream admits one consumer, which the
-// replica's own forget watcher holds, so the server refuses the
-// takeover's read) resigns the lease after two takeover attempts: Start
-// returns just after the bound (before, Start's own takeover and the lead
-// goroutine's ran one after the other: twice the bound), HTTP serves, and
-// another lease holder takes over while it pauses. The read retries with
-// a pause (before: about 1,400 attempts, each a warning, a second).
+// cannot read mcp_fleet resigns the lease after two takeover attempts:
+// Start returns just after the bound (before, Start's own takeover and the
+// lead goroutine's ran one after the other: twice the bound), HTTP serves,
+// and another lease holder takes over while it pauses. The read retries
+// with a pause (before: about 1,400 attempts, each a warning, a second).
+//
+// mcp_fleet admits one consumer. Start's load of mcp_fleet takes it and
+// deletes it; the test takes the slot as soon as the server announces that
+// deletion, so the server refuses the takeover's read (and the replica's
+// forget watcher). The replica's link has 30 ms of latency each way: its
+// next request reaches the server at least 60 ms after the deletion, the
+// test's (no proxy) within a millisecond or two of the announcement.
 func TestTakeoverBoundResigns(t *testing.T) {
+	const ttl = time.Second // renewals (TTL/3) far above the 60 ms round trip
 	srv := natstest.RunServer(t)
+	link := natstest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.Port))
+	link.SetLatency(30 * time.Millisecond)
 	nc := srv.Connect()
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// mcp_fleet as a KV stream that admits a single consumer.
+	fleetStream := "KV_" + kvconfig.BucketFleet
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "KV_" + kvconfig.BucketFleet, Subjects: []string{"$KV." + kvconfig.BucketFleet + ".>"},
+		Name: fleetStream, Subjects: []string{"$KV." + kvconfig.BucketFleet + ".>"},
 		MaxMsgsPerSubject: 1, MaxConsumers: 1, Discard: jetstream.DiscardNew, AllowRollup: true,
 		DenyDelete: true, AllowDirect: true, Duplicates: 2 * time.Minute, MaxMsgSize: kvconfig.MaxFleetRecordBytes,
 	}); err != nil {
 		t.Fatal(err)
 	}
+	loaded := make(chan struct{})
+	var once sync.Once
+	if _, err := nc.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.DELETED."+fleetStream+".*", func(*nats.Msg) {
+		once.Do(func() { close(loaded) })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 
 	logs := &lineCounter{w: zerolog.NewTestWriter(t), needles: []string{"reading mcp_fleet", "resigning the lease"}, counts: map[string]int{}}
-	cfg := suptest.Config(t, srv.URL())
+	cfg := suptest.Config(t, link.URL())
 	suptest.FastFleet(&cfg)
-	cfg.HTTPAddr, cfg.LeaseTTL, cfg.ReplicaID = "127.0.0.1:0", gapTTL, "stuck"
+	cfg.HTTPAddr, cfg.LeaseTTL, cfg.ReplicaID = "127.0.0.1:0", ttl, "stuck"
 	cfg.Logger = zerolog.New(logs).Level(zerolog.WarnLevel)
-	bound := 2 * fleet.TakeLeadTimeout(gapTTL)
+	bound := 2 * fleet.TakeLeadTimeout(ttl)
 
 	type started struct {
 		s   *supervisor.Supervisor
@@ -111,6 +130,14 @@ func TestTakeoverBoundResigns(t *testing.T) {
 		s, err := supervisor.Start(ctx, cfg)
 		done <- started{s, err}
 	}()
+	select {
+	case <-loaded:
+	case st := <-done:
+		t.Fatalf("Start returned (%v) before it loaded mcp_fleet", st.err)
+	}
+	if _, err := js.CreateConsumer(ctx, fleetStream, jetstream.ConsumerConfig{Durable: "slot"}); err != nil {
+		t.Fatalf("taking the one consumer slot after the load: %v", err)
+	}
 	// Once it holds the lease, a rival campaigns beside it.
 	leaderKV := func() jetstream.KeyValue {
 		var kv jetstream.KeyValue
@@ -120,13 +147,16 @@ func TestTakeoverBoundResigns(t *testing.T) {
 		})
 		return kv
 	}()
+	var won time.Time // when the server stored the replica's winning campaign
 	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if e, err := leaderKV.Get(ctx, lease.Key); err != nil || string(e.Value()) != "stuck" {
+		e, err := leaderKV.Get(ctx, lease.Key)
+		if err != nil || string(e.Value()) != "stuck" {
 			return fmt.Errorf("lease not held by the replica yet: %v", err)
 		}
+		won = e.Created()
 		return nil
 	})
-	rival, err := lease.Start(ctx, lease.Config{JS: js, ID: "rival", TTL: gapTTL, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	rival, err := lease.Start(ctx, lease.Config{JS: js, ID: "rival", TTL: ttl, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,15 +168,17 @@ func TestTakeoverBoundResigns(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("Start did not return")
 	}
-	took := time.Since(start)
+	returned := time.Now()
+	took := returned.Sub(won)
 	if st.err != nil {
 		t.Fatal(st.err)
 	}
 	s := st.s
 	t.Cleanup(s.Close)
-	t.Logf("Start returned after %v (takeover bound %v); %d 'reading mcp_fleet' warnings", took.Round(time.Millisecond), bound, logs.count("reading mcp_fleet"))
+	t.Logf("Start returned %v after the replica won the lease (%v after it began; takeover bound %v); %d 'reading mcp_fleet' warnings",
+		took.Round(time.Millisecond), returned.Sub(start).Round(time.Millisecond), bound, logs.count("reading mcp_fleet"))
 	if took < bound || took > bound+2*time.Second {
-		t.Errorf("Start took %v, want just over the takeover bound %v", took, bound)
+		t.Errorf("Start returned %v after the lease was won, want just over the takeover bound %v", took, bound)
 	}
 	if n := logs.count("resigning the lease"); n != 1 {
 		t.Errorf("%d resignations, want 1", n)
@@ -163,7 +195,7 @@ func TestTakeoverBoundResigns(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("the rival holds the lease %v after Start returned", (time.Since(start) - took).Round(time.Millisecond))
+	t.Logf("the rival holds the lease %v after Start returned", time.Since(returned).Round(time.Millisecond))
 	if n := logs.count("reading mcp_fleet"); n > 100 {
 		t.Errorf("%d 'reading mcp_fleet' warnings in %v: the read retries without pause", n, took.Round(time.Millisecond))
 	}
