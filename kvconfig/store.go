@@ -106,6 +106,20 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfg BucketConfig
 	return b, nil
 }
 
+// RecreateFleet creates a deleted mcp_fleet again with cfg's replicas and
+// bounds (an existing one is left as it is).
+func RecreateFleet(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) error {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketFleet,
+		Description: "Tether fleet status, written by the supervisor", History: 1, Replicas: cfg.Replicas})
+	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+		return fmt.Errorf("kvconfig: re-create bucket %s: %w", BucketFleet, err)
+	}
+	return boundFleet(ctx, js, cfg.FleetMaxBytes)
+}
+
 // boundFleet gives mcp_fleet (which only the supervisor writes) its max
 // value size and max bytes, also when an older version created it
 // without: one record per agent, so bounded agents bound the bucket.

@@ -425,3 +425,39 @@ func TestDeletedConfigsBucketRecreated(t *testing.T) {
 		t.Fatalf("not ready after the re-creation: %s", why)
 	}
 }
+
+// `nats kv del mcp_fleet`: the supervisor re-creates it and the leader
+// writes every agent's record again (before, it stayed missing and every
+// takeover failed).
+func TestDeletedFleetBucketRecreated(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	srv := natstest.RunServer(t)
+	cfg := testConfig(t, srv)
+	cfg.HTTPAddr = ""
+	f := &cfg.Fleet
+	f.HeartbeatInterval, f.CheckInterval = interval, 2*time.Millisecond
+	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = interval, 2*interval, 2*interval
+	f.PersistInterval = 10 * time.Millisecond
+	s := startSupervisor(t, cfg)
+	registerAgents(t, s, "fl1")
+	startRawAgent(t, srv.Connect(), "fl1", interval)
+	js, _ := jetstream.New(srv.Connect())
+	ctx := context.Background()
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		_, err := s.Buckets().Fleet.Get(ctx, "fl1")
+		return err
+	})
+	if err := js.DeleteKeyValue(ctx, kvconfig.BucketFleet); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		kv, err := js.KeyValue(ctx, kvconfig.BucketFleet)
+		if err != nil {
+			return fmt.Errorf("not re-created: %w", err)
+		}
+		if _, err := kv.Get(ctx, "fl1"); err != nil {
+			return fmt.Errorf("fl1's record not written again: %w", err)
+		}
+		return nil
+	})
+}

@@ -148,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (_ *Supervisor, err error) {
 		// s.store is set below, before fl.Start subscribes to heartbeats.
 		fcfg.Admit = func(id string) bool { return s.store.Index().Registered(id) }
 	}
-	fl, err := fleet.New(fleet.Options{Config: fcfg, Prefix: cfg.Prefix, Conn: s.nc, KV: s.buckets.Fleet, WatchCheckInterval: cfg.WatchCheckInterval,
+	fl, err := fleet.New(fleet.Options{Config: fcfg, Prefix: cfg.Prefix, Conn: s.nc, KV: s.buckets.Fleet, WatchCheckInterval: cfg.WatchCheckInterval, Buckets: &bcfg,
 		Metrics: s.metrics.Fleet, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: %w", err)

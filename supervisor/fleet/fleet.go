@@ -48,6 +48,7 @@ type Fleet struct {
 	kv         jetstream.KeyValue // mcp_fleet
 	forget     *kvconfig.Watcher  // operator deletes of mcp_fleet records
 	watchCheck time.Duration
+	buckets    *kvconfig.BucketConfig
 	relSub     *nats.Subscription // mcp.v1.fleet.release
 	leadership atomic.Pointer[func() (string, time.Duration)]
 
@@ -81,6 +82,9 @@ type Options struct {
 	// operator deletes of mcp_fleet records; zero is
 	// kvconfig.DefaultCheckInterval.
 	WatchCheckInterval time.Duration
+	// Buckets, when set, re-creates a deleted mcp_fleet with these settings
+	// (the records are gone; the leader writes its picture again).
+	Buckets *kvconfig.BucketConfig
 	// Metrics receives the fleet's metrics; nil counts nothing.
 	Metrics *Metrics
 	// Logger is the parent logger; the fleet logs as component fleet,
@@ -106,7 +110,7 @@ func New(o Options) (*Fleet, error) {
 	}
 	cmd.fence = o.Config.Fence
 	t := newTracker(o.Config, o.Prefix, cmd, log, o.Metrics)
-	return &Fleet{cfg: o.Config, prefix: o.Prefix, log: log, nc: o.Conn, t: t, cmd: cmd, kv: o.KV, watchCheck: o.WatchCheckInterval,
+	return &Fleet{cfg: o.Config, prefix: o.Prefix, log: log, nc: o.Conn, t: t, cmd: cmd, kv: o.KV, watchCheck: o.WatchCheckInterval, buckets: o.Buckets,
 		push: newPusher(t, o.Logger.With().Str("component", "push").Logger(), o.Metrics)}, nil
 }
 
@@ -159,7 +163,23 @@ func (f *Fleet) watchForgets() (*kvconfig.Watcher, error) {
 		return nil, fmt.Errorf("fleet: jetstream: %w", err)
 	}
 	var ready bool // watcher goroutine only
+	var missing func(context.Context) error
+	if f.buckets != nil {
+		bc := *f.buckets
+		missing = func(ctx context.Context) error {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := kvconfig.RecreateFleet(rctx, js, bc); err != nil {
+				f.log.Error().Err(err).Msg("mcp_fleet deleted and cannot be re-created; retrying")
+				return err
+			}
+			f.log.Error().Msg("mcp_fleet was deleted: re-created empty; the leader writes every agent's record again")
+			f.t.markAllDirty()
+			return nil
+		}
+	}
 	w, err := kvconfig.StartWatcher(kvconfig.WatcherConfig{
+		Missing:       missing,
 		Bucket:        kvconfig.BucketFleet,
 		JetStream:     func() (jetstream.JetStream, error) { return js, nil },
 		MetaOnly:      true,
