@@ -18,11 +18,7 @@ import (
 func TestDefaultAdmissionTracksOnlyRegisteredAgents(t *testing.T) {
 	const interval = 20 * time.Millisecond
 	srv := natstest.RunServer(t)
-	cfg := testConfig(t, srv)
-	cfg.HTTPAddr = ""
-	f := &cfg.Fleet
-	f.HeartbeatInterval, f.CheckInterval = interval, 2*time.Millisecond
-	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = interval, 2*interval, 2*interval
+	cfg := fastFleetConfig(t, srv, interval)
 	if cfg.Admission != AdmitRegistered {
 		t.Fatalf("default admission %q, want %q", cfg.Admission, AdmitRegistered)
 	}

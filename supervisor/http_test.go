@@ -135,11 +135,8 @@ func TestDashboardWiredIntoSupervisor(t *testing.T) {
 		if drain {
 			id = "dz-drain"
 		}
-		cfg := testConfig(t, srv)
-		f := &cfg.Fleet
-		f.HeartbeatInterval, f.CheckInterval = interval, 2*time.Millisecond
-		f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = interval, 2*interval, 2*interval
-		f.PersistInterval = 10 * time.Millisecond
+		cfg := fastFleetConfig(t, srv, interval)
+		cfg.HTTPAddr = "127.0.0.1:0" // the dashboard is what this tests
 		s := startSupervisor(t, cfg)
 		registerAgents(t, s, id)
 		a := startRawAgent(t, nc, id, interval)

@@ -23,6 +23,18 @@ func testConfig(t testing.TB, srv *natstest.Server) Config {
 	return cfg
 }
 
+// fastFleetConfig is testConfig without HTTP and with millisecond fleet
+// timings: heartbeats every interval, judged every 2 ms.
+func fastFleetConfig(t testing.TB, srv *natstest.Server, interval time.Duration) Config {
+	cfg := testConfig(t, srv)
+	cfg.HTTPAddr = ""
+	f := &cfg.Fleet
+	f.HeartbeatInterval, f.CheckInterval = interval, 2*time.Millisecond
+	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = interval, 2*interval, 2*interval
+	f.PersistInterval = 10 * time.Millisecond
+	return cfg
+}
+
 // startSupervisor starts a supervisor and waits until its index is ready.
 func startSupervisor(t testing.TB, cfg Config) *Supervisor {
 	t.Helper()

@@ -432,13 +432,7 @@ func TestDeletedConfigsBucketRecreated(t *testing.T) {
 func TestDeletedFleetBucketRecreated(t *testing.T) {
 	const interval = 20 * time.Millisecond
 	srv := natstest.RunServer(t)
-	cfg := testConfig(t, srv)
-	cfg.HTTPAddr = ""
-	f := &cfg.Fleet
-	f.HeartbeatInterval, f.CheckInterval = interval, 2*time.Millisecond
-	f.ProbeInterval, f.ProbeTimeout, f.ResendInterval = interval, 2*interval, 2*interval
-	f.PersistInterval = 10 * time.Millisecond
-	s := startSupervisor(t, cfg)
+	s := startSupervisor(t, fastFleetConfig(t, srv, interval))
 	registerAgents(t, s, "fl1")
 	startRawAgent(t, srv.Connect(), "fl1", interval)
 	js, _ := jetstream.New(srv.Connect())
