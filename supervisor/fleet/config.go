@@ -144,6 +144,11 @@ type Config struct {
 	// agentproto.Command.Epoch): the lease's term and the revision at
 	// which this replica became leader. Nil: commands are not fenced.
 	Fence func() (term int64, epoch uint64)
+	// ServerFailingAfter is how many of its intervals an agent must fail
+	// calls to an MCP server that other agents reach (and that is not down)
+	// before it is flagged mcp_failing and sent one reresolve of that
+	// server. Zero (the default) is DefaultServerFailingAfter (2).
+	ServerFailingAfter int
 	// Clock is the time source; nil is the real clock.
 	Clock Clock
 }
@@ -190,6 +195,9 @@ func (c Config) withDerived() Config {
 	}
 	if c.ResendInterval == 0 {
 		c.ResendInterval = 2 * c.HeartbeatInterval
+	}
+	if c.ServerFailingAfter == 0 {
+		c.ServerFailingAfter = DefaultServerFailingAfter
 	}
 	return c
 }
@@ -265,6 +273,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPending < 1 {
 		bad("MaxPending %d must be at least 1", c.MaxPending)
+	}
+	if c.ServerFailingAfter < 1 {
+		bad("ServerFailingAfter %d must be at least 1 interval", c.ServerFailingAfter)
 	}
 	return errors.Join(errs...)
 }

@@ -119,8 +119,10 @@ func (d *hbDecoder) heartbeat(hb *hbIn) error {
 			return nil
 		case "goodbye":
 			return d.bool(&hb.Goodbye)
+		case "servers":
+			return d.servers(&hb.Servers)
 		}
-		return d.unknown(k, "agent", "instance", "seq", "sent_at", "interval_ms", "probe_ack", "acks", "conn", "calls", "configs", "goodbye")
+		return d.unknown(k, "agent", "instance", "seq", "sent_at", "interval_ms", "probe_ack", "acks", "conn", "calls", "configs", "goodbye", "servers")
 	})
 	d.ws()
 	if err != nil || d.i != len(d.b) {

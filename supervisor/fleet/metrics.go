@@ -29,6 +29,7 @@ type Metrics struct {
 	recoveryBacklog prometheus.Gauge
 	kvWrites        *prometheus.CounterVec
 	spoofedTotal    *prometheus.CounterVec
+	servers         serverMetrics
 }
 
 // NewMetrics creates the fleet's metrics and registers them with reg.
@@ -71,6 +72,7 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 	f.quarantines = c("tether_fleet_quarantines_total", "Agents quarantined for exceeding the restart intensity.")
 	f.recoveryBacklog = g("tether_recovery_backlog", "Recovery commands waiting for the fleet-wide recovery rate.")
 	f.kvWrites = cv("tether_fleet_kv_writes_total", "mcp_fleet record writes, by outcome (ok, failed, conflict: the record was written by someone else, such as a deposed leader, and is written over).", "outcome")
+	f.servers = newServerMetrics(reg)
 	reg.MustRegister(f.hbReceived, f.hbDiscarded, f.agentsByState, f.transitions, f.probesSent, f.probesOverdue,
 		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.fleetFullG, f.hbResubs, f.duplicates,
 		f.quarantines, f.recoveryBacklog, f.kvWrites)

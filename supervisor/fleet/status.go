@@ -76,6 +76,11 @@ type AgentStatus struct {
 	Spoofed     uint32 `json:"spoofed,omitempty"`
 	ClockSkewMS int64  `json:"clock_skew_ms,omitempty"`
 	ClockSkewed bool   `json:"clock_skewed,omitempty"`
+	// Servers is per MCP server the agent calls, as its last heartbeat
+	// reported it; MCPFailing lists the servers it fails to reach while
+	// other agents reach them (judged per agent: see serverhealth.go).
+	Servers    map[string]ServerCalls `json:"servers,omitempty"`
+	MCPFailing []string               `json:"mcp_failing,omitempty"`
 	// Warnings: what an operator most likely did not mean, such as a role
 	// in mcp_agents that no config names (the agent silently gets global
 	// configs only); the text is the one explain shows.
@@ -119,6 +124,10 @@ type statusHead struct {
 	// key in mcp_configs does (first 50 by role): their agents get global
 	// configs only. Fleet-wide, whatever the filters.
 	UnconfiguredRoles []kvconfig.RoleUse `json:"unconfigured_roles,omitempty"`
+	// Servers is MCP server health across the fleet at the last sweep, by
+	// server name (first 256, down ones first); fleet-wide, whatever the
+	// filters. Absent when no live agent reports a server.
+	Servers map[string]ServerHealth `json:"servers,omitempty"`
 }
 
 // snapshot is an agent's status; the shard lock is held.
@@ -134,6 +143,7 @@ func (t *tracker) snapshot(a *agent, now int64, wall time.Time) AgentStatus {
 		st.LastHeard = time.Unix(0, a.heardWall).UTC()
 		st.SilentMS = time.Duration(now - a.heard).Milliseconds()
 	}
+	serverSnapshot(&st, a, now, wall)
 	ix := t.index.Load()
 	if ix != nil {
 		var w string
@@ -206,7 +216,8 @@ func (f *Fleet) status(q statusQuery, maxBytes int) ([]byte, error) {
 		ids = ids[i : i+1]
 	}
 	head := statusHead{Counts: f.counts(ids, q.Role), Leader: f.cmd.Leader(), MassSilence: t.mass.Load(),
-		Silent: int(t.silent.Load()), Invalid: f.push.invalidEntries(maxInvalidShown), UnconfiguredRoles: f.UnconfiguredRoles(maxRolesShown)}
+		Silent: int(t.silent.Load()), Invalid: f.push.invalidEntries(maxInvalidShown), UnconfiguredRoles: f.UnconfiguredRoles(maxRolesShown),
+		Servers: serverMap(t.serverView(), maxServersShown)}
 	for _, n := range head.Counts {
 		head.Total += n
 	}

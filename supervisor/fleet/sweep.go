@@ -17,6 +17,7 @@ type sweepState struct {
 	forget    []forgotten
 	quar      []string
 	overdue   int
+	srv       serverSweep
 }
 
 type probeOut struct{ agent, nonce string }
@@ -64,6 +65,7 @@ func (t *tracker) sweepOnce() {
 	leader := t.cmd.Leader()
 	freeze := t.massActive(now)
 	var silent, candidates int
+	t.beginServers()
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -78,6 +80,7 @@ func (t *tracker) sweepOnce() {
 			if !behind && t.judge(a, now, freeze) && est {
 				silent++
 			}
+			t.tallyServers(a)
 			if a.live == StateGone && t.cfg.ForgetAfter > 0 && now-a.heard >= int64(t.cfg.ForgetAfter) {
 				t.counts[a.state].Add(-1)
 				sh.remove(a)
@@ -96,6 +99,7 @@ func (t *tracker) sweepOnce() {
 	if !behind {
 		t.updateMass(now, silent, candidates)
 	}
+	t.judgeServers(now, t.clock.Now(), leader && !freeze)
 	if leader && !freeze {
 		if t.gap.Swap(false) {
 			// Pushes were dropped while this replica did not command (its
@@ -374,6 +378,7 @@ func (t *tracker) act() {
 			t.cmd.forget(f.id, f.rev)
 		}
 	}
+	t.actServers()
 	t.checkRoom()
 	t.metrics.fleetGauges(&t.counts, s.overdue, t.recoveryBacklog())
 }

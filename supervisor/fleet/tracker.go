@@ -56,6 +56,8 @@ type hbIn struct {
 	Configs    json.RawMessage `json:"configs"`
 	Calls      *callInfo       `json:"calls"`
 	Goodbye    bool            `json:"goodbye"`
+	// Servers is per MCP server the agent calls (servers.go).
+	Servers map[string]serverIn `json:"servers"`
 
 	// Set by handleHeartbeat, not decoded: the configs' hash, whether they
 	// differ from the agent's last ones, and if so their decoded entries.
@@ -125,6 +127,7 @@ type agent struct {
 	recoveries             []int64
 	pending                []*pendingCmd
 	configs                []serverApplied
+	servers                []agentServer // per MCP server it calls, by name (servers.go)
 	configsHash            uint64
 	conn                   connInfo
 	calls                  callInfo
@@ -212,6 +215,8 @@ type tracker struct {
 	recMu sync.Mutex
 	recq  []string // agents with a queued recovery command, FIFO
 	sweep sweepState
+	// servers is MCP server health at the last sweep (serverhealth.go).
+	servers atomic.Pointer[[]ServerHealth]
 }
 
 func newTracker(cfg Config, prefix string, cmd *dispatcher, log zerolog.Logger, m *Metrics) *tracker {
