@@ -113,7 +113,11 @@ func init() {
 				"  --limit N   page size asked of the supervisor (0: its default); every page is fetched\n" +
 				"The line under the table says how many agents are shown, with which filters, and counts\n" +
 				"agents by state: \"fleet:\" is every agent; with --role or --agent, \"all with role R:\"\n" +
-				"counts only those (--state narrows the table, never the counts)."},
+				"counts only those (--state narrows the table, never the counts).\n" +
+				"Then one line per MCP server the agents call (fleet-wide): \"MCP server echo down for 2/2\n" +
+				"agents\" when it fails for more than half of the live agents calling it (they are not\n" +
+				"recovered for it), otherwise \"ok (n/m agents failing)\"; and a WARNING for each agent\n" +
+				"failing a server that other agents reach (it is sent a reresolve of that server)."},
 	}
 }
 

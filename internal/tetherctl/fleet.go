@@ -33,6 +33,17 @@ type fleetPage struct {
 	Invalid     []invalidEntry `json:"invalid,omitempty"`
 	// UnconfiguredRoles: roles agents have that no config names.
 	UnconfiguredRoles []kvconfig.RoleUse `json:"unconfigured_roles,omitempty"`
+	// Servers is MCP server health across the fleet, by server name.
+	Servers map[string]serverHealth `json:"servers,omitempty"`
+}
+
+// serverHealth is one MCP server across the fleet (fleet.status servers).
+type serverHealth struct {
+	State       string    `json:"state"`
+	Failing     int       `json:"failing"`
+	Agents      int       `json:"agents"`
+	Since       time.Time `json:"since,omitzero"`
+	LastFailure string    `json:"last_failure,omitempty"`
 }
 
 // invalidEntry is a malformed operator KV entry the supervisor reports.
@@ -103,6 +114,7 @@ func (a *app) fetchFleet(ctx context.Context) (fleetPage, error) {
 		}
 		if page == 0 {
 			all.Counts, all.MassSilence, all.Silent, all.Invalid, all.UnconfiguredRoles = p.Counts, p.MassSilence, p.Silent, p.Invalid, p.UnconfiguredRoles
+			all.Servers = p.Servers
 		}
 		all.Agents = append(all.Agents, p.Agents...)
 		if p.Next == "" {
@@ -132,6 +144,52 @@ func (a *app) printFleet(all fleetPage) {
 	}
 	for _, u := range all.UnconfiguredRoles {
 		fmt.Fprintf(a.out, "WARNING: %s\n", u.Warning())
+	}
+	a.printServers(all)
+}
+
+// printServers says how each MCP server fares across the fleet (down ones
+// first) and which agents fail one that others reach.
+func (a *app) printServers(all fleetPage) {
+	names := sortedKeys(all.Servers)
+	slices.SortStableFunc(names, func(x, y string) int {
+		dx, dy := all.Servers[x].State == "down", all.Servers[y].State == "down"
+		switch {
+		case dx && !dy:
+			return -1
+		case dy && !dx:
+			return 1
+		}
+		return 0
+	})
+	for _, n := range names {
+		h := all.Servers[n]
+		if h.State == "down" {
+			line := fmt.Sprintf("MCP server %s down for %d/%d agents", n, h.Failing, h.Agents)
+			if !h.Since.IsZero() {
+				line += " since " + h.Since.UTC().Format(time.RFC3339) + " (" + ago(a.cli.Now().Sub(h.Since)) + ")"
+			}
+			if h.LastFailure != "" {
+				line += ", last failure " + h.LastFailure
+			}
+			fmt.Fprintln(a.out, line+"; its agents are not judged or recovered for it")
+			continue
+		}
+		fmt.Fprintf(a.out, "MCP server %s ok (%d/%d agents failing)\n", n, h.Failing, h.Agents)
+	}
+	for _, raw := range all.Agents {
+		m := decodeObject(raw)
+		fs, _ := m["mcp_failing"].([]any)
+		for _, f := range fs {
+			s, _ := f.(string)
+			why := ""
+			if srv, ok := m["servers"].(map[string]any); ok {
+				if e, ok := srv[s].(map[string]any); ok && str(e, "last_failure") != "" {
+					why = " (" + str(e, "last_failure") + ")"
+				}
+			}
+			fmt.Fprintf(a.out, "WARNING: agent %s fails calls to MCP server %s%s while other agents reach it; it was sent a reresolve of %s\n", str(m, "agent"), s, why, s)
+		}
 	}
 }
 

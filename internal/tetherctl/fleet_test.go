@@ -31,6 +31,7 @@ type hbAgent struct {
 	probeAck string
 	acks     []string
 	got      []agentproto.Command
+	servers  string // raw JSON of the heartbeat's servers field, if any
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -87,8 +88,12 @@ func (a *hbAgent) loop() {
 			Conn:    agentproto.ConnStatus{State: agentproto.ConnConnected, RTTMS: 0.5},
 			Configs: map[string]agentproto.ConfigApplied{"github": {Revision: a.revision, Applied: true}}}
 		a.acks = nil
+		servers := a.servers
 		a.mu.Unlock()
 		data, _ := json.Marshal(hb)
+		if servers != "" {
+			data = append(append(data[:len(data)-1], `,"servers":`+servers...), '}')
+		}
 		_ = a.nc.PublishMsg(&nats.Msg{Subject: a.subj.Heartbeat(a.id), Reply: agentproto.HeartbeatReply(a.id), Data: data})
 		select {
 		case <-a.stop:
@@ -108,6 +113,17 @@ func (a *hbAgent) reresolved(server string) bool {
 		}
 	}
 	return false
+}
+
+// setEcho makes the agent report the echo MCP server in state.
+func (a *hbAgent) setEcho(state string) {
+	failure := ""
+	if state == "failing" {
+		failure = `,"last_error_class":"transient","last_failure":"refused"`
+	}
+	a.mu.Lock()
+	a.servers = `{"echo":{"ok":1,"retried":0,"failed":1,"outcome_unknown":0,"state":"` + state + `"` + failure + `,"restarts":0}}`
+	a.mu.Unlock()
 }
 
 func (a *hbAgent) setRevision(rev uint64) {
@@ -324,4 +340,62 @@ func TestAgentRelease(t *testing.T) {
 		t.Fatalf("second release: %s", r)
 	}
 	h.must(ExitNotFound, "agent", "release", "nobody")
+}
+
+// TestFleetShowsMCPServerHealth: tetherctl fleet says which MCP server is
+// down for how many agents, clears it when they succeed again, and warns
+// about the one agent failing a server the others reach.
+func TestFleetShowsMCPServerHealth(t *testing.T) {
+	h := newHarness(t)
+	suptest.Register(t, h.sup, "dev", "s1", "s2")
+	a1, a2 := startHBAgent(t, h.srv.URL(), "s1", 1), startHBAgent(t, h.srv.URL(), "s2", 1)
+	a1.setEcho("ok")
+	a2.setEcho("ok")
+	h.waitOutput("MCP server echo ok (0/2 agents failing)")
+	a1.setEcho("failing")
+	a2.setEcho("failing")
+	h.waitOutput("MCP server echo down for 2/2 agents since ", ", last failure refused; its agents are not judged or recovered for it")
+	r := h.must(ExitOK, "fleet", "--json")
+	var st struct {
+		Servers map[string]struct {
+			State       string `json:"state"`
+			Failing     int    `json:"failing"`
+			Agents      int    `json:"agents"`
+			LastFailure string `json:"last_failure"`
+		} `json:"servers"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Servers["echo"].State != "down" || st.Servers["echo"].Agents != 2 {
+		t.Fatalf("fleet --json servers: %v %+v\n%s", err, st, r.stdout)
+	}
+	if a1.reresolved("echo") || a2.reresolved("echo") {
+		t.Fatal("an agent of a down server was sent a reresolve for it")
+	}
+	a1.setEcho("ok")
+	h.waitOutput("MCP server echo ok (1/2 agents failing)",
+		"WARNING: agent s2 fails calls to MCP server echo (refused) while other agents reach it; it was sent a reresolve of echo")
+	natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !a2.reresolved("echo") {
+			return errors.New("s2 got no reresolve of echo")
+		}
+		return nil
+	})
+	if a1.reresolved("echo") {
+		t.Fatal("s1, which reaches echo, was sent a reresolve of it")
+	}
+	a2.setEcho("ok")
+	h.waitOutput("MCP server echo ok (0/2 agents failing)")
+}
+
+// waitOutput polls tetherctl fleet until its output contains every want.
+func (h *harness) waitOutput(want ...string) {
+	h.t.Helper()
+	natstest.CheckFor(h.t, 10*time.Second, 20*time.Millisecond, func() error {
+		r := h.run("fleet")
+		for _, w := range want {
+			if !strings.Contains(r.stdout, w) {
+				return fmt.Errorf("fleet output lacks %q:\n%s", w, r)
+			}
+		}
+		return nil
+	})
 }
