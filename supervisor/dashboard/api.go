@@ -57,6 +57,8 @@ type agentRow struct {
 	Skewed     bool          `json:"skewed,omitempty"`
 	// Warnings are the status's (a role no config names).
 	Warnings []string `json:"warnings,omitempty"`
+	// MCPFailing are the MCP servers it fails while other agents reach them.
+	MCPFailing []string `json:"mcp_failing,omitempty"`
 }
 
 // configRow is one server's config revision: what the agent runs (Rev,
@@ -76,7 +78,7 @@ func makeRow(st fleet.AgentStatus) agentRow {
 		HeardMS: -1, IntervalMS: st.IntervalMS, Conn: st.Conn.State, RTT: round2(st.Conn.RTTMS),
 		Reconnects: st.Conn.Reconnects, OK: st.Calls.OK, Retried: st.Calls.Retried, Failed: st.Calls.Failed,
 		ErrClass: st.Calls.LastErrorClass, Pending: st.Pending, Unacked: st.ProbesUnacked,
-		Restarts: st.Restarts, Duplicate: st.Duplicate, Skewed: st.ClockSkewed, Warnings: st.Warnings}
+		Restarts: st.Restarts, Duplicate: st.Duplicate, Skewed: st.ClockSkewed, Warnings: st.Warnings, MCPFailing: st.MCPFailing}
 	if !st.Since.IsZero() {
 		r.Since = st.Since.UnixMilli()
 	}

@@ -25,6 +25,56 @@ const (
 type notices struct {
 	Invalid           []fleet.InvalidEntry `json:"invalid"`
 	UnconfiguredRoles []roleNotice         `json:"unconfigured_roles"`
+	// ServersDown are the MCP servers failing for most of the live agents
+	// that call them (first maxServersShown).
+	ServersDown []serverNotice `json:"servers_down"`
+}
+
+// maxServersShown bounds the down MCP servers listed.
+const maxServersShown = 50
+
+// serverNotice is one MCP server down across the fleet.
+type serverNotice struct {
+	Server      string `json:"server"`
+	Failing     int    `json:"failing"`
+	Agents      int    `json:"agents"`
+	Since       int64  `json:"since,omitempty"` // unix ms
+	LastFailure string `json:"last_failure,omitempty"`
+	// Summary is the line the CLI and the log say: "echo down for 2/2 agents".
+	Summary string `json:"summary"`
+}
+
+// ServerSource is implemented by a Source that knows MCP server health
+// across the fleet (a supervisor's fleet does).
+type ServerSource interface {
+	Servers() []fleet.ServerHealth
+}
+
+func (v fleetView) Servers() []fleet.ServerHealth {
+	if f := v.f(); f != nil {
+		return f.Servers()
+	}
+	return nil
+}
+
+// downServers lists the down servers src reports, if it reports any.
+func downServers(src Source) []serverNotice {
+	out := []serverNotice{}
+	ss, ok := src.(ServerSource)
+	if !ok {
+		return out
+	}
+	for _, h := range ss.Servers() {
+		if h.State != "down" || len(out) == maxServersShown {
+			continue
+		}
+		n := serverNotice{Server: h.Server, Failing: h.Failing, Agents: h.Agents, LastFailure: h.LastFailure, Summary: h.Summary()}
+		if !h.Since.IsZero() {
+			n.Since = h.Since.UnixMilli()
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // roleNotice is a role no config names, with the warning explain and
@@ -36,7 +86,7 @@ type roleNotice struct {
 
 // sampleNotices reads the notices from src, as JSON.
 func sampleNotices(src Source) []byte {
-	n := notices{Invalid: src.InvalidEntries(maxInvalidShown), UnconfiguredRoles: []roleNotice{}}
+	n := notices{Invalid: src.InvalidEntries(maxInvalidShown), UnconfiguredRoles: []roleNotice{}, ServersDown: downServers(src)}
 	if n.Invalid == nil {
 		n.Invalid = []fleet.InvalidEntry{}
 	}

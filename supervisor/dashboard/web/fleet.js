@@ -152,6 +152,13 @@
   // renderNotices shows what resolution does quietly: roles no config
   // names and invalid KV entries. Both lists come whole when either changed.
   function renderNotices(n) {
+    const down = n.servers_down || [];
+    $('servers-notice').hidden = down.length === 0;
+    T.setText($('servers-caption'), down.length ? String(down.length) : '');
+    $('servers-list').replaceChildren(...down.map(s => T.el('li', { dataset: { server: s.server } },
+      T.el('strong', { text: s.summary }),
+      T.el('span', { className: 'muted', text: (s.since ? ' since ' + new Date(s.since).toLocaleTimeString() : '') +
+        (s.last_failure ? ' · last failure ' + s.last_failure : '') }))));
     const roles = n.unconfigured_roles || [];
     $('role-notice').hidden = roles.length === 0;
     T.setText($('role-caption'), roles.length ? roles.length + (roles.length > 1 ? ' roles' : ' role') : '');
@@ -274,6 +281,7 @@
     const flags = [];
     if (r.duplicate) flags.push('duplicate instances under this id');
     if (r.skewed) flags.push('clock skewed');
+    for (const s of r.mcp_failing || []) flags.push('fails MCP server ' + s + ' (others reach it)');
     const reason = [r.reason, ...flags].filter(Boolean).join(' · ');
     T.setText(c.reasonText, reason);
     c.reason.title = reason;
