@@ -18,8 +18,34 @@ import (
 func main() {
 	var cfg demoagent.Config
 	fs, serve, level, format := newFlags(&cfg, flag.ExitOnError)
+	mcpOnly := fs.Bool("mcp-only", false, "only serve the MCP echo server on --serve-mcp, no agent: a process of its own to stop and start (the README's server-health demo)")
 	_ = fs.Parse(os.Args[1:])
+	if *mcpOnly {
+		serveOnly(*serve, *level, *format)
+		return
+	}
 	run(cfg, *serve, *level, *format)
+}
+
+// serveOnly runs the MCP echo server alone until SIGINT/SIGTERM, which
+// closes it and every connection at once, as a killed server does.
+func serveOnly(addr, level, format string) {
+	log, err := cli.Logger(os.Stderr, level, format)
+	if err != nil || addr == "" {
+		fmt.Fprintln(os.Stderr, "demo-agent: --mcp-only needs --serve-mcp ADDR (e.g. 127.0.0.1:9000)", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	echo, err := demoagent.NewEchoServer(addr)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot serve MCP")
+		os.Exit(1)
+	}
+	log.Info().Str("url", echo.URL()).Msg("MCP echo server listening (no agent: --mcp-only)")
+	<-ctx.Done()
+	echo.Stop()
+	log.Info().Str("url", echo.URL()).Msg("MCP echo server stopped")
 }
 
 // newFlags binds every flag to cfg.

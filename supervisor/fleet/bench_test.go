@@ -56,7 +56,17 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 	// Both trackers run the same loop: a fresh seq for every agent each
 	// n heartbeats (prepared outside the timer), so every heartbeat is
 	// applied, none discarded as stale.
-	throughTracker := func(b *testing.B, tr *fleet.Tracker) {
+	throughTracker := func(b *testing.B, tr *fleet.Tracker, servers bool) {
+		hb := func(a *simAgent, sent string) []byte {
+			data := a.heartbeat(time.Second, sent)
+			if servers {
+				data = append(append(data[:len(data)-1], benchServers...), '}')
+			}
+			return data
+		}
+		for j := range msgs {
+			msgs[j].Data = hb(benchAgent(j), "2026-01-01T00:00:00Z")
+		}
 		b.SetBytes(int64(len(msgs[0].Data)))
 		b.ReportAllocs()
 		seq := uint64(1)
@@ -67,7 +77,7 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 				for j := range msgs {
 					a := benchAgent(j)
 					a.seq = seq
-					msgs[j].Data = a.heartbeat(time.Second, "2026-01-01T00:00:00Z")
+					msgs[j].Data = hb(a, "2026-01-01T00:00:00Z")
 				}
 				b.StartTimer()
 			}
@@ -75,10 +85,14 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 		}
 	}
 	b.Run("tracker", func(b *testing.B) {
-		throughTracker(b, fleet.NewTracker(fleet.DefaultConfig(), nil))
+		throughTracker(b, fleet.NewTracker(fleet.DefaultConfig(), nil), false)
 	})
 	b.Run("tracker-unbounded", func(b *testing.B) {
-		throughTracker(b, fleet.NewUnboundedTracker(fleet.DefaultConfig()))
+		throughTracker(b, fleet.NewUnboundedTracker(fleet.DefaultConfig()), false)
+	})
+	// The same heartbeats with two MCP servers' call health (issue 14).
+	b.Run("tracker-servers", func(b *testing.B) {
+		throughTracker(b, fleet.NewTracker(fleet.DefaultConfig(), nil), true)
 	})
 	b.Run("json-struct", func(b *testing.B) {
 		b.SetBytes(int64(len(msgs[0].Data)))
@@ -91,6 +105,10 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 		}
 	})
 }
+
+// benchServers is a heartbeat's servers field for two MCP servers.
+const benchServers = `,"servers":{"github":{"ok":120,"retried":3,"failed":1,"outcome_unknown":0,"state":"ok","last_error_class":"transient","last_failure":"refused","restarts":0},` +
+	`"jira":{"ok":7,"retried":0,"failed":2,"outcome_unknown":1,"state":"failing","last_error_class":"unknown","last_failure":"http_503","restarts":0}}`
 
 // BenchmarkSweep100k is one judgement pass over 100,000 agents.
 func BenchmarkSweep100k(b *testing.B) {
