@@ -24,6 +24,10 @@ type Options struct {
 	Policy *agentproto.Policy
 	// Stats counts calls for heartbeats. Optional.
 	Stats *agentproto.CallStats
+	// ServerStats records this server's call health for the heartbeat's
+	// "servers" object (pass agentproto.Client.ServerStats(server)).
+	// Optional: nil records nothing.
+	ServerStats *agentproto.ServerStats
 	// AllowCommands are the stdio commands the caller may start (pass
 	// agentproto.Client.AllowCommands()); a stdio config naming any other is
 	// refused with agentproto.ErrCommandNotAllowed before anything runs.
@@ -97,18 +101,37 @@ func (t *ToolCaller) Call(ctx context.Context, tool string, args any) (*sdk.Call
 	p := t.policy
 	t.mu.Unlock()
 	p.Op = "tool " + tool
-	return agentproto.RetryValue(ctx, p, func(ctx context.Context) (*sdk.CallToolResult, error) {
-		s, err := t.connect(ctx)
-		if err != nil {
-			return nil, err
+	ss := t.opts.ServerStats
+	attempts := 0
+	res, err := agentproto.RetryValue(ctx, p, func(ctx context.Context) (*sdk.CallToolResult, error) {
+		if attempts++; attempts > 1 {
+			ss.AddRetried()
 		}
-		res, err := s.CallTool(ctx, &sdk.CallToolParams{Name: tool, Arguments: args})
-		err = SessionError(err)
-		if err != nil && agentproto.Classify(err) != agentproto.ClassPermanent {
-			t.drop(s)
+		res, err := t.attempt(ctx, tool, args)
+		if err != nil {
+			ss.AttemptFailed(agentproto.Classify(err), FailureKind(err))
 		}
 		return res, err
 	})
+	if err != nil {
+		ss.AddFailed(errors.Is(err, agentproto.ErrOutcomeUnknown))
+		return res, err
+	}
+	ss.AddOK()
+	return res, nil
+}
+
+func (t *ToolCaller) attempt(ctx context.Context, tool string, args any) (*sdk.CallToolResult, error) {
+	s, err := t.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.CallTool(ctx, &sdk.CallToolParams{Name: tool, Arguments: args})
+	err = SessionError(err)
+	if err != nil && agentproto.Classify(err) != agentproto.ClassPermanent {
+		t.drop(s)
+	}
+	return res, err
 }
 
 func (t *ToolCaller) connect(ctx context.Context) (*sdk.ClientSession, error) {
@@ -173,7 +196,18 @@ func transport(res agentproto.Resolved, allow []string) (sdk.Transport, error) {
 	return nil, errors.New("mcp: unknown transport " + cfg.Transport)
 }
 
-// sessionError marks the SDK's "connection closed" and "session missing"
+// FailureKind is agentproto.FailureKind with the SDK's own errors told
+// apart: a session the server no longer knows is "session_lost", a
+// connection closed under a call (with no deeper cause) is "reset".
+func FailureKind(err error) string {
+	k := agentproto.FailureKind(err)
+	if k == agentproto.FailureSessionLost && !errors.Is(err, sdk.ErrSessionMissing) && errors.Is(err, sdk.ErrConnectionClosed) {
+		return agentproto.FailureReset
+	}
+	return k
+}
+
+// SessionError marks the SDK's "connection closed" and "session missing"
 // errors with agentproto.ErrMCPSessionLost, the classification table's
 // transient row for them (agentproto does not link the SDK's session code).
 func SessionError(err error) error {

@@ -84,7 +84,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("demoagent: resolve %s: %w", cfg.Server, err)
 	}
-	caller, err := agentmcp.NewToolCaller(res, agentmcp.Options{AllowCommands: client.AllowCommands(), Policy: cfg.Policy, Stats: stats, Logger: log})
+	caller, err := agentmcp.NewToolCaller(res, agentmcp.Options{AllowCommands: client.AllowCommands(), Policy: cfg.Policy, Stats: stats, ServerStats: client.ServerStats(cfg.Server), Logger: log})
 	if err != nil {
 		return Result{}, err
 	}
