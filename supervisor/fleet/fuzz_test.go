@@ -27,6 +27,8 @@ func FuzzHeartbeat(f *testing.F) {
 		`{"agent":"f1","instance":"i1","seq":6,"sent_at":"2026-01-01T00:00:00Z","interval_ms":-1}`,
 		`{"agent":"f1","instance":"i1","seq":7,"configs":{"a b":{"revision":1},"ok":{"revision":1.5}}}`,
 		`{"agent":"f1","instance":"` + strings.Repeat("i", 200) + `","seq":8}`,
+		`{"agent":"f1","instance":"i1","seq":11,"servers":{"echo":{"ok":1,"retried":2,"failed":3,"outcome_unknown":1,"state":"failing","last_error_class":"transient","last_failure":"refused","restarts":0}}}`,
+		`{"agent":"f1","instance":"i1","seq":12,"servers":{"echo":{"state":"bogus"},"a b":{"state":"ok"}}}`,
 		`not json`, `{}`, `[]`, `{"seq":"1"}`, `{"agent":"f1","instance":"i1","seq":10,"acks":null,"configs":null}`,
 	} {
 		f.Add([]byte(seed))
@@ -62,7 +64,7 @@ func FuzzHeartbeat(f *testing.F) {
 		if !ok {
 			return
 		}
-		if len(st.Instance) > MaxInstanceBytes || len(st.Configs) > MaxConfigEntries {
+		if len(st.Instance) > MaxInstanceBytes || len(st.Configs) > MaxConfigEntries || len(st.Servers) > MaxServerEntries {
 			t.Fatalf("over-bound record applied: instance %d bytes, %d configs", len(st.Instance), len(st.Configs))
 		}
 		if _, err := json.Marshal(st); err != nil {

@@ -29,7 +29,8 @@ type Record struct {
 	// silence (one-shot ids never do).
 	Established bool `json:"established,omitempty"`
 	// Trimmed: the record was over mcp_fleet's max value size, so its
-	// configs and recovery times were left out.
+	// configs and recovery times (and, if still over, its servers) were
+	// left out.
 	Trimmed bool `json:"trimmed,omitempty"`
 	// RecoveryTimes are the recovery events within the quarantine period.
 	RecoveryTimes []time.Time `json:"recovery_times,omitempty"`
@@ -131,11 +132,15 @@ func encodeRecord(r *Record) ([]byte, error) {
 		return data, err
 	}
 	r.Configs, r.RecoveryTimes, r.Trimmed = nil, nil, true
+	if data, err = json.Marshal(r); err != nil || len(data) <= kvconfig.MaxFleetRecordBytes {
+		return data, err
+	}
+	r.Servers = nil // 256 servers' call health can fill a record too (mcp_failing stays)
 	if data, err = json.Marshal(r); err != nil {
 		return nil, err
 	}
 	if len(data) > kvconfig.MaxFleetRecordBytes {
-		return nil, fmt.Errorf("record is %d bytes even without its configs, over mcp_fleet's max value size %d", len(data), kvconfig.MaxFleetRecordBytes)
+		return nil, fmt.Errorf("record is %d bytes even without its configs and servers, over mcp_fleet's max value size %d", len(data), kvconfig.MaxFleetRecordBytes)
 	}
 	return data, nil
 }

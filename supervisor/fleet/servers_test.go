@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // MCP server health under the injected clock: heartbeats carrying a
@@ -352,22 +353,24 @@ func TestServersOutOfBoundsDiscardTheHeartbeat(t *testing.T) {
 	}
 }
 
+var serverSeeds = []string{
+	`{"instance":"i","seq":1,"servers":{"echo":{"ok":12,"retried":3,"failed":1,"outcome_unknown":0,"state":"failing","last_error_class":"transient","last_failure":"refused","restarts":0},"jira":{"state":"idle"}}}`,
+	`{"instance":"i","servers":null}`,
+	`{"instance":"i","servers":{}}`,
+	`{"instance":"i","servers":{"a":null}}`,
+	`{"instance":"i","servers":{"a":{"state":"ok"},"a":{"ok":2}}}`,                 // a repeated key replaces
+	`{"instance":"i","servers":{"a":{"state":"ok"}},"servers":{"b":{"ok":1}}}`,     // a repeated field adds
+	`{"instance":"i","servers":{"a":{"state":"ok","state":"failing","ok":1}}}`,     // repeated inner keys merge
+	`{"instance":"i","servers":{"a":{"State":"ok"}}}`,                              // other casing: slow path
+	`{"instance":"i","servers":{"a":{"state":"o\u006b"}}}`,                         // escape: slow path
+	`{"instance":"i","servers":{"a":{"ok":-1}}}`,                                   // error
+	`{"instance":"i","servers":[]}`,                                                // error
+	`{"instance":"i","servers":{"a":{"extra":[1,{"x":2}],"state":"quarantined"}}}`, // unknown skipped
+	`{"instance":"i","servers":{"a":{"state":null,"ok":null}}}`,
+}
+
 func TestServersDecodeMatchesEncodingJSON(t *testing.T) {
-	for _, s := range []string{
-		`{"instance":"i","seq":1,"servers":{"echo":{"ok":12,"retried":3,"failed":1,"outcome_unknown":0,"state":"failing","last_error_class":"transient","last_failure":"refused","restarts":0},"jira":{"state":"idle"}}}`,
-		`{"instance":"i","servers":null}`,
-		`{"instance":"i","servers":{}}`,
-		`{"instance":"i","servers":{"a":null}}`,
-		`{"instance":"i","servers":{"a":{"state":"ok"},"a":{"ok":2}}}`,                 // a repeated key replaces
-		`{"instance":"i","servers":{"a":{"state":"ok"}},"servers":{"b":{"ok":1}}}`,     // a repeated field adds
-		`{"instance":"i","servers":{"a":{"state":"ok","state":"failing","ok":1}}}`,     // repeated inner keys merge
-		`{"instance":"i","servers":{"a":{"State":"ok"}}}`,                              // other casing: slow path
-		`{"instance":"i","servers":{"a":{"state":"o\u006b"}}}`,                         // escape: slow path
-		`{"instance":"i","servers":{"a":{"ok":-1}}}`,                                   // error
-		`{"instance":"i","servers":[]}`,                                                // error
-		`{"instance":"i","servers":{"a":{"extra":[1,{"x":2}],"state":"quarantined"}}}`, // unknown skipped
-		`{"instance":"i","servers":{"a":{"state":null,"ok":null}}}`,
-	} {
+	for _, s := range serverSeeds {
 		checkDecode(t, []byte(s))
 	}
 	// Heartbeats with servers take the fast path.
@@ -376,6 +379,13 @@ func TestServersDecodeMatchesEncodingJSON(t *testing.T) {
 	if err := d.heartbeat(&hb); err != nil || hb.Servers["echo"].OK != 1 {
 		t.Fatalf("fast path not taken: %v %+v", err, hb)
 	}
+}
+
+func FuzzServersDecoder(f *testing.F) {
+	for _, s := range serverSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkDecode(t, data) })
 }
 
 func TestServersSurviveASupervisorRestart(t *testing.T) {
@@ -419,5 +429,39 @@ func TestServersSurviveASupervisorRestart(t *testing.T) {
 	}
 	if rr := r2.reresolves("a1"); len(rr) != 1 || !slices.Equal(rr[0], []string{"echo"}) {
 		t.Fatalf("after the restart: reresolves %v, want the one restored", rr)
+	}
+}
+
+// An agent reporting as many servers at every bound as fit a heartbeat of
+// MaxHeartbeatBytes still gets its mcp_fleet record written: the record
+// adds failing_since to each, which takes it over mcp_fleet's max value
+// size, so it is trimmed of its servers, keeping mcp_failing.
+func TestServersAtTheBoundsFitTheFleetRecord(t *testing.T) {
+	r := newServerRig(t)
+	entry := fmt.Sprintf(`{"ok":%d,"retried":%[1]d,"failed":%[1]d,"outcome_unknown":%[1]d,"state":"failing","last_error_class":"transient","last_failure":"jsonrpc_-2147483648","restarts":%[1]d}`, uint64(MaxSafeInt))
+	var servers []string
+	n := min(MaxServerEntries, (MaxHeartbeatBytes-200)/(len(entry)+68))
+	for i := range n {
+		servers = append(servers, fmt.Sprintf("%q:%s", fmt.Sprintf("%060d%04d", 0, i), entry))
+	}
+	body := `,"servers":{` + strings.Join(servers, ",") + `}`
+	r.hb("big", body)
+	st, ok := r.tr.lookup("big")
+	if !ok || len(st.Servers) != n {
+		t.Fatalf("heartbeat at the bounds not applied: %v %d servers", ok, len(st.Servers))
+	}
+	st.MCPFailing = []string{"echo"}
+	rec := Record{AgentStatus: st, Liveness: StateHealthy}
+	full, _ := json.Marshal(rec)
+	if len(full) <= kvconfig.MaxFleetRecordBytes {
+		t.Fatalf("untrimmed record is %d bytes: not over the bound, the test proves nothing", len(full))
+	}
+	data, err := encodeRecord(&rec)
+	if err != nil {
+		t.Fatalf("record of %d bytes: %v", len(full), err)
+	}
+	var back Record
+	if err := json.Unmarshal(data, &back); err != nil || !back.Trimmed || len(back.Servers) != 0 || !slices.Equal(back.MCPFailing, []string{"echo"}) {
+		t.Fatalf("trimmed record (%d bytes from %d): %v %+v", len(data), len(full), err, back.AgentStatus.MCPFailing)
 	}
 }
