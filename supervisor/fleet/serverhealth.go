@@ -111,15 +111,17 @@ func (t *tracker) beginServers() {
 	ss.cand, ss.events, ss.gone, ss.flagged = ss.cand[:0], ss.events[:0], ss.gone[:0], 0
 }
 
-// tallyServers counts one agent's servers; its shard lock is held.
+// tallyServers counts one agent's servers (a.servers is not nil); its
+// shard lock is held.
 func (t *tracker) tallyServers(a *agent) {
-	if len(a.servers) == 0 || a.live != StateHealthy && a.live != StateSuspect {
+	if a.live != StateHealthy && a.live != StateSuspect {
 		return
 	}
 	ss := &t.sweep.srv
 	cand := false
-	for i := range a.servers {
-		s := &a.servers[i]
+	list := *a.servers
+	for i := range list {
+		s := &list[i]
 		if s.state == srvIdle {
 			continue
 		}
@@ -194,8 +196,9 @@ func (t *tracker) judgeAgentServers(a *agent, now int64, command bool) {
 	ss := &t.sweep.srv
 	need := int64(t.cfg.ServerFailingAfter) * int64(effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS))
 	flagged := false
-	for i := range a.servers {
-		s := &a.servers[i]
+	list := a.serverList()
+	for i := range list {
+		s := &list[i]
 		g := ss.aggs[s.name]
 		if !failing(s.state) || g == nil {
 			continue
@@ -255,6 +258,9 @@ func mostCommon(m map[string]int) string {
 // the dashboard and metrics (down servers first, then by name).
 func (t *tracker) publishServers() {
 	ss := &t.sweep.srv
+	if len(ss.aggs) == 0 && len(t.serverView()) == 0 {
+		return // a fleet without MCP server reports: nothing to publish, no allocation
+	}
 	out := make([]ServerHealth, 0, len(ss.aggs))
 	for name, g := range ss.aggs {
 		h := ServerHealth{Server: name, State: ServerOK, Failing: g.failing, Agents: g.users, LastFailure: g.lastFailure}

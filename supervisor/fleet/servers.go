@@ -232,18 +232,29 @@ func (t *tracker) ingestServers(a *agent, in map[string]serverIn, now int64) {
 		}
 		return
 	}
-	same := len(in) == len(a.servers)
-	for i := 0; same && i < len(a.servers); i++ {
-		_, same = in[a.servers[i].name]
+	list := a.serverList()
+	same := len(in) == len(list)
+	for i := 0; same && i < len(list); i++ {
+		_, same = in[list[i].name]
 	}
 	if !same {
-		a.servers = rebuildServers(a.servers, in)
+		list = rebuildServers(list, in)
+		a.servers = &list
 		a.dirty |= dirtyOther
 	}
-	for i := range a.servers {
-		s := &a.servers[i]
+	for i := range list {
+		s := &list[i]
 		applyServer(a, s, in[s.name], now)
 	}
+}
+
+// serverList is the agent's servers (nil for none). The record holds a
+// pointer, 8 bytes for the many agents that report none.
+func (a *agent) serverList() []agentServer {
+	if a.servers == nil {
+		return nil
+	}
+	return *a.servers
 }
 
 // rebuildServers makes the list for a new set of names, sorted, carrying
@@ -297,12 +308,13 @@ type ServerCalls struct {
 // serverSnapshot fills an agent status's servers and mcp_failing; the
 // shard lock is held.
 func serverSnapshot(st *AgentStatus, a *agent, now int64, wall time.Time) {
-	if len(a.servers) == 0 {
+	list := a.serverList()
+	if len(list) == 0 {
 		return
 	}
-	st.Servers = make(map[string]ServerCalls, len(a.servers))
-	for i := range a.servers {
-		s := &a.servers[i]
+	st.Servers = make(map[string]ServerCalls, len(list))
+	for i := range list {
+		s := &list[i]
 		c := ServerCalls{State: serverStates[s.state], OK: s.ok, Retried: s.retried, Failed: s.failed,
 			OutcomeUnknown: s.unknown, LastErrorClass: s.class, LastFailure: s.failure, Restarts: s.restarts}
 		if failing(s.state) {
@@ -329,9 +341,10 @@ func restoreServers(a *agent, r *Record, now int64) {
 	if checkServers(in) != nil {
 		return
 	}
-	a.servers = rebuildServers(nil, in)
-	for i := range a.servers {
-		s := &a.servers[i]
+	list := rebuildServers(nil, in)
+	a.servers = &list
+	for i := range list {
+		s := &list[i]
 		applyServer(a, s, in[s.name], now)
 		s.flagged = slices.Contains(r.MCPFailing, s.name) && failing(s.state)
 		s.reresolved = s.flagged // its reresolve was queued before the restart

@@ -80,7 +80,9 @@ func (t *tracker) sweepOnce() {
 			if !behind && t.judge(a, now, freeze) && est {
 				silent++
 			}
-			t.tallyServers(a)
+			if a.servers != nil {
+				t.tallyServers(a)
+			}
 			if a.live == StateGone && t.cfg.ForgetAfter > 0 && now-a.heard >= int64(t.cfg.ForgetAfter) {
 				t.counts[a.state].Add(-1)
 				sh.remove(a)

@@ -127,7 +127,7 @@ type agent struct {
 	recoveries             []int64
 	pending                []*pendingCmd
 	configs                []serverApplied
-	servers                []agentServer // per MCP server it calls, by name (servers.go)
+	servers                *[]agentServer // per MCP server it calls, by name (servers.go); nil: none
 	configsHash            uint64
 	conn                   connInfo
 	calls                  callInfo
