@@ -366,10 +366,11 @@ func (f *Fleet) Leadership() (holder string, noLeader time.Duration) {
 }
 
 // LogSamplers sample the fleet's log lines that agents cause: bad, refused
-// or stale heartbeats, and agent state changes; the owner reports what
+// or stale heartbeats, agent state changes and MCP server health
+// transitions; the owner reports what
 // they dropped.
 func (f *Fleet) LogSamplers() []*logsample.Sampler {
-	return []*logsample.Sampler{f.t.sampler, f.t.changeSampler}
+	return []*logsample.Sampler{f.t.sampler, f.t.changeSampler, f.t.sweep.srv.sampler}
 }
 
 // AgentIDs returns every tracked agent id, sorted. The slice is shared:

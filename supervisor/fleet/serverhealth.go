@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/internal/logsample"
 )
 
 // MCP server health across the fleet, the MCP analogue of mass silence.
@@ -96,6 +98,19 @@ type serverSweep struct {
 	gone    []string // aggregates dropped this sweep (their metrics go)
 	flagged int      // agents flagged mcp_failing among this sweep's candidates
 	full    bool
+	// log is sampled by sampler: agents name servers, so hostile ones could
+	// make transitions flap; a real fleet's few servers never reach it.
+	log     zerolog.Logger
+	sampler *logsample.Sampler
+}
+
+// initServerLog sets the (sampled) logger of server transitions and flags.
+func (t *tracker) initServerLog(log zerolog.Logger) {
+	ss := &t.sweep.srv
+	if ss.sampler == nil {
+		ss.sampler = logsample.New("mcp server health", 50, time.Second)
+	}
+	ss.log = ss.sampler.Logger(log)
 }
 
 // beginServers zeroes the tallies before a sweep counts agents.
@@ -130,7 +145,7 @@ func (t *tracker) tallyServers(a *agent) {
 			if len(ss.aggs) >= maxFleetServers {
 				if !ss.full {
 					ss.full = true
-					t.log.Error().Int("max_servers", maxFleetServers).Str("server", s.name).
+					ss.log.Error().Int("max_servers", maxFleetServers).Str("server", s.name).
 						Msg("MCP server health: more distinct server names reported than are aggregated; further names are ignored")
 				}
 				continue
@@ -297,13 +312,13 @@ func (t *tracker) actServers() {
 		switch e.kind {
 		case evServerDown:
 			h := ServerHealth{Server: e.server, State: serverDown, Failing: e.failing, Agents: e.of}
-			t.log.Error().Str("server", e.server).Int("failing", e.failing).Int("agents", e.of).Str("last_failure", e.failure).
+			ss.log.Error().Str("server", e.server).Int("failing", e.failing).Int("agents", e.of).Str("last_failure", e.failure).
 				Str("summary", h.Summary()).Msg("MCP server down: failing for most of the agents that call it; its agents are not judged or recovered for it")
 		case evServerUp:
-			t.log.Warn().Str("server", e.server).Int("failing", e.failing).Int("agents", e.of).Str("last_failure", e.failure).
+			ss.log.Warn().Str("server", e.server).Int("failing", e.failing).Int("agents", e.of).Str("last_failure", e.failure).
 				Dur("down_ms", e.lasted).Msg("MCP server back up")
 		case evAgentFlagged:
-			t.change.Warn().Str("agent", e.agent).Str("server", e.server).Str("last_failure", e.failure).
+			ss.log.Warn().Str("agent", e.agent).Str("server", e.server).Str("last_failure", e.failure).
 				Int("failing", e.failing).Int("agents", e.of).Dur("failing_ms", e.lasted).
 				Msg("agent fails calls to an MCP server other agents reach: flagged mcp_failing, re-resolving its config")
 		}

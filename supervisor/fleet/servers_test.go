@@ -57,6 +57,7 @@ func newServerRig(t *testing.T) *serverRig {
 	logs := &syncBuf{}
 	r.tr.log = zerolog.New(logs)
 	r.tr.change = r.tr.log
+	r.tr.initServerLog(r.tr.log)
 	return &serverRig{clockRig: r, logs: logs}
 }
 
@@ -463,5 +464,32 @@ func TestServersAtTheBoundsFitTheFleetRecord(t *testing.T) {
 	var back Record
 	if err := json.Unmarshal(data, &back); err != nil || !back.Trimmed || len(back.Servers) != 0 || !slices.Equal(back.MCPFailing, []string{"echo"}) {
 		t.Fatalf("trimmed record (%d bytes from %d): %v %+v", len(data), len(full), err, back.AgentStatus.MCPFailing)
+	}
+}
+
+// A hostile agent naming 256 servers and flapping them every heartbeat
+// makes 256 transitions a sweep: the log lines they cause are bounded
+// (and counted), the aggregates and metric labels by maxFleetServers.
+func TestServerTransitionFloodIsSampled(t *testing.T) {
+	r := newServerRig(t)
+	states := []string{ServerOK, ServerFailing}
+	for round := range 10 {
+		var entries []string
+		for i := range MaxServerEntries {
+			entries = append(entries, fmt.Sprintf(`"x%d":%s`, i, serverEntry(states[round%2])))
+		}
+		r.clk.advance(r.cfg.HeartbeatInterval)
+		r.hb("hostile", `,"servers":{`+strings.Join(entries, ",")+`}`)
+		r.sweep()
+	}
+	lines := len(r.logs.lines("MCP server"))
+	if lines == 0 || lines > 50 {
+		t.Fatalf("%d MCP server log lines for %d transitions, want 1..50", lines, 10*MaxServerEntries)
+	}
+	if d := r.tr.sweep.srv.sampler.Dropped(); d < uint64(9*MaxServerEntries-50) {
+		t.Fatalf("%d lines counted as dropped", d)
+	}
+	if n := len(r.tr.serverView()); n != MaxServerEntries {
+		t.Fatalf("%d servers aggregated", n)
 	}
 }

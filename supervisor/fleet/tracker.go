@@ -235,6 +235,7 @@ func newTracker(cfg Config, prefix string, cmd *dispatcher, log zerolog.Logger, 
 		t.shards[i].m = map[string]*agent{}
 	}
 	t.sweep.init(cfg, t.now())
+	t.initServerLog(log)
 	return t
 }
 
