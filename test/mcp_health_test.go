@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strconv"
@@ -109,6 +110,9 @@ func TestMCPServerKilledForThreeAgentsIsFlaggedDownAndCleared(t *testing.T) {
 	runs := healthRuns(t)
 	var toDown, toClear []time.Duration
 	for range runs {
+		// The kill lands at a random phase of the agents' heartbeats (the
+		// loop resumes right after a sweep saw them, the worst phase).
+		time.Sleep(rand.N(hb))
 		echo.Stop()
 		killed := time.Now()
 		down := waitEcho("down for 3/3", func(h fleet.ServerHealth) bool { return h.State == "down" && h.Agents == 3 })
