@@ -8,8 +8,9 @@
 // no longer live. The agent page is served with the agent's detail in it
 // (page.go), so it paints before any fetch. Above its table the fleet page
 // shows notices of what resolution does quietly — invalid KV entries and
-// roles no config names (notices.go) — and the agent page explain's
-// warnings.
+// roles no config names (notices.go) — and a banner of the MCP servers down
+// across the fleet (a Source that is also a ServerSource), and the agent
+// page explain's warnings.
 //
 // Entry points: New (with Config, ConfigFor and a Source such as FromFleet),
 // Dashboard.Routes to mount it on a mux, Start, StopStreams and Close. It
