@@ -493,3 +493,11 @@ func TestServerTransitionFloodIsSampled(t *testing.T) {
 		t.Fatalf("%d servers aggregated", n)
 	}
 }
+
+func ExampleServerHealth_Summary() {
+	fmt.Println(ServerHealth{Server: "echo", State: "down", Failing: 2, Agents: 2}.Summary())
+	fmt.Println(ServerHealth{Server: "jira", State: ServerOK, Failing: 1, Agents: 3}.Summary())
+	// Output:
+	// echo down for 2/2 agents
+	// jira ok (1/3 agents failing)
+}
