@@ -53,7 +53,10 @@ func healthRuns(t *testing.T) int {
 // human action. The time from the kill to the fleet-wide flag is measured
 // over several cycles (p50/max in heartbeat intervals, BENCHMARKS.md).
 func TestMCPServerKilledForThreeAgentsIsFlaggedDownAndCleared(t *testing.T) {
-	const hb = 200 * time.Millisecond
+	// Half a second: the bound is in intervals, and on a loaded 2-core
+	// machine (race detector, parallel packages) goroutines are now and
+	// then scheduled 100-200 ms late, which a 200 ms interval cannot absorb.
+	const hb = 500 * time.Millisecond
 	srv := natstest.RunServer(t)
 	cfg := suptest.Config(t, srv.URL())
 	f := &cfg.Fleet
@@ -117,6 +120,13 @@ func TestMCPServerKilledForThreeAgentsIsFlaggedDownAndCleared(t *testing.T) {
 		killed := time.Now()
 		down := waitEcho("down for 3/3", func(h fleet.ServerHealth) bool { return h.State == "down" && h.Agents == 3 })
 		toDown = append(toDown, down.Sub(killed))
+		if down.Sub(killed) > 2*hb { // say where the time went: agents' reports or the supervisor
+			for _, id := range ids {
+				st, _ := sup.Fleet().Agent(id)
+				t.Logf("%s: echo %s since +%v, last heard +%v", id, st.Servers["echo"].State,
+					st.Servers["echo"].FailingSince.Sub(killed), st.LastHeard.Sub(killed))
+			}
+		}
 		for _, id := range ids {
 			if st, ok := sup.Fleet().Agent(id); !ok || len(st.MCPFailing) != 0 || st.State != fleet.StateHealthy {
 				t.Fatalf("%s while echo is down: %+v", id, st)

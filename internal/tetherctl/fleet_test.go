@@ -115,6 +115,25 @@ func (a *hbAgent) reresolved(server string) bool {
 	return false
 }
 
+// reresolvedOf reports whether a reresolve naming exactly server arrived
+// (the supervisor's per-server recovery, not a re-resolve of everything).
+func (a *hbAgent) reresolvedOf(server string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.got {
+		if c.Type == agentproto.CmdReresolve && slices.Equal(c.Servers, []string{server}) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *hbAgent) commands() []agentproto.Command {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.got)
+}
+
 // setEcho makes the agent report the echo MCP server in state.
 func (a *hbAgent) setEcho(state string) {
 	failure := ""
@@ -367,19 +386,19 @@ func TestFleetShowsMCPServerHealth(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Servers["echo"].State != "down" || st.Servers["echo"].Agents != 2 {
 		t.Fatalf("fleet --json servers: %v %+v\n%s", err, st, r.stdout)
 	}
-	if a1.reresolved("echo") || a2.reresolved("echo") {
-		t.Fatal("an agent of a down server was sent a reresolve for it")
+	if a1.reresolvedOf("echo") || a2.reresolvedOf("echo") {
+		t.Fatalf("an agent of a down server was sent a reresolve for it: %+v %+v", a1.commands(), a2.commands())
 	}
 	a1.setEcho("ok")
 	h.waitOutput("MCP server echo ok (1/2 agents failing)",
 		"WARNING: agent s2 fails calls to MCP server echo (refused) while other agents reach it; it was sent a reresolve of echo")
 	natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if !a2.reresolved("echo") {
+		if !a2.reresolvedOf("echo") {
 			return errors.New("s2 got no reresolve of echo")
 		}
 		return nil
 	})
-	if a1.reresolved("echo") {
+	if a1.reresolvedOf("echo") {
 		t.Fatal("s1, which reaches echo, was sent a reresolve of it")
 	}
 	a2.setEcho("ok")
