@@ -23,7 +23,9 @@ func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply
 	a.seq, a.heard, a.heardWall = hb.Seq, now, wall.UnixNano()
 	a.intervalMS = hb.IntervalMS
 	t.updateInfo(a, hb, wall, out)
-	t.ingestServers(a, hb.Servers, now)
+	if hb.Servers != nil || a.servers != nil {
+		t.ingestServers(a, hb.Servers, now)
+	}
 	if hb.Goodbye {
 		a.goodbye, a.live, a.zombie, a.reason = true, StateGone, false, "said goodbye"
 		a.pending, a.probes = nil, nil
