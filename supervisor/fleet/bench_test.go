@@ -44,6 +44,9 @@ func benchConfig(b testing.TB, srv *natstest.Server) supervisor.Config {
 //	go test -run '^$' -bench 'HeartbeatDecode/tracker$' -benchmem ./supervisor/fleet/
 //	go test -run '^$' -bench 'HeartbeatDecode/tracker-unbounded$' -benchmem ./supervisor/fleet/
 //	go test -run '^$' -bench 'HeartbeatDecode/json-struct$' -benchmem ./supervisor/fleet/
+//
+// tracker-servers and json-struct-servers are the same with two MCP
+// servers' call health in every heartbeat (issue 14).
 func BenchmarkHeartbeatDecode(b *testing.B) {
 	const n = 10000
 	msgs := make([]*nats.Msg, n)
@@ -56,17 +59,20 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 	// Both trackers run the same loop: a fresh seq for every agent each
 	// n heartbeats (prepared outside the timer), so every heartbeat is
 	// applied, none discarded as stale.
-	throughTracker := func(b *testing.B, tr *fleet.Tracker, servers bool) {
-		hb := func(a *simAgent, sent string) []byte {
-			data := a.heartbeat(time.Second, sent)
-			if servers {
-				data = append(append(data[:len(data)-1], benchServers...), '}')
-			}
-			return data
+	hb := func(a *simAgent, sent string, servers bool) []byte {
+		data := a.heartbeat(time.Second, sent)
+		if servers {
+			data = append(append(data[:len(data)-1], benchServers...), '}')
 		}
+		return data
+	}
+	prepare := func(servers bool) {
 		for j := range msgs {
-			msgs[j].Data = hb(benchAgent(j), "2026-01-01T00:00:00Z")
+			msgs[j].Data = hb(benchAgent(j), "2026-01-01T00:00:00Z", servers)
 		}
+	}
+	throughTracker := func(b *testing.B, tr *fleet.Tracker, servers bool) {
+		prepare(servers)
 		b.SetBytes(int64(len(msgs[0].Data)))
 		b.ReportAllocs()
 		seq := uint64(1)
@@ -77,7 +83,7 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 				for j := range msgs {
 					a := benchAgent(j)
 					a.seq = seq
-					msgs[j].Data = hb(a, "2026-01-01T00:00:00Z")
+					msgs[j].Data = hb(a, "2026-01-01T00:00:00Z", servers)
 				}
 				b.StartTimer()
 			}
@@ -94,16 +100,20 @@ func BenchmarkHeartbeatDecode(b *testing.B) {
 	b.Run("tracker-servers", func(b *testing.B) {
 		throughTracker(b, fleet.NewTracker(fleet.DefaultConfig(), nil), true)
 	})
-	b.Run("json-struct", func(b *testing.B) {
+	jsonStruct := func(b *testing.B, servers bool) {
+		prepare(servers)
 		b.SetBytes(int64(len(msgs[0].Data)))
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
 			var hb agentproto.Heartbeat
-			if err := json.Unmarshal(msgs[i%n].Data, &hb); err != nil || hb.Agent == "" {
+			if err := json.Unmarshal(msgs[i%n].Data, &hb); err != nil || hb.Agent == "" || servers && len(hb.Servers) != 2 {
 				b.Fatal(err)
 			}
 		}
-	})
+	}
+	b.Run("json-struct", func(b *testing.B) { jsonStruct(b, false) })
+	// The reference for tracker-servers.
+	b.Run("json-struct-servers", func(b *testing.B) { jsonStruct(b, true) })
 }
 
 // benchServers is a heartbeat's servers field for two MCP servers.

@@ -40,6 +40,19 @@ var interned = struct {
 	m map[string]string
 }{m: map[string]string{}}
 
+// internKey returns the shared copy of k if one is interned (a server name
+// seen before), else a new string: the heartbeat path reads a fleet's few
+// server names without allocating them again.
+func internKey(k []byte) string {
+	interned.RLock()
+	v, ok := interned.m[string(k)]
+	interned.RUnlock()
+	if ok {
+		return v
+	}
+	return string(k)
+}
+
 // internSmall returns a shared copy of s (at most 64 bytes), reusing cur
 // when it is equal.
 func internSmall(cur, s string) string {

@@ -72,7 +72,7 @@ func (d *hbDecoder) servers(dst *map[string]serverIn) error {
 				return err
 			}
 		}
-		m[string(k)] = s
+		m[internKey(k)] = s
 		return nil
 	})
 }
