@@ -249,7 +249,7 @@ func (t *tracker) restore(r *Record) {
 		a.heard, a.heardWall = mono(r.LastHeard), r.LastHeard.UnixNano()
 	}
 	a.dupAt = now
-	restoreServers(a, r, now)
+	t.restoreServers(a, r, now)
 	for _, ev := range r.RecoveryTimes {
 		a.recoveries = append(a.recoveries, mono(ev))
 	}

@@ -238,6 +238,9 @@ func (t *tracker) ingestServers(a *agent, in map[string]serverIn, now int64) {
 		_, same = in[list[i].name]
 	}
 	if !same {
+		if a.servers == nil && !t.anyServers.Load() {
+			t.anyServers.Store(true)
+		}
 		list = rebuildServers(list, in)
 		a.servers = &list
 		a.dirty |= dirtyOther
@@ -329,7 +332,7 @@ func serverSnapshot(st *AgentStatus, a *agent, now int64, wall time.Time) {
 
 // restoreServers rebuilds an agent's servers from its mcp_fleet record
 // (a record is operator-writable: bounded like a heartbeat).
-func restoreServers(a *agent, r *Record, now int64) {
+func (t *tracker) restoreServers(a *agent, r *Record, now int64) {
 	if len(r.Servers) == 0 || len(r.Servers) > MaxServerEntries {
 		return
 	}
@@ -343,6 +346,7 @@ func restoreServers(a *agent, r *Record, now int64) {
 	}
 	list := rebuildServers(nil, in)
 	a.servers = &list
+	t.anyServers.Store(true)
 	for i := range list {
 		s := &list[i]
 		applyServer(a, s, in[s.name], now)

@@ -66,6 +66,7 @@ func (t *tracker) sweepOnce() {
 	freeze := t.massActive(now)
 	var silent, candidates int
 	t.beginServers()
+	servers := t.anyServers.Load() // a fleet whose agents report no MCP servers skips them
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -80,7 +81,7 @@ func (t *tracker) sweepOnce() {
 			if !behind && t.judge(a, now, freeze) && est {
 				silent++
 			}
-			if a.servers != nil {
+			if servers && a.servers != nil {
 				t.tallyServers(a)
 			}
 			if a.live == StateGone && t.cfg.ForgetAfter > 0 && now-a.heard >= int64(t.cfg.ForgetAfter) {

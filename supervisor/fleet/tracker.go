@@ -215,8 +215,10 @@ type tracker struct {
 	recMu sync.Mutex
 	recq  []string // agents with a queued recovery command, FIFO
 	sweep sweepState
-	// servers is MCP server health at the last sweep (serverhealth.go).
-	servers atomic.Pointer[[]ServerHealth]
+	// servers is MCP server health at the last sweep (serverhealth.go);
+	// anyServers: some agent reported servers (until then sweeps skip them).
+	servers    atomic.Pointer[[]ServerHealth]
+	anyServers atomic.Bool
 }
 
 func newTracker(cfg Config, prefix string, cmd *dispatcher, log zerolog.Logger, m *Metrics) *tracker {
