@@ -315,8 +315,12 @@ func (t *tracker) actServers() {
 			ss.log.Error().Str("server", e.server).Int("failing", e.failing).Int("agents", e.of).Str("last_failure", e.failure).
 				Str("summary", h.Summary()).Msg("MCP server down: failing for most of the agents that call it; its agents are not judged or recovered for it")
 		case evServerUp:
+			msg := "MCP server back up"
+			if e.of == 0 {
+				msg = "MCP server no longer down: no live agent calls it any more (it was not seen back up)"
+			}
 			ss.log.Warn().Str("server", e.server).Int("failing", e.failing).Int("agents", e.of).Str("last_failure", e.failure).
-				Dur("down_ms", e.lasted).Msg("MCP server back up")
+				Dur("down_ms", e.lasted).Msg(msg)
 		case evAgentFlagged:
 			ss.log.Warn().Str("agent", e.agent).Str("server", e.server).Str("last_failure", e.failure).
 				Int("failing", e.failing).Int("agents", e.of).Dur("failing_ms", e.lasted).

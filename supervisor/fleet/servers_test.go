@@ -501,3 +501,26 @@ func ExampleServerHealth_Summary() {
 	// echo down for 2/2 agents
 	// jira ok (1/3 agents failing)
 }
+
+// A down server whose agents all go lost is no longer down (nobody is
+// judged for it), and the log does not claim it came back.
+func TestServerDownWhoseUsersAreLostIsNotSaidBackUp(t *testing.T) {
+	r := newServerRig(t)
+	r.beat(map[string]string{"a1": ServerFailing})
+	r.wantHealth(serverDown, 1, 1)
+	for i := 0; r.state("a1") != StateLost; i++ {
+		if i > 100 {
+			t.Fatal("a1 never lost")
+		}
+		r.step()
+	}
+	if h := r.health(); h.Server != "" {
+		t.Fatalf("echo still aggregated with no live user: %+v", h)
+	}
+	if got := counterValue(r.metrics.servers.down.WithLabelValues("echo")); got != 0 {
+		t.Fatalf("down gauge %v", got) // deleted, so a fresh series reads 0
+	}
+	if len(r.logs.lines("MCP server back up")) != 0 || len(r.logs.lines("MCP server no longer down")) != 1 {
+		t.Fatalf("logs: back up %v, no longer down %v", r.logs.lines("MCP server back up"), r.logs.lines("MCP server no longer down"))
+	}
+}
