@@ -155,8 +155,8 @@ func TestREADMEMCPServerDownDemo(t *testing.T) {
 	for _, st := range steps {
 		line := strings.ReplaceAll(st.cmd, "nats://127.0.0.1:4222", sup.ClientURL())
 		line = strings.ReplaceAll(line, "127.0.0.1:9000", echoAddr)
-		if line == "go build -o bin/ ./cmd/..." {
-			line = "(cd " + repo + " && go build -o " + filepath.Join(work, "bin") + "/ ./cmd/...)"
+		if rest, ok := strings.CutPrefix(line, "go build -o bin/ "); ok { // from the repository, into the work dir
+			line = "(cd " + repo + " && go build -o " + filepath.Join(work, "bin") + "/ " + rest + ")"
 		}
 		timeout := 20 * time.Second
 		if strings.HasPrefix(line, "(cd ") {
