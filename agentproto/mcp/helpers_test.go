@@ -1,0 +1,429 @@
+package mcp_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// The MCP protocol versions the pinned SDK speaks.
+const (
+	v20251125 = "2025-11-25"
+	v20260728 = "2026-07-28"
+)
+
+var versions = []string{v20251125, v20260728}
+
+// execCounter counts tool executions per call id, server-side.
+type execCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *execCounter) add(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[id]++
+}
+
+func (c *execCounter) get(id string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[id]
+}
+
+// dupes returns the ids executed more than once.
+func (c *execCounter) dupes() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for id, n := range c.n {
+		if n > 1 {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+type idIn struct {
+	ID string `json:"id"`
+	MS int    `json:"ms,omitempty"`
+}
+
+type idOut struct {
+	ID     string `json:"id"`
+	Server string `json:"server"`
+}
+
+// newMCPServer is a real SDK server named name with four tools: "charge"
+// (not idempotent: every run is a side effect), "set" (annotated
+// idempotentHint), "get" (readOnlyHint) and "slow" (sleeps ms, not
+// idempotent). Each counts its runs per id in execs.
+func newMCPServer(name string, versions []string, execs *execCounter) *sdk.Server {
+	s := sdk.NewServer(&sdk.Implementation{Name: name, Version: "0.1.0"}, &sdk.ServerOptions{SupportedProtocolVersions: versions})
+	run := func(tool string) sdk.ToolHandlerFor[idIn, idOut] {
+		return func(ctx context.Context, _ *sdk.CallToolRequest, in idIn) (*sdk.CallToolResult, idOut, error) {
+			if in.MS > 0 {
+				select {
+				case <-time.After(time.Duration(in.MS) * time.Millisecond):
+				case <-ctx.Done():
+					return nil, idOut{}, ctx.Err()
+				}
+			}
+			execs.add(tool + ":" + in.ID)
+			return nil, idOut{ID: in.ID, Server: name}, nil
+		}
+	}
+	sdk.AddTool(s, &sdk.Tool{Name: "charge", Description: "charges a card (not idempotent)"}, run("charge"))
+	sdk.AddTool(s, &sdk.Tool{Name: "set", Description: "sets a value", Annotations: &sdk.ToolAnnotations{IdempotentHint: true}}, run("set"))
+	sdk.AddTool(s, &sdk.Tool{Name: "get", Description: "reads a value", Annotations: &sdk.ToolAnnotations{ReadOnlyHint: true}}, run("get"))
+	sdk.AddTool(s, &sdk.Tool{Name: "slow", Description: "sleeps, then records"}, run("slow"))
+	return s
+}
+
+// httpServer is a real MCP server over streamable HTTP that can be
+// stopped and started again on the same address.
+type httpServer struct {
+	t        testing.TB
+	name     string
+	versions []string
+	json     bool // answer calls with application/json (written once the tool ran)
+	execs    execCounter
+
+	mu   sync.Mutex
+	addr string
+	srv  *http.Server
+	mcp  *sdk.Server
+	done chan struct{}
+}
+
+func startHTTPServer(t testing.TB, name string, versions []string, jsonResponse bool) *httpServer {
+	t.Helper()
+	h := &httpServer{t: t, name: name, versions: versions, json: jsonResponse, addr: "127.0.0.1:0"}
+	if err := h.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *httpServer) URL() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return "http://" + h.addr + "/mcp"
+}
+
+func (h *httpServer) start() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.srv != nil {
+		return nil
+	}
+	var ln net.Listener
+	var err error
+	for range 100 { // the port may linger for a moment after a stop
+		if ln, err = net.Listen("tcp", h.addr); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	h.addr = ln.Addr().String()
+	s := newMCPServer(h.name, h.versions, &h.execs)
+	// MCP 2026-07-28 has no sessions: the SDK serves it on stateless
+	// handlers only.
+	stateless := len(h.versions) > 0 && h.versions[0] >= v20260728
+	handler := sdk.NewStreamableHTTPHandler(func(*http.Request) *sdk.Server { return s },
+		&sdk.StreamableHTTPOptions{JSONResponse: h.json, Stateless: stateless})
+	h.mcp = s
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", handler)
+	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	h.done = make(chan struct{})
+	go func(srv *http.Server, done chan struct{}) {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}(h.srv, h.done)
+	return nil
+}
+
+// stop closes the listener and every connection (sessions are lost).
+func (h *httpServer) stop() {
+	h.mu.Lock()
+	srv, done, ms := h.srv, h.done, h.mcp
+	h.srv, h.mcp = nil, nil
+	h.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	_ = srv.Close()
+	<-done
+	// A killed server forgets its sessions: close them so their goroutines end.
+	for ss := range ms.Sessions() {
+		_ = ss.Close()
+	}
+}
+
+func httpResolved(server, url string, rev uint64) agentproto.Resolved {
+	return agentproto.Resolved{Server: server, Key: "global." + server, Revision: rev,
+		Config: &kvconfig.ServerConfig{Transport: kvconfig.TransportHTTP, URL: url}}
+}
+
+// cutProxy is a loopback TCP proxy that understands just enough HTTP/1.1
+// framing (Content-Length bodies) to cut a connection at an exact point
+// of a tools/call exchange:
+//   - afterWrite: right after the whole request was forwarded to the server;
+//   - afterRun: when the server starts answering it (with JSONResponse the
+//     server writes only once the tool has run), without forwarding it.
+//
+// arm(n) cuts the next n tools/call requests; requests counts the
+// tools/call requests that reached the server, per call id.
+type cutProxy struct {
+	ln       net.Listener
+	target   string
+	afterRun bool
+	armed    atomic.Int64
+	cuts     atomic.Int64
+	requests execCounter
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+func newCutProxy(t testing.TB, target string, afterRun bool) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target, afterRun: afterRun, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *cutProxy) URL() string { return "http://" + p.ln.Addr().String() + "/mcp" }
+
+func (p *cutProxy) arm(n int64) { p.armed.Store(n) }
+
+func (p *cutProxy) take() bool {
+	for {
+		n := p.armed.Load()
+		if n <= 0 {
+			return false
+		}
+		if p.armed.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+func (p *cutProxy) close() {
+	_ = p.ln.Close()
+	p.mu.Lock()
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *cutProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *cutProxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	_ = c.Close()
+}
+
+func (p *cutProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Add(1)
+		go p.link(c)
+	}
+}
+
+func (p *cutProxy) link(client net.Conn) {
+	defer p.wg.Done()
+	server, err := net.Dial("tcp", p.target)
+	if err != nil {
+		_ = client.Close()
+		return
+	}
+	p.track(client)
+	p.track(server)
+	defer p.untrack(client)
+	defer p.untrack(server)
+	var cutOnAnswer atomic.Bool
+	p.wg.Add(1)
+	go func() { // server → client
+		defer p.wg.Done()
+		defer p.untrack(client)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 && cutOnAnswer.Load() {
+				if p.afterRun {
+					p.cuts.Add(1)
+				}
+				_ = server.Close()
+				return
+			}
+			if n > 0 {
+				if _, werr := client.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	br := bufio.NewReader(client)
+	for {
+		head, body, err := readHTTPRequest(br)
+		if err != nil {
+			return
+		}
+		call := bytes.Contains(body, []byte(`"tools/call"`))
+		cut := call && p.take()
+		if call {
+			p.requests.add(callID(body))
+		}
+		if cut {
+			cutOnAnswer.Store(true) // from now on nothing goes back to the client
+		}
+		if _, err := server.Write(append(head, body...)); err != nil {
+			return
+		}
+		if cut && !p.afterRun {
+			p.cuts.Add(1)
+			return // closes both sides: the request is written, no answer comes back
+		}
+	}
+}
+
+// callID digs the "id" argument out of a tools/call body.
+func callID(body []byte) string {
+	_, rest, ok := bytes.Cut(body, []byte(`"arguments":{"id":"`))
+	if !ok {
+		return ""
+	}
+	id, _, _ := bytes.Cut(rest, []byte(`"`))
+	return string(id)
+}
+
+// readHTTPRequest reads one HTTP/1.1 request with a Content-Length body
+// (the only kind the MCP client sends): its head bytes and its body.
+func readHTTPRequest(br *bufio.Reader) (head, body []byte, err error) {
+	var buf bytes.Buffer
+	tp := textproto.NewReader(br)
+	n := -1
+	for {
+		line, err := tp.ReadLine()
+		if err != nil {
+			return nil, nil, err
+		}
+		buf.WriteString(line + "\r\n")
+		if line == "" {
+			break
+		}
+		k, v, _ := strings.Cut(line, ":")
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "content-length":
+			if n, err = strconv.Atoi(strings.TrimSpace(v)); err != nil {
+				return nil, nil, err
+			}
+		case "transfer-encoding":
+			return nil, nil, errors.New("cutProxy: chunked requests are not supported")
+		}
+	}
+	if n < 0 {
+		n = 0
+	}
+	body = make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return nil, nil, err
+	}
+	return buf.Bytes(), body, nil
+}
+
+// stdioServerEnv makes this test binary an MCP server over stdio (see
+// TestMain): the config's env is all the process gets.
+const stdioServerEnv = "TETHER_MCP_TEST_STDIO_SERVER"
+
+// runStdioServer serves the four tools over stdin/stdout until stdin
+// closes; "crash" in the env exits at once (a crash-looping server).
+func runStdioServer() {
+	if os.Getenv(stdioServerEnv) == "crash" {
+		os.Exit(3)
+	}
+	var execs execCounter
+	s := newMCPServer("stdio", nil, &execs)
+	if err := s.Run(context.Background(), &sdk.StdioTransport{}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func stdioServer(server string, mode string) agentproto.Resolved {
+	return agentproto.Resolved{Server: server, Key: "agent.a1." + server, Revision: 1,
+		Config: &kvconfig.ServerConfig{Transport: kvconfig.TransportStdio, Command: os.Args[0], Env: map[string]string{stdioServerEnv: mode}}}
+}
+
+// percentile returns the q-quantile (0..1) of ds, sorted in place.
+func percentile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	sortDurations(ds)
+	i := int(q * float64(len(ds)-1))
+	return ds[i]
+}
+
+func sortDurations(ds []time.Duration) {
+	for i := 1; i < len(ds); i++ {
+		for j := i; j > 0 && ds[j] < ds[j-1]; j-- {
+			ds[j], ds[j-1] = ds[j-1], ds[j]
+		}
+	}
+}

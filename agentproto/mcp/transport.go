@@ -1,0 +1,41 @@
+package mcp
+
+import (
+	"fmt"
+	"net/http"
+	"os/exec"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/tether-dev/tether/agentproto"
+	"github.com/tether-dev/tether/kvconfig"
+)
+
+// stdioTerminate is how long closing a stdio session waits for the
+// process to exit after closing its stdin, before SIGTERM.
+const stdioTerminate = 2 * time.Second
+
+// transport builds the SDK transport of g's config. Every HTTP request
+// goes through a deliveryTransport; a stdio server is started with exactly
+// the config's env.
+func (t *ToolCaller) transport(g *generation) (sdk.Transport, error) {
+	res, cfg := g.res, g.res.Config
+	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http}}
+	switch cfg.Transport {
+	case kvconfig.TransportHTTP:
+		return &sdk.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
+	case kvconfig.TransportSSE:
+		return &sdk.SSEClientTransport{Endpoint: cfg.URL, HTTPClient: hc}, nil
+	case kvconfig.TransportStdio:
+		if err := agentproto.CheckCommand(cfg, t.opts.AllowCommands, res.Server, res.Key, res.Revision); err != nil {
+			return nil, agentproto.MarkPermanent(err) // checked in Swap too: never start what is not allowed
+		}
+		cmd := exec.Command(cfg.Command, cfg.Args...)
+		cmd.Env = make([]string, 0, len(cfg.Env)) // only the config's env, never the agent's
+		for k, v := range cfg.Env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		return trackedTransport{&sdk.CommandTransport{Command: cmd, TerminateDuration: stdioTerminate}}, nil
+	}
+	return nil, agentproto.MarkPermanent(fmt.Errorf("%w: MCP server %s: unknown transport %q", agentproto.ErrMCPConfig, res.Server, kvconfig.Truncate(cfg.Transport, 40)))
+}
