@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
@@ -65,19 +66,48 @@ func refusedStatus(s int) bool {
 // deliveryTransport is the http.RoundTripper under every MCP HTTP request:
 // it adds the config's headers and, for a request made for an attempt,
 // records what net/http says about its delivery.
+//
+// Every request also ends when done does (the ToolCaller's Close), even
+// one the SDK made with a context it does not cancel (its best-effort
+// notifications/cancelled), so Close never waits on a hung server.
 type deliveryTransport struct {
 	headers map[string]string
 	next    http.RoundTripper
+	done    context.Context
 }
 
 func (h deliveryTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	d := deliveryFrom(r.Context())
-	if len(h.headers) > 0 || d != nil {
-		r = r.Clone(r.Context())
-		for k, v := range h.headers {
-			r.Header.Set(k, v)
-		}
+	ctx, cancel := context.WithCancel(r.Context())
+	stop := context.AfterFunc(h.done, cancel)
+	end := func() { stop(); cancel() }
+	r = r.Clone(ctx)
+	for k, v := range h.headers {
+		r.Header.Set(k, v)
 	}
+	resp, err := h.roundTrip(r)
+	if err != nil {
+		end()
+		return nil, err
+	}
+	resp.Body = &endBody{ReadCloser: resp.Body, end: end}
+	return resp, nil
+}
+
+// endBody ends its request's context once the body is closed.
+type endBody struct {
+	io.ReadCloser
+	once sync.Once
+	end  func()
+}
+
+func (b *endBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.end)
+	return err
+}
+
+func (h deliveryTransport) roundTrip(r *http.Request) (*http.Response, error) {
+	d := deliveryFrom(r.Context())
 	if d == nil || r.Method != http.MethodPost {
 		return h.next.RoundTrip(r)
 	}

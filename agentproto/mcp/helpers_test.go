@@ -33,8 +33,18 @@ var versions = []string{v20251125, v20260728}
 
 // execCounter counts tool executions per call id, server-side.
 type execCounter struct {
-	mu sync.Mutex
-	n  map[string]int
+	mu      sync.Mutex
+	n       map[string]int
+	running map[string]int // tool → runs in progress
+}
+
+func (c *execCounter) begin(tool string, d int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running == nil {
+		c.running = map[string]int{}
+	}
+	c.running[tool] += d
 }
 
 func (c *execCounter) add(id string) {
@@ -83,6 +93,8 @@ func newMCPServer(name string, versions []string, execs *execCounter) *sdk.Serve
 	s := sdk.NewServer(&sdk.Implementation{Name: name, Version: "0.1.0"}, &sdk.ServerOptions{SupportedProtocolVersions: versions})
 	run := func(tool string) sdk.ToolHandlerFor[idIn, idOut] {
 		return func(ctx context.Context, _ *sdk.CallToolRequest, in idIn) (*sdk.CallToolResult, idOut, error) {
+			execs.begin(tool, 1)
+			defer execs.begin(tool, -1)
 			if in.MS > 0 {
 				select {
 				case <-time.After(time.Duration(in.MS) * time.Millisecond):
@@ -125,6 +137,13 @@ func startHTTPServer(t testing.TB, name string, versions []string, jsonResponse 
 	}
 	t.Cleanup(h.stop)
 	return h
+}
+
+// calling reports whether a run of tool is in progress.
+func (h *httpServer) calling(tool string) bool {
+	h.execs.mu.Lock()
+	defer h.execs.mu.Unlock()
+	return h.execs.running[tool] > 0
 }
 
 func (h *httpServer) URL() string {
@@ -426,4 +445,28 @@ func sortDurations(ds []time.Duration) {
 			ds[j], ds[j-1] = ds[j-1], ds[j]
 		}
 	}
+}
+
+// syncLog is a goroutine-safe log sink.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncLog) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncLog) contains(sub string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Contains(s.b.Bytes(), []byte(sub))
+}
+
+func (s *syncLog) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -146,6 +146,15 @@ func (t *ToolCaller) connect(ctx context.Context, s *session, wait time.Duration
 		s.hints = t.toolHints(ctx, cs)
 	}
 	if err != nil {
+		t.mu.Lock()
+		retired, closed := s.retired, t.closed
+		t.mu.Unlock()
+		switch {
+		case closed:
+			err = ErrClosed
+		case retired: // given up on by Swap: the waiters retry on the new session
+			err = agentproto.MarkTransient(fmt.Errorf("mcp: connect to MCP server %s given up: the config changed: %w", g.res.Server, err))
+		}
 		s.err = err
 		s.cancel()
 		close(s.ready)

@@ -20,7 +20,7 @@ const stdioTerminate = 2 * time.Second
 // the config's env.
 func (t *ToolCaller) transport(g *generation) (sdk.Transport, error) {
 	res, cfg := g.res, g.res.Config
-	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http}}
+	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http, done: t.ctx}}
 	switch cfg.Transport {
 	case kvconfig.TransportHTTP:
 		return &sdk.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
