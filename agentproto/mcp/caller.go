@@ -243,7 +243,7 @@ func (t *ToolCaller) Close() error {
 	t.mu.Unlock()
 	t.cancel()
 	for _, s := range sessions {
-		s.cancel()
+		s.end()
 		<-s.ready
 		s.close()
 	}

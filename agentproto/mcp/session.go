@@ -17,7 +17,9 @@ import (
 type session struct {
 	gen    *generation
 	ready  chan struct{} // closed when the connect ended; then cs or err is set
-	cancel context.CancelFunc
+	cancel context.CancelFunc // ends the connect
+	life   context.Context    // ends with the session: its HTTP requests end with it
+	end    context.CancelFunc // ends life
 	cs     *sdk.ClientSession
 	err    error
 	hints  map[string]bool // tools annotated idempotentHint or readOnlyHint
@@ -32,11 +34,18 @@ type session struct {
 	closeOnce sync.Once
 }
 
+// closeGrace bounds closing a session (the SDK's DELETE of an HTTP
+// session, its last notifications) before its requests are cut.
+const closeGrace = time.Second
+
 func (s *session) close() {
 	s.closeOnce.Do(func() {
 		if s.cs != nil {
+			stop := time.AfterFunc(closeGrace, s.end)
 			_ = s.cs.Close()
+			stop.Stop()
 		}
+		s.end()
 	})
 }
 
@@ -115,8 +124,9 @@ func (t *ToolCaller) startLocked() (*session, error) {
 		}
 		t.ran = true
 	}
-	ctx, cancel := context.WithTimeout(t.ctx, wait+g.connect)
-	s := &session{gen: g, ready: make(chan struct{}), idle: make(chan struct{}), cancel: cancel}
+	life, end := context.WithCancel(t.ctx)
+	ctx, cancel := context.WithTimeout(life, wait+g.connect)
+	s := &session{gen: g, ready: make(chan struct{}), idle: make(chan struct{}), cancel: cancel, life: life, end: end}
 	t.cur = s
 	t.live[s] = struct{}{}
 	t.wg.Add(1)
@@ -141,7 +151,7 @@ func (t *ToolCaller) connect(ctx context.Context, s *session, wait time.Duration
 	}
 	s.start = t.opts.Now()
 	began := time.Now()
-	cs, err := t.dial(ctx, g)
+	cs, err := t.dial(ctx, s)
 	if err == nil {
 		s.hints = t.toolHints(ctx, cs)
 	}
@@ -157,6 +167,7 @@ func (t *ToolCaller) connect(ctx context.Context, s *session, wait time.Duration
 		}
 		s.err = err
 		s.cancel()
+		s.end()
 		close(s.ready)
 		t.connectFailed(s, err)
 		return
@@ -181,8 +192,9 @@ func protocolOf(cs *sdk.ClientSession) string {
 }
 
 // dial makes the transport and connects it, bounded by ctx.
-func (t *ToolCaller) dial(ctx context.Context, g *generation) (*sdk.ClientSession, error) {
-	tr, err := t.transport(g)
+func (t *ToolCaller) dial(ctx context.Context, s *session) (*sdk.ClientSession, error) {
+	g := s.gen
+	tr, err := t.transport(g, s.life)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +295,7 @@ func (t *ToolCaller) retireLocked(s *session, reason string, broken bool) {
 	select {
 	case <-s.ready:
 	default:
-		s.cancel() // a connect still running: give up on it
+		s.end() // a connect still running: give up on it, and on its requests
 	}
 	t.goFnLocked(func() { t.closeWhenIdle(s, reason) })
 }

@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -16,11 +17,12 @@ import (
 const stdioTerminate = 2 * time.Second
 
 // transport builds the SDK transport of g's config. Every HTTP request
-// goes through a deliveryTransport; a stdio server is started with exactly
+// goes through a deliveryTransport and ends with life (the session's); a
+// stdio server is started with exactly
 // the config's env.
-func (t *ToolCaller) transport(g *generation) (sdk.Transport, error) {
+func (t *ToolCaller) transport(g *generation, life context.Context) (sdk.Transport, error) {
 	res, cfg := g.res, g.res.Config
-	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http, done: t.ctx}}
+	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http, done: life}}
 	switch cfg.Transport {
 	case kvconfig.TransportHTTP:
 		return &sdk.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
