@@ -60,7 +60,7 @@ func cutTrialsAgainst(t *testing.T, srv *httpServer, proxy *cutProxy, trials int
 	t.Helper()
 	var servers agentproto.ServerRegistry
 	c, err := mcp.NewToolCaller(httpResolved("pay", proxy.URL(), 1), mcp.Options{Policy: fastPolicy(),
-		ServerStats: servers.Get("pay"), Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)})
+		ServerStats: servers.Get("pay"), Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.FatalLevel)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -417,6 +417,11 @@ func runStdioServer() {
 	}
 	var execs execCounter
 	s := newMCPServer("stdio", nil, &execs)
+	sdk.AddTool(s, &sdk.Tool{Name: "die", Description: "the process exits mid-call"},
+		func(context.Context, *sdk.CallToolRequest, idIn) (*sdk.CallToolResult, idOut, error) {
+			os.Exit(4)
+			return nil, idOut{}, nil
+		})
 	if err := s.Run(context.Background(), &sdk.StdioTransport{}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -16,7 +18,7 @@ import (
 // session is one MCP session (one stdio process) for one generation.
 type session struct {
 	gen    *generation
-	ready  chan struct{} // closed when the connect ended; then cs or err is set
+	ready  chan struct{}      // closed when the connect ended; then cs or err is set
 	cancel context.CancelFunc // ends the connect
 	life   context.Context    // ends with the session: its HTTP requests end with it
 	end    context.CancelFunc // ends life
@@ -204,6 +206,9 @@ func (t *ToolCaller) dial(ctx context.Context, s *session) (*sdk.ClientSession, 
 		return cs, nil
 	}
 	err = withHTTPStatus(SessionError(err), d, t.opts.Now())
+	if g.stdio() && processGone(err) {
+		err = fmt.Errorf("%w: %w", agentproto.ErrMCPProcessExited, err)
+	}
 	if isUnsupportedVersion(err) || strings.Contains(err.Error(), "unsupported protocol version") {
 		// The SDK has already renegotiated once (initialize/discover).
 		err = agentproto.MarkPermanent(fmt.Errorf("%w: %w", agentproto.ErrMCPProtocolVersion, err))
@@ -407,10 +412,17 @@ func idempotent(s *session, tool string) bool { return s.gen.idem[tool] || s.hin
 // HTTP status the transport saw, a stdio process gone.
 func (t *ToolCaller) callError(s *session, d *delivery, err error) error {
 	err = withHTTPStatus(SessionError(err), d, t.opts.Now())
-	if s.gen.stdio() && errors.Is(err, sdk.ErrConnectionClosed) {
+	if s.gen.stdio() && processGone(err) {
 		err = fmt.Errorf("%w: %w", agentproto.ErrMCPProcessExited, err)
 	}
 	return fmt.Errorf("mcp: tool call on MCP server %s: %w", s.gen.res.Server, err)
+}
+
+// processGone reports whether a stdio session's error says its process
+// went away: its stdout ended or its stdin broke.
+func processGone(err error) bool {
+	return errors.Is(err, sdk.ErrConnectionClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE)
 }
 
 // withHTTPStatus adds the non-2xx status the transport saw as an
