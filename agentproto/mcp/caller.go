@@ -167,6 +167,7 @@ func sameConnection(a, b *kvconfig.ServerConfig) bool {
 
 // callState is one Call: its tool, arguments and attempts so far.
 type callState struct {
+	gen  *generation // current when the call began
 	tool string
 	args any
 	n    int    // attempts made
@@ -188,7 +189,7 @@ func (t *ToolCaller) Call(ctx context.Context, tool string, args any) (*sdk.Call
 	if closed {
 		return nil, ErrClosed
 	}
-	c := &callState{tool: tool, args: args}
+	c := &callState{gen: g, tool: tool, args: args}
 	p := g.policy
 	p.Op = "tool " + tool
 	p.Logger = t.log.With().Str(logKeyTool, tool).Logger().Hook(failureHook{c})

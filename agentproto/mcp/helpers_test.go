@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -121,6 +122,10 @@ type httpServer struct {
 	versions []string
 	json     bool // answer calls with application/json (written once the tool ran)
 	execs    execCounter
+	// rejectVersion answers every tools/call with JSON-RPC -32022
+	// UnsupportedProtocolVersion, as a server that dropped the version.
+	rejectVersion atomic.Bool
+	calls         atomic.Int64 // tools/call requests received
 
 	mu   sync.Mutex
 	addr string
@@ -178,7 +183,7 @@ func (h *httpServer) start() error {
 		&sdk.StreamableHTTPOptions{JSONResponse: h.json, Stateless: stateless})
 	h.mcp = s
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", handler)
+	mux.Handle("/mcp", h.middleware(handler))
 	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	h.done = make(chan struct{})
 	go func(srv *http.Server, done chan struct{}) {
@@ -186,6 +191,36 @@ func (h *httpServer) start() error {
 		_ = srv.Serve(ln)
 	}(h.srv, h.done)
 	return nil
+}
+
+// middleware counts tools/call requests and, when rejectVersion is set,
+// answers them with -32022 instead of passing them to the SDK handler.
+func (h *httpServer) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if !bytes.Contains(body, []byte(`"tools/call"`)) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		h.calls.Add(1)
+		if !h.rejectVersion.Load() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		var req struct {
+			ID json.RawMessage `json:"id"`
+		}
+		_ = json.Unmarshal(body, &req)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"error":{"code":-32022,"message":"unsupported protocol version","data":{"supported":["1999-01-01"],"requested":"%s"}}}`,
+			req.ID, r.Header.Get("Mcp-Protocol-Version"))
+	})
 }
 
 // stop closes the listener and every connection (sessions are lost).

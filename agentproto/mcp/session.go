@@ -399,14 +399,20 @@ func (t *ToolCaller) try(ctx context.Context, c *callState) (*sdk.CallToolResult
 		case isUnsupportedVersion(err):
 			return nil, agentproto.MarkPermanent(fmt.Errorf("%w: after renegotiating: %w", agentproto.ErrMCPProtocolVersion, err))
 		}
-		if d.mayHaveRun() && !rejectedUnrun(err) && !idempotent(s, c.tool) {
+		if d.mayHaveRun() && !rejectedUnrun(err) && !idempotent(c, s) {
 			return nil, &OutcomeUnknownError{Server: s.gen.res.Server, Tool: c.tool, Attempt: c.n, Err: err}
 		}
 		return nil, err
 	}
 }
 
-func idempotent(s *session, tool string) bool { return s.gen.idem[tool] || s.hints[tool] }
+// idempotent reports whether c's tool may run twice: the server's hints
+// on s, or idempotent_tools in the config s was made for or the one
+// current when the call began (a Swap that changed only the list keeps
+// the session).
+func idempotent(c *callState, s *session) bool {
+	return s.hints[c.tool] || s.gen.idem[c.tool] || c.gen.idem[c.tool]
+}
 
 // callError labels a failed call's error: the SDK's session errors, the
 // HTTP status the transport saw, a stdio process gone.
