@@ -85,7 +85,7 @@ func NewToolCaller(res agentproto.Resolved, opts Options) (*ToolCaller, error) {
 		opts:   opts,
 		log:    opts.Logger.With().Str(logKeyServer, res.Server).Logger(),
 		ss:     opts.ServerStats,
-		http:   http.DefaultTransport.(*http.Transport).Clone(),
+		http:   httpTransport(opts.DialTimeout),
 		ctx:    ctx,
 		cancel: cancel,
 		live:   map[*session]struct{}{},

@@ -18,6 +18,11 @@ const (
 	// replaced session may take before it is closed under them, when the
 	// config has no "timeout".
 	DefaultDrainTimeout = 30 * time.Second
+	// DefaultDialTimeout bounds one TCP connect to an HTTP MCP server. A
+	// SYN lost while a server restarts is otherwise resent by the kernel
+	// only after 1 s and then 2 s more; giving up sooner lets the retry
+	// dial again at once.
+	DefaultDialTimeout = time.Second
 	// MaxListedTools bounds the tools read from a server's tools/list for
 	// their idempotency hints (at most maxToolPages pages).
 	MaxListedTools = 1024
@@ -70,6 +75,9 @@ type Options struct {
 	// ConnectTimeout bounds one connect when the config has no "timeout".
 	// Default DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// DialTimeout bounds one TCP connect to an HTTP/SSE server. Default
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
 	// DrainTimeout bounds calls still running on a replaced session when
 	// the config has no "timeout". Default DefaultDrainTimeout.
 	DrainTimeout time.Duration
@@ -89,6 +97,9 @@ func (o Options) Validate() error {
 	if o.ConnectTimeout < 0 {
 		return fmt.Errorf("mcp: options: ConnectTimeout %v is negative", o.ConnectTimeout)
 	}
+	if o.DialTimeout < 0 {
+		return fmt.Errorf("mcp: options: DialTimeout %v is negative", o.DialTimeout)
+	}
 	if o.DrainTimeout < 0 {
 		return fmt.Errorf("mcp: options: DrainTimeout %v is negative", o.DrainTimeout)
 	}
@@ -104,6 +115,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = DefaultDrainTimeout
+	}
+	if o.DialTimeout == 0 {
+		o.DialTimeout = DefaultDialTimeout
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -3,6 +3,7 @@ package mcp
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os/exec"
 	"time"
@@ -40,4 +41,13 @@ func (t *ToolCaller) transport(g *generation, life context.Context) (sdk.Transpo
 		return trackedTransport{&sdk.CommandTransport{Command: cmd, TerminateDuration: stdioTerminate}}, nil
 	}
 	return nil, agentproto.MarkPermanent(fmt.Errorf("%w: MCP server %s: unknown transport %q", agentproto.ErrMCPConfig, res.Server, kvconfig.Truncate(cfg.Transport, 40)))
+}
+
+// httpTransport is the caller's own connection pool (closed by Close),
+// with dials bounded by dialTimeout.
+func httpTransport(dialTimeout time.Duration) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	tr.DialContext = d.DialContext
+	return tr
 }
