@@ -46,7 +46,8 @@ type ToolCaller struct {
 	opts Options
 	log  zerolog.Logger
 	ss   *agentproto.ServerStats
-	http *http.Transport
+	http  *http.Transport // kept-alive connections
+	fresh *http.Transport // a new connection per request: calls that must not run twice
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -85,7 +86,8 @@ func NewToolCaller(res agentproto.Resolved, opts Options) (*ToolCaller, error) {
 		opts:   opts,
 		log:    opts.Logger.With().Str(logKeyServer, res.Server).Logger(),
 		ss:     opts.ServerStats,
-		http:   httpTransport(opts.DialTimeout),
+		http:   httpTransport(opts.DialTimeout, true),
+		fresh:  httpTransport(opts.DialTimeout, opts.ReuseConnsForUnsafeCalls),
 		ctx:    ctx,
 		cancel: cancel,
 		live:   map[*session]struct{}{},
@@ -250,6 +252,7 @@ func (t *ToolCaller) Close() error {
 	}
 	t.wg.Wait()
 	t.http.CloseIdleConnections()
+	t.fresh.CloseIdleConnections()
 	return nil
 }
 

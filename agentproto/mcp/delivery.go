@@ -29,6 +29,11 @@ import (
 //     the server cannot parse).
 type delivery struct {
 	ran atomic.Bool // the request may have reached the server
+	// fresh sends the request on a new connection: a call that must not
+	// run twice never rides a kept-alive connection the server may have
+	// closed just before (its EOF would be indistinguishable from a crash
+	// mid-call, and the call would end OutcomeUnknown for nothing).
+	fresh bool
 
 	mu         sync.Mutex
 	status     int    // the latest non-2xx HTTP status, 0 if none
@@ -73,6 +78,7 @@ func refusedStatus(s int) bool {
 type deliveryTransport struct {
 	headers map[string]string
 	next    http.RoundTripper
+	fresh   http.RoundTripper // no keep-alive: for delivery.fresh requests
 	done    context.Context
 }
 
@@ -111,6 +117,10 @@ func (h deliveryTransport) roundTrip(r *http.Request) (*http.Response, error) {
 	if d == nil || r.Method != http.MethodPost {
 		return h.next.RoundTrip(r)
 	}
+	next := h.next
+	if d.fresh && h.fresh != nil {
+		next = h.fresh
+	}
 	var wrote atomic.Bool
 	trace := &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
 		if i.Err == nil {
@@ -118,7 +128,7 @@ func (h deliveryTransport) roundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}}
 	r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
-	resp, err := h.next.RoundTrip(r)
+	resp, err := next.RoundTrip(r)
 	switch {
 	case err != nil:
 		if wrote.Load() {

@@ -113,3 +113,41 @@ func dupesOf(ids []string, prefix string) []string {
 	}
 	return out
 }
+
+// A call to a tool not known to be idempotent goes on a new connection
+// (never on a kept-alive one the server may have just closed, whose EOF
+// would look like a crash mid-call); idempotent ones reuse connections.
+func TestUnsafeCallsUseFreshConnections(t *testing.T) {
+	srv := startHTTPServer(t, "pay", []string{v20251125}, false)
+	proxy := newCutProxy(t, srv.URL()[len("http://"):len(srv.URL())-len("/mcp")], false)
+	c, err := mcp.NewToolCaller(httpResolved("pay", proxy.URL(), 1), mcp.Options{Policy: fastPolicy(), Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Call(ctx, "set", map[string]any{"id": "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	base := proxy.links.Load()
+	for i := range 20 {
+		if _, err := c.Call(ctx, "set", map[string]any{"id": fmt.Sprint("s", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The SDK may still be closing the previous response stream when the
+	// next call starts: the pool may grow by one or two, not by one a call.
+	if n := proxy.links.Load() - base; n > 2 {
+		t.Fatalf("20 idempotent calls opened %d connections, want them kept alive", n)
+	}
+	base = proxy.links.Load()
+	for i := range 5 {
+		if _, err := c.Call(ctx, "charge", map[string]any{"id": fmt.Sprint("c", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := proxy.links.Load() - base; n != 5 {
+		t.Fatalf("5 calls to a tool that is not idempotent opened %d connections, want 5", n)
+	}
+}

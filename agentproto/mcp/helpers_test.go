@@ -260,6 +260,7 @@ type cutProxy struct {
 	afterRun bool
 	armed    atomic.Int64
 	cuts     atomic.Int64
+	links    atomic.Int64 // connections accepted
 	requests execCounter
 
 	mu    sync.Mutex
@@ -330,6 +331,7 @@ func (p *cutProxy) accept() {
 		if err != nil {
 			return
 		}
+		p.links.Add(1)
 		p.wg.Add(1)
 		go p.link(c)
 	}

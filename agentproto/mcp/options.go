@@ -78,6 +78,13 @@ type Options struct {
 	// DialTimeout bounds one TCP connect to an HTTP/SSE server. Default
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// ReuseConnsForUnsafeCalls sends calls to tools not known to be
+	// idempotent on kept-alive HTTP connections too. By default each goes
+	// on a new connection (one more TCP/TLS handshake): on a kept-alive
+	// one the server may have closed just before, the write succeeds and
+	// an EOF comes back, which cannot be told from a crash mid-call, so
+	// the call would fail OutcomeUnknown although it never ran.
+	ReuseConnsForUnsafeCalls bool
 	// DrainTimeout bounds calls still running on a replaced session when
 	// the config has no "timeout". Default DefaultDrainTimeout.
 	DrainTimeout time.Duration

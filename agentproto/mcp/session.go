@@ -376,7 +376,7 @@ func (t *ToolCaller) try(ctx context.Context, c *callState) (*sdk.CallToolResult
 		if err != nil {
 			return nil, err
 		}
-		d := &delivery{}
+		d := &delivery{fresh: !idempotent(c, s)}
 		res, err := s.cs.CallTool(withDelivery(ctx, d), &sdk.CallToolParams{Name: c.tool, Arguments: c.args})
 		t.release(s)
 		if err == nil {

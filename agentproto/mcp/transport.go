@@ -23,7 +23,7 @@ const stdioTerminate = 2 * time.Second
 // the config's env.
 func (t *ToolCaller) transport(g *generation, life context.Context) (sdk.Transport, error) {
 	res, cfg := g.res, g.res.Config
-	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http, done: life}}
+	hc := &http.Client{Transport: deliveryTransport{headers: cfg.Headers, next: t.http, fresh: t.fresh, done: life}}
 	switch cfg.Transport {
 	case kvconfig.TransportHTTP:
 		return &sdk.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
@@ -45,9 +45,11 @@ func (t *ToolCaller) transport(g *generation, life context.Context) (sdk.Transpo
 
 // httpTransport is the caller's own connection pool (closed by Close),
 // with dials bounded by dialTimeout.
-func httpTransport(dialTimeout time.Duration) *http.Transport {
+// keepAlive false makes the pool of fresh connections, one per request.
+func httpTransport(dialTimeout time.Duration, keepAlive bool) *http.Transport {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	tr.DialContext = d.DialContext
+	tr.DisableKeepAlives = !keepAlive
 	return tr
 }
