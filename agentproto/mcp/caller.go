@@ -43,9 +43,9 @@ import (
 // supervised: an exited process is restarted on the next call after a
 // backoff, and quarantined after too many restarts (Options.Restart).
 type ToolCaller struct {
-	opts Options
-	log  zerolog.Logger
-	ss   *agentproto.ServerStats
+	opts  Options
+	log   zerolog.Logger
+	ss    *agentproto.ServerStats
 	http  *http.Transport // kept-alive connections
 	fresh *http.Transport // a new connection per request: calls that must not run twice
 
