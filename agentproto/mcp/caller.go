@@ -207,12 +207,13 @@ func (t *ToolCaller) Call(ctx context.Context, tool string, args any) (*sdk.Call
 }
 
 // failureHook adds the latest attempt's failure kind to the retry layer's
-// warn and error lines (one per retry, one per give-up).
+// warn and error lines (one per retry, with its attempt and delay_ms, and
+// one per give-up).
 type failureHook struct{ c *callState }
 
 func (h failureHook) Run(e *zerolog.Event, level zerolog.Level, _ string) {
 	if level >= zerolog.WarnLevel && h.c.kind != "" {
-		e.Str(logKeyFailure, h.c.kind).Int(logKeyAttempt, h.c.n)
+		e.Str(logKeyFailure, h.c.kind)
 	}
 }
 

@@ -175,10 +175,10 @@ func (t *ToolCaller) connect(ctx context.Context, s *session, wait time.Duration
 		return
 	}
 	s.cs = cs
-	close(s.ready)
 	t.log.Info().Str(logKeyKey, g.res.Key).Uint64(logKeyRevision, g.res.Revision).Str(logKeyTransport, g.res.Config.Transport).
 		Str(logKeyProtocol, protocolOf(cs)).Int(logKeyTools, len(s.hints)).Int64(logKeyTookMS, time.Since(began).Milliseconds()).
 		Msg("mcp session connected")
+	close(s.ready) // after the log line: a call on it never precedes it
 	t.mu.Lock()
 	t.goFnLocked(func() { t.watch(s) })
 	t.mu.Unlock()
