@@ -25,7 +25,9 @@ func fastPolicy() *agentproto.Policy {
 // is never retried: every call fails with OutcomeUnknown naming the tool
 // and attempt 1, and the proxy saw exactly one request per call (0
 // duplicate executions). The second is retried: every call succeeds, the
-// server having seen exactly two requests.
+// server having seen exactly two requests, the second re-issued with a new
+// JSON-RPC id (2026-07-28 has no resumption: a broken stream loses the
+// request).
 func TestCutAfterRequestWritten(t *testing.T) {
 	for _, v := range versions {
 		t.Run(v, func(t *testing.T) {
@@ -90,6 +92,9 @@ func cutTrialsAgainst(t *testing.T, srv *httpServer, proxy *cutProxy, trials int
 		}
 		if n := proxy.requests.get(id); n != 2 {
 			t.Fatalf("trial %d: set %s reached the server %d times, want twice", i, id, n)
+		}
+		if ids := proxy.rpcIDsOf(id); len(ids) != 2 || ids[0] == ids[1] {
+			t.Fatalf("trial %d: set %s re-issued with JSON-RPC ids %v, want a new id", i, id, ids)
 		}
 	}
 	if d := srv.execs.dupes(); len(dupesOf(d, "charge:")) != 0 {

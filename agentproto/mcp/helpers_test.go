@@ -261,6 +261,8 @@ type cutProxy struct {
 	armed    atomic.Int64
 	cuts     atomic.Int64
 	links    atomic.Int64 // connections accepted
+	rpcIDs   sync.Map     // call id → []string of the JSON-RPC ids its tools/call requests carried
+	idsMu    sync.Mutex
 	requests execCounter
 
 	mu    sync.Mutex
@@ -383,6 +385,7 @@ func (p *cutProxy) link(client net.Conn) {
 		cut := call && p.take()
 		if call {
 			p.requests.add(callID(body))
+			p.recordRPCID(body)
 		}
 		if cut {
 			cutOnAnswer.Store(true) // from now on nothing goes back to the client
@@ -395,6 +398,25 @@ func (p *cutProxy) link(client net.Conn) {
 			return // closes both sides: the request is written, no answer comes back
 		}
 	}
+}
+
+func (p *cutProxy) recordRPCID(body []byte) {
+	var req struct {
+		ID json.RawMessage `json:"id"`
+	}
+	_ = json.Unmarshal(body, &req)
+	p.idsMu.Lock()
+	defer p.idsMu.Unlock()
+	prev, _ := p.rpcIDs.Load(callID(body))
+	ids, _ := prev.([]string)
+	p.rpcIDs.Store(callID(body), append(ids, string(req.ID)))
+}
+
+// rpcIDsOf returns the JSON-RPC ids of the tools/call requests for a call id.
+func (p *cutProxy) rpcIDsOf(id string) []string {
+	v, _ := p.rpcIDs.Load(id)
+	ids, _ := v.([]string)
+	return ids
 }
 
 // callID digs the "id" argument out of a tools/call body.
