@@ -96,6 +96,9 @@ func newMCPServer(name string, versions []string, execs *execCounter) *sdk.Serve
 		return func(ctx context.Context, _ *sdk.CallToolRequest, in idIn) (*sdk.CallToolResult, idOut, error) {
 			execs.begin(tool, 1)
 			defer execs.begin(tool, -1)
+			if dir := os.Getenv("TETHER_MCP_TEST_DIR"); dir != "" && tool == "slow" {
+				_ = os.WriteFile(dir+"/"+name+".slow", nil, 0o600) // a stdio server says it is running it
+			}
 			if in.MS > 0 {
 				select {
 				case <-time.After(time.Duration(in.MS) * time.Millisecond):
@@ -475,13 +478,21 @@ func runStdioServer() {
 		os.Exit(3)
 	}
 	var execs execCounter
-	s := newMCPServer("stdio", nil, &execs)
+	name := os.Getenv("TETHER_MCP_TEST_NAME")
+	if name == "" {
+		name = "stdio"
+	}
+	s := newMCPServer(name, nil, &execs)
 	sdk.AddTool(s, &sdk.Tool{Name: "die", Description: "the process exits mid-call"},
 		func(context.Context, *sdk.CallToolRequest, idIn) (*sdk.CallToolResult, idOut, error) {
 			os.Exit(4)
 			return nil, idOut{}, nil
 		})
-	if err := s.Run(context.Background(), &sdk.StdioTransport{}); err != nil {
+	err := s.Run(context.Background(), &sdk.StdioTransport{})
+	if dir := os.Getenv("TETHER_MCP_TEST_DIR"); dir != "" {
+		_ = os.WriteFile(dir+"/"+name+".exited", nil, 0o600) // stdin closed: the session let go of it
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

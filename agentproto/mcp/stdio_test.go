@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/agentproto/mcp"
+	"github.com/tether-dev/tether/internal/natstest"
 )
 
 var self = []string{os.Args[0]} // the stdio server is this test binary
@@ -134,4 +135,97 @@ func TestStdioCrashLoopQuarantined(t *testing.T) {
 	if len(during) == 0 || d99 > 10*b99+50*time.Millisecond {
 		t.Fatalf("healthy calls slowed by the crash loop: p99 %v vs %v before", d99, b99)
 	}
+}
+
+// Issue 15's config swap for stdio: a call is running on the old process
+// when the config changes; it completes there, the next call goes to a
+// new process, and the old process is let go of (its stdin closed) only
+// after its call finished: never two sessions on one process.
+func TestStdioConfigChangeMidCall(t *testing.T) {
+	dir := t.TempDir()
+	res := stdioServer("local", "serve")
+	res.Config.Env["TETHER_MCP_TEST_NAME"], res.Config.Env["TETHER_MCP_TEST_DIR"] = "old", dir
+	c, err := mcp.NewToolCaller(res, mcp.Options{Policy: fastPolicy(), AllowCommands: self, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.Call(ctx, "get", map[string]any{"id": "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	inflight := make(chan string, 1)
+	began := make(chan struct{})
+	go func() {
+		close(began)
+		r, err := c.Call(ctx, "slow", map[string]any{"id": "long", "ms": 400})
+		if err != nil {
+			inflight <- "error: " + err.Error()
+			return
+		}
+		inflight <- serverOf(t, r.StructuredContent)
+	}()
+	<-began
+	natstestCheck(t, func() error {
+		if _, err := os.Stat(dir + "/old.slow"); err != nil {
+			return fmt.Errorf("the old process is not running the slow call yet: %v", err)
+		}
+		return nil
+	})
+	next := stdioServer("local", "serve")
+	next.Config.Env["TETHER_MCP_TEST_NAME"], next.Config.Env["TETHER_MCP_TEST_DIR"], next.Revision = "new", dir, 2
+	if err := c.Swap(next); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Call(ctx, "charge", map[string]any{"id": "next"})
+	if err != nil {
+		t.Fatalf("the call after the swap: %v", err)
+	}
+	if got := serverOf(t, r.StructuredContent); got != "new" {
+		t.Fatalf("the call after the swap ran on %q, want the new process", got)
+	}
+	if _, err := os.Stat(dir + "/old.exited"); err == nil {
+		t.Fatal("the old process was let go of while its call was running")
+	}
+	if got := <-inflight; got != "old" {
+		t.Fatalf("the in-flight call: %s, want it completed on the old process", got)
+	}
+	natstestCheck(t, func() error {
+		if _, err := os.Stat(dir + "/old.exited"); err != nil {
+			return fmt.Errorf("the old process has not been let go of: %v", err)
+		}
+		return nil
+	})
+}
+
+// A timeout after the request was written is "may have run": a tool not
+// known to be idempotent fails OutcomeUnknown over the deadline, once.
+func TestTimeoutAfterWriteIsOutcomeUnknown(t *testing.T) {
+	srv := startHTTPServer(t, "echo", nil, false)
+	res := httpResolved("echo", srv.URL(), 1)
+	res.Config.Timeout = 100 * 1e6 // 100ms
+	c, err := mcp.NewToolCaller(res, mcp.Options{Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Call(ctx, "get", map[string]any{"id": "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Call(ctx, "slow", map[string]any{"id": "s", "ms": 1000})
+	var ou *mcp.OutcomeUnknownError
+	if !errors.As(err, &ou) || !errors.Is(err, context.DeadlineExceeded) || ou.Attempt != 1 {
+		t.Fatalf("a call that timed out after its request was written: %v, want OutcomeUnknown over the deadline", err)
+	}
+	if n := srv.calls.Load(); n != 2 {
+		t.Fatalf("%d tools/call requests, want 2 (warm-up and the one that timed out, not retried)", n)
+	}
+}
+
+func natstestCheck(t *testing.T, fn func() error) {
+	t.Helper()
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, fn)
 }
