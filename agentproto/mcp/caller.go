@@ -174,7 +174,14 @@ type callState struct {
 	args any
 	n    int    // attempts made
 	kind string // failure kind of the latest failed attempt
+	// caller is the Call's context: when the caller cancels it, the
+	// server is not to blame and its health is left as it was.
+	caller context.Context
 }
+
+// canceledByCaller reports whether the caller gave up on the call (its
+// context was cancelled, not timed out).
+func canceledByCaller(ctx context.Context) bool { return errors.Is(ctx.Err(), context.Canceled) }
 
 // Call calls tool with args, retrying as the ToolCaller doc says. A tool
 // that reports an error in its result (IsError) is a successful call: the
@@ -195,11 +202,14 @@ func (t *ToolCaller) Call(ctx context.Context, tool string, args any) (*sdk.Call
 	p := g.policy
 	p.Op = "tool " + tool
 	p.Logger = t.log.With().Str(logKeyTool, tool).Logger().Hook(failureHook{c})
+	c.caller = ctx
 	res, err := agentproto.RetryValue(ctx, p, func(ctx context.Context) (*sdk.CallToolResult, error) {
 		return t.attempt(ctx, c)
 	})
 	if err != nil {
-		t.ss.AddFailed(errors.Is(err, ErrOutcomeUnknown))
+		if !canceledByCaller(ctx) {
+			t.ss.AddFailed(errors.Is(err, ErrOutcomeUnknown))
+		}
 		return res, err
 	}
 	t.ss.AddOK()
@@ -224,7 +234,9 @@ func (t *ToolCaller) attempt(ctx context.Context, c *callState) (*sdk.CallToolRe
 	res, err := t.try(ctx, c)
 	if err != nil {
 		c.kind = FailureKind(err)
-		t.ss.AttemptFailed(agentproto.Classify(err), c.kind)
+		if !canceledByCaller(c.caller) {
+			t.ss.AttemptFailed(agentproto.Classify(err), c.kind)
+		}
 	}
 	return res, err
 }

@@ -129,6 +129,7 @@ type httpServer struct {
 	// UnsupportedProtocolVersion, as a server that dropped the version.
 	rejectVersion atomic.Bool
 	calls         atomic.Int64 // tools/call requests received
+	cancels       atomic.Int64 // notifications/cancelled received
 
 	mu   sync.Mutex
 	addr string
@@ -206,6 +207,9 @@ func (h *httpServer) middleware(next http.Handler) http.Handler {
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		if bytes.Contains(body, []byte(`"notifications/cancelled"`)) {
+			h.cancels.Add(1)
+		}
 		if !bytes.Contains(body, []byte(`"tools/call"`)) {
 			next.ServeHTTP(w, r)
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -204,4 +205,41 @@ func serverOf(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return out.Server
+}
+
+// A call its caller cancels says nothing about the server: the
+// heartbeat's entry stays "ok" and counts no failure.
+func TestCallerCancelLeavesServerHealth(t *testing.T) {
+	srv := startHTTPServer(t, "echo", nil, false)
+	var servers agentproto.ServerRegistry
+	c, err := mcp.NewToolCaller(httpResolved("echo", srv.URL(), 1), mcp.Options{Policy: fastPolicy(), ServerStats: servers.Get("echo"), Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Call(context.Background(), "get", map[string]any{"id": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		natstest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+			if !srv.calling("slow") {
+				return errors.New("not running yet")
+			}
+			return nil
+		})
+		cancel()
+	}()
+	if _, err := c.Call(ctx, "slow", map[string]any{"id": "b", "ms": 5000}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled call: %v", err)
+	}
+	if got := servers.Snapshot()["echo"]; got.State != agentproto.ServerOK || got.Failed != 0 || got.LastFailure != "" {
+		t.Fatalf("server stats %+v after the caller cancelled: want still ok, no failure", got)
+	}
+	natstest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		if srv.cancels.Load() == 0 || srv.calling("slow") {
+			return fmt.Errorf("the server got %d cancellations and is still running the call: %v", srv.cancels.Load(), srv.calling("slow"))
+		}
+		return nil
+	})
 }
