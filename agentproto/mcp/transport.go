@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"sync/atomic"
 	"time"
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -28,7 +29,7 @@ func (t *ToolCaller) transport(g *generation, life context.Context) (sdk.Transpo
 	case kvconfig.TransportHTTP:
 		return &sdk.StreamableClientTransport{Endpoint: cfg.URL, HTTPClient: hc, MaxRetries: -1, DisableStandaloneSSE: true}, nil
 	case kvconfig.TransportSSE:
-		return &sdk.SSEClientTransport{Endpoint: cfg.URL, HTTPClient: hc}, nil
+		return lifeBound{inner: &sdk.SSEClientTransport{Endpoint: cfg.URL, HTTPClient: hc}, life: life}, nil
 	case kvconfig.TransportStdio:
 		if err := agentproto.CheckCommand(cfg, t.opts.AllowCommands, res.Server, res.Key, res.Revision); err != nil {
 			return nil, agentproto.MarkPermanent(err) // checked in Swap too: never start what is not allowed
@@ -52,4 +53,44 @@ func httpTransport(dialTimeout time.Duration, keepAlive bool) *http.Transport {
 	tr.DialContext = d.DialContext
 	tr.DisableKeepAlives = !keepAlive
 	return tr
+}
+
+// lifeBound connects a transport whose connection keeps the context it
+// was connected with (the SSE transport's event stream) with the
+// session's life instead of the connect's bounded context, which ends
+// once the connect is done; the connect's bound still applies while it
+// runs.
+type lifeBound struct {
+	inner sdk.Transport
+	life  context.Context
+}
+
+func (l lifeBound) Connect(ctx context.Context) (sdk.Connection, error) {
+	cctx, cancel := context.WithCancel(l.life)
+	var finished atomic.Bool
+	stop := context.AfterFunc(ctx, func() {
+		if !finished.Load() {
+			cancel() // the connect's bound passed while connecting
+		}
+	})
+	defer stop()
+	c, err := l.inner.Connect(cctx)
+	finished.Store(true)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return cancelOnClose{Connection: c, cancel: cancel}, nil
+}
+
+// cancelOnClose ends a lifeBound connection's context when it closes.
+type cancelOnClose struct {
+	sdk.Connection
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error {
+	err := c.Connection.Close()
+	c.cancel()
+	return err
 }
