@@ -21,7 +21,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(stdioServerEnv) != "" {
+		runStdioServer() // this binary started as a stdio MCP server by a test
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func resolved(url string) agentproto.Resolved {
 	return agentproto.Resolved{Server: "echo", Key: "global.echo", Revision: 1,
@@ -97,7 +102,7 @@ func TestSessionErrorsAreTransient(t *testing.T) {
 		if !errors.Is(err, agentproto.ErrMCPSessionLost) || !errors.Is(err, e) {
 			t.Errorf("%v: not wrapped: %v", e, err)
 		}
-		if r := agentproto.ClassifyRule(err); r.Class != agentproto.ClassTransient || r.Name != "MCP connection closed, session missing" {
+		if r := agentproto.ClassifyRule(err); r.Class != agentproto.ClassTransient || r.Name != "MCP connection closed, session missing, process exited" {
 			t.Errorf("%v classified by %v", e, r)
 		}
 	}

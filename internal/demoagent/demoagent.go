@@ -191,7 +191,9 @@ func (e *EchoServer) Start() error {
 	}
 	e.addr = ln.Addr().String()
 	s := mcp.NewServer(&mcp.Implementation{Name: "tether-echo", Version: "0.1.0"}, nil)
-	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its text argument"},
+	// echo has no side effects: annotated read-only, an agent may retry it
+	// even after its request may have reached the server.
+	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its text argument", Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}},
 		func(_ context.Context, _ *mcp.CallToolRequest, in echoIn) (*mcp.CallToolResult, echoOut, error) {
 			return nil, echoOut{Text: in.Text}, nil
 		})
