@@ -48,11 +48,15 @@ func (c *Client) kickHealth() {
 // from the next tick it probes every tick, through the private health
 // subscription (whose handler does nothing, so it proves the connection
 // alone) and every subscription whose probe was lost or that is being
-// re-created, until all come back. The connection fails a round when the
-// health subscription's probe is lost (or a publish fails) and is rebuilt
-// after HealthFailures such rounds; a subscription whose own probe is
-// lost HealthFailures times in a row while its handler makes no progress
-// is re-created.
+// re-created, until all come back. A probe counts as lost only when it
+// is not back within ProbeTimeout, the server then answers a flush (so it
+// had routed the probe) and it is still not back within another
+// ProbeTimeout; if the flush fails the round is inconclusive, since a slow
+// or dead link is for nats.go's pings to judge (a rebuild on top of an
+// overloaded link only adds load). The connection fails a round when the
+// health subscription's probe is lost and is rebuilt after HealthFailures
+// such rounds; a subscription whose own probe is lost HealthFailures
+// times in a row while its handler makes no progress is re-created.
 
 // healthState is the health loop's memory between rounds.
 type healthState struct {
@@ -196,32 +200,62 @@ func (c *Client) pickProbes(st *healthState, subs []*Subscription) []armed {
 
 // roundResult is what one probe round measured.
 type roundResult struct {
-	probes   []armed
-	back     []bool
-	rtt      time.Duration // to the first probe back; 0: none came back
-	flushErr error         // a publish failed, or the flush after a lost probe did
+	probes []armed
+	back   []bool
+	rtt    time.Duration // to the first probe back; 0: none came back
+	// inconclusive: a probe was lost but the publish or the flush after it
+	// failed too, so the link itself is slow or dead: nats.go's pings are
+	// the judge of that, not the probes.
+	inconclusive bool
+	pubErr       error
 }
 
 // probeRound publishes the armed probes and waits up to ProbeTimeout for
-// them. Only when one is lost does it flush, to tell a dead link from a
-// lost probe.
+// them. Only when one is lost does it flush: a probe is lost only if the
+// server answered the flush (it had routed the probe before) and the
+// probe still did not come back within another ProbeTimeout (it was not
+// merely queued behind a slow process).
 func (c *Client) probeRound(nc *nats.Conn, probes []armed) roundResult {
 	r := roundResult{probes: probes, back: make([]bool, len(probes))}
 	if len(probes) == 0 {
 		return r
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ProbeTimeout)
-	defer cancel()
 	start := time.Now()
 	for _, p := range probes {
 		m := nats.NewMsg(p.s.probeSub)
 		m.Header.Set(HeaderProbe, p.tok)
-		if err := nc.PublishMsg(m); err != nil && r.flushErr == nil {
-			r.flushErr = err
+		if err := nc.PublishMsg(m); err != nil && r.pubErr == nil {
+			r.pubErr = err
 		}
 	}
-	lost := false
-	for i, p := range probes {
+	if r.pubErr != nil {
+		r.inconclusive = true
+		return r
+	}
+	if c.awaitProbes(&r, start) {
+		return r
+	}
+	fctx, fcancel := context.WithTimeout(c.ctx, c.cfg.ProbeTimeout)
+	err := nc.FlushWithContext(fctx)
+	fcancel()
+	if err != nil {
+		r.inconclusive = true
+		return r
+	}
+	c.awaitProbes(&r, start)
+	return r
+}
+
+// awaitProbes waits up to ProbeTimeout for the probes not yet back and
+// reports whether all are.
+func (c *Client) awaitProbes(r *roundResult, start time.Time) bool {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ProbeTimeout)
+	defer cancel()
+	all := true
+	for i, p := range r.probes {
+		if r.back[i] {
+			continue
+		}
 		select {
 		case <-p.back:
 			r.back[i] = true
@@ -233,40 +267,43 @@ func (c *Client) probeRound(nc *nats.Conn, probes []armed) roundResult {
 			case <-p.back:
 				r.back[i] = true
 			default:
-				lost = true
+				all = false
 			}
 		}
 	}
-	if lost && r.flushErr == nil {
-		fctx, fcancel := context.WithTimeout(c.ctx, c.cfg.ProbeTimeout)
-		r.flushErr = nc.FlushWithContext(fctx)
-		fcancel()
-	}
-	return r
+	return all
 }
 
-// judgeRound turns a probe round into verdicts: the connection's (a lost
-// health probe or a failed publish or flush is a failed round; a lost
-// probe of any kind makes the loop suspicious) and each probed
-// subscription's, then runs the local checks on the others.
+// judgeRound turns a probe round into verdicts: the connection's (its
+// health probe lost although the server answered a flush is a failed
+// round; any lost or inconclusive probe makes the loop suspicious) and
+// each probed subscription's, then runs the local checks on the others.
 func (c *Client) judgeRound(st *healthState, gen uint64, subs []*Subscription, r roundResult) {
 	if r.rtt > 0 {
 		c.rttNanos.Store(int64(r.rtt))
 	}
-	var why string
-	anyLost := false
+	if r.inconclusive {
+		for _, p := range r.probes {
+			p.s.cancelProbe()
+		}
+		st.suspect = true
+		why := "self-probe not back and the server round trip failed too: left to the link's pings"
+		if r.pubErr != nil {
+			why = "self-probe not published: " + r.pubErr.Error()
+		}
+		c.log.Debug().Str("reason", why).Uint64(logKeyConnGen, gen).Msg("agentproto: health round inconclusive")
+		return
+	}
+	why := ""
+	st.suspect = false
 	for i, p := range r.probes {
 		if !r.back[i] {
-			anyLost = true
-			if p.health && why == "" {
-				why = "the self-probe of the health subscription did not come back"
+			st.suspect = true
+			if p.health {
+				why = "the self-probe of the health subscription did not come back, though the server answered a round trip"
 			}
 		}
 	}
-	if r.flushErr != nil {
-		why = "server round trip failed: " + r.flushErr.Error()
-	}
-	st.suspect = anyLost || r.flushErr != nil
 	if why == "" {
 		st.fails = 0
 		probed := make([]*Subscription, len(r.probes))

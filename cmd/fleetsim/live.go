@@ -58,6 +58,9 @@ func runLive(ctx context.Context, w io.Writer, o *options) error {
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s connects per second after the restart: %v\n", r.Kind, r.ConnectsPerSec)
 		fmt.Fprintf(w, "%s agents working by the end of each second: %v\n", r.Kind, r.WorkingPerSec)
+		if r.Kind == fleetsim.KindTether {
+			fmt.Fprintf(w, "%s since the crash: %d disconnects, %d rebuilds, %d failed health rounds\n", r.Kind, r.Disconnects, r.Rebuilds, r.HealthFails)
+		}
 	}
 	return nil
 }

@@ -111,6 +111,11 @@ type LiveResult struct {
 	// out per agent per second in the steady window (a heartbeat consumer,
 	// standing in for the supervisor, receives every heartbeat).
 	InPerAgentSec, OutPerAgentSec float64
+	// HeartbeatsPerAgentSec is the heartbeats the consumer received per
+	// agent per second in the steady window: the floor's own traffic, by
+	// which a run's message counts can be normalised when a loaded
+	// machine delays timers.
+	HeartbeatsPerAgentSec float64
 	// CPUPerAgentSec is the server's CPU per agent per second of the
 	// steady window; CPUKnown false: the server ran in this process.
 	CPUPerAgentSec time.Duration
@@ -132,6 +137,13 @@ type LiveResult struct {
 	WorkingPerSec []int
 	AllWorking    time.Duration
 	P50, P99      time.Duration
+	// Tether only, from the crash to the end: disconnects (one per agent
+	// is the crash itself), rebuilds and failed health rounds.
+	Disconnects, Rebuilds, HealthFails int64
+	// TimerLateness is the most a 10 ms timer in this process fired late
+	// while the fleet recovered: the scheduling delay every client's
+	// timers suffered too (a loaded machine pauses processes).
+	TimerLateness time.Duration
 }
 
 // liveAgent is one client of any kind.
@@ -150,6 +162,23 @@ type liveFleet struct {
 	agents []*liveAgent
 	stop   chan struct{}
 	wg     sync.WaitGroup // bare heartbeat loops
+	// Tether clients' events: disconnects (the server's crash, then any
+	// the link's pings found after its return), rebuilds, failed health
+	// rounds.
+	disconnects, rebuilds, healthFails atomic.Int64
+	heartbeats                         atomic.Int64 // received by the consumer
+}
+
+// onEvent counts a tether client's events.
+func (f *liveFleet) onEvent(e agentproto.Event) {
+	switch e.Kind {
+	case agentproto.EventDisconnected:
+		f.disconnects.Add(1)
+	case agentproto.EventRebuildStarted:
+		f.rebuilds.Add(1)
+	case agentproto.EventHealthFailed:
+		f.healthFails.Add(1)
+	}
 }
 
 // RunLive runs cfg: it connects the fleet, measures the steady state,
@@ -203,7 +232,7 @@ func (f *liveFleet) hbConsumer() (*nats.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleetsim: heartbeat consumer: %w", err)
 	}
-	if _, err := nc.Subscribe(agentproto.Subjects{}.Heartbeat("*"), func(*nats.Msg) {}); err != nil {
+	if _, err := nc.Subscribe(agentproto.Subjects{}.Heartbeat("*"), func(*nats.Msg) { f.heartbeats.Add(1) }); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("fleetsim: heartbeat consumer: %w", err)
 	}
@@ -262,7 +291,7 @@ func (f *liveFleet) connectOne(ctx context.Context, i int) (*liveAgent, error) {
 	if f.cfg.Kind == KindTether {
 		cfg := agentproto.DefaultConfig(agentID(i))
 		cfg.URLs, cfg.FleetSize, cfg.SkipInitialResolve = f.srv.URL(), f.cfg.Agents, true
-		cfg.HeartbeatInterval, cfg.Logger = f.cfg.HeartbeatInterval, zerolog.Nop()
+		cfg.HeartbeatInterval, cfg.Logger, cfg.OnEvent = f.cfg.HeartbeatInterval, zerolog.Nop(), f.onEvent
 		if f.cfg.Tether != nil {
 			f.cfg.Tether(&cfg)
 		}
@@ -363,6 +392,7 @@ func (f *liveFleet) steady(ctx context.Context, res *LiveResult) error {
 	if err != nil {
 		return err
 	}
+	h0 := f.heartbeats.Load()
 	if err := sleepCtx(ctx, f.cfg.Steady); err != nil {
 		return err
 	}
@@ -371,6 +401,7 @@ func (f *liveFleet) steady(ctx context.Context, res *LiveResult) error {
 		return err
 	}
 	per := float64(f.cfg.Agents) * f.cfg.Steady.Seconds()
+	res.HeartbeatsPerAgentSec = float64(f.heartbeats.Load()-h0) / per
 	res.InPerAgentSec = float64(s1.InMsgs-s0.InMsgs) / per
 	res.OutPerAgentSec = float64(s1.OutMsgs-s0.OutMsgs) / per
 	if res.CPUKnown = s1.CPUKnown; res.CPUKnown {
@@ -393,6 +424,10 @@ func (f *liveFleet) steady(ctx context.Context, res *LiveResult) error {
 // one message per agent (a fan-out to the whole fleet would load the
 // machine the clients share).
 func (f *liveFleet) restart(ctx context.Context, res *LiveResult) error {
+	d0, r0, h0 := f.disconnects.Load(), f.rebuilds.Load(), f.healthFails.Load()
+	defer func() {
+		res.Disconnects, res.Rebuilds, res.HealthFails = f.disconnects.Load()-d0, f.rebuilds.Load()-r0, f.healthFails.Load()-h0
+	}()
 	f.srv.Stop()
 	if err := sleepCtx(ctx, f.cfg.Outage); err != nil {
 		return err
@@ -402,6 +437,13 @@ func (f *liveFleet) restart(ctx context.Context, res *LiveResult) error {
 		return err
 	}
 	res.Restarted = true
+	stopLate := make(chan struct{})
+	lateDone := make(chan time.Duration, 1)
+	go func() { lateDone <- timerLateness(stopLate) }()
+	defer func() {
+		close(stopLate)
+		res.TimerLateness = <-lateDone
+	}()
 	pub, err := nats.Connect(f.srv.URL(), nats.Name("fleetsim-publisher"))
 	if err != nil {
 		return fmt.Errorf("fleetsim: publisher: %w", err)
@@ -429,6 +471,23 @@ func (f *liveFleet) restart(ctx context.Context, res *LiveResult) error {
 	}
 	f.recovery(ready, res)
 	return nil
+}
+
+// timerLateness sleeps 10 ms at a time until stop and returns the most
+// one sleep overran.
+func timerLateness(stop <-chan struct{}) time.Duration {
+	var worst time.Duration
+	t := time.NewTimer(10 * time.Millisecond)
+	defer t.Stop()
+	for at := time.Now(); ; at = time.Now() {
+		select {
+		case <-stop:
+			return worst
+		case now := <-t.C:
+			worst = max(worst, now.Sub(at)-10*time.Millisecond, time.Since(at)-10*time.Millisecond)
+			t.Reset(10 * time.Millisecond)
+		}
+	}
 }
 
 // working counts the agents that received an "after" marker.
@@ -472,8 +531,10 @@ func (f *liveFleet) recovery(ready time.Time, res *LiveResult) {
 	if len(took) == len(f.agents) {
 		res.AllWorking = took[len(took)-1]
 	}
-	f.cfg.Logf("%s: restart: %d connects, peak %d per 100 ms; working p50 %v p99 %v all %v",
-		f.cfg.Kind, res.Connects, res.PeakConnects, res.P50, res.P99, res.AllWorking)
+	f.cfg.Logf("%s: restart: %d connects, peak %d per 100 ms; working p50 %v p99 %v all %v; connects per second %v",
+		f.cfg.Kind, res.Connects, res.PeakConnects, res.P50, res.P99, res.AllWorking, res.ConnectsPerSec)
+	f.cfg.Logf("%s: since the crash: %d disconnects, %d rebuilds, %d failed health rounds",
+		f.cfg.Kind, f.disconnects.Load(), f.rebuilds.Load(), f.healthFails.Load())
 }
 
 // PeakPer is the most of ts at or after from in one window-wide bucket

@@ -38,18 +38,23 @@ func runLiveTest(t *testing.T, kind LiveKind, outage time.Duration) LiveResult {
 
 // In steady state the watchdog (probes every two heartbeats, in rotation,
 // no flush round trips) costs the server at most as many messages again
-// as the heartbeats: tether's messages per agent per second are within
-// 2× a bare client's that only heartbeats (1.5× by design: one probe in
-// and out per two heartbeats in and out). Message counts, not timings.
+// as the heartbeats: tether's messages per agent are within 2× a bare
+// client's that only heartbeats (1.5× by design: one probe in and out per
+// two heartbeats in and out). Counted per heartbeat the consumer
+// received, so a run whose timers a loaded machine delayed compares like
+// with like; message counts, not timings.
 func TestLiveSteadyStateWithinTwiceTheFloor(t *testing.T) {
 	bare := runLiveTest(t, KindBare, -1)
 	tether := runLiveTest(t, KindTether, -1)
-	floor := bare.InPerAgentSec + bare.OutPerAgentSec
-	got := tether.InPerAgentSec + tether.OutPerAgentSec
-	t.Logf("messages per agent per second: bare %.2f (in %.2f out %.2f), tether %.2f (in %.2f out %.2f): %.2f×",
-		floor, bare.InPerAgentSec, bare.OutPerAgentSec, got, tether.InPerAgentSec, tether.OutPerAgentSec, got/floor)
-	if floor < 15 || got > 2*floor {
-		t.Fatalf("tether %.2f msgs/agent/s against a floor of %.2f (want ≤ 2×, floor ≈ 20)", got, floor)
+	perBeat := func(r LiveResult) float64 { return (r.InPerAgentSec + r.OutPerAgentSec) / r.HeartbeatsPerAgentSec }
+	t.Logf("messages per agent per second: bare %.2f (%.2f heartbeats), tether %.2f (%.2f heartbeats); per heartbeat: bare %.2f, tether %.2f: %.2f×",
+		bare.InPerAgentSec+bare.OutPerAgentSec, bare.HeartbeatsPerAgentSec, tether.InPerAgentSec+tether.OutPerAgentSec,
+		tether.HeartbeatsPerAgentSec, perBeat(bare), perBeat(tether), perBeat(tether)/perBeat(bare))
+	if bare.HeartbeatsPerAgentSec == 0 || tether.HeartbeatsPerAgentSec == 0 {
+		t.Fatal("no heartbeats in the steady window")
+	}
+	if perBeat(tether) > 2*perBeat(bare) {
+		t.Fatalf("tether %.2f messages per heartbeat against the floor's %.2f: above 2×", perBeat(tether), perBeat(bare))
 	}
 }
 
@@ -58,25 +63,29 @@ func TestLiveSteadyStateWithinTwiceTheFloor(t *testing.T) {
 // every connect falls within one reconnect window of the return, so no
 // 100 ms bucket holds more connects than the agents whose phases lie in
 // one 100 ms (plus the attempt's latency) arc of the window, and every
-// agent works within the window plus one marker period and that latency.
+// agent works within the window plus one marker period (50 ms) and that
+// latency.
 func TestLiveFleetRestartSpreadByPhase(t *testing.T) {
 	r := runLiveTest(t, KindTether, 2*time.Second)
 	window := agentproto.ReconnectWindow(liveTestAgents, liveTestAgents, agentproto.DefaultReconnectWait, agentproto.DefaultMaxReconnectWait)
-	const latency = 50 * ms // timer, dial and handshake of one attempt on a loaded 2-core machine
+	// An attempt reaches the server late by its dial and handshake (a few
+	// ms on loopback) plus the scheduling delay its timer suffered, which
+	// the run measured with a 10 ms timer of its own.
+	latency := 20*ms + r.TimerLateness
 	var phases []time.Duration
 	for i := range liveTestAgents {
 		phases = append(phases, agentproto.ReconnectPhase(agentID(i), window))
 	}
 	limit := maxInArc(phases, window, 100*ms+latency)
-	t.Logf("window %v: %d connects, peak %d per 100 ms (limit %d), per second %v; working p50 %v p99 %v all %v, per second %v",
-		window, r.Connects, r.PeakConnects, limit, r.ConnectsPerSec, r.P50, r.P99, r.AllWorking, r.WorkingPerSec)
+	t.Logf("window %v, timers up to %v late: %d connects, peak %d per 100 ms (limit %d), per second %v; working p50 %v p99 %v all %v, per second %v",
+		window, r.TimerLateness, r.Connects, r.PeakConnects, limit, r.ConnectsPerSec, r.P50, r.P99, r.AllWorking, r.WorkingPerSec)
 	if r.Connects != liveTestAgents {
 		t.Errorf("%d connects after the return, want one per agent (%d)", r.Connects, liveTestAgents)
 	}
 	if r.PeakConnects > limit {
 		t.Errorf("peak %d connects per 100 ms, above the phases' %d", r.PeakConnects, limit)
 	}
-	if bound := window + 100*ms + latency; r.AllWorking < 0 || r.AllWorking > bound {
+	if bound := window + 50*ms + latency; r.AllWorking < 0 || r.AllWorking > bound {
 		t.Errorf("all working after %v, want ≤ %v", r.AllWorking, bound)
 	}
 }
