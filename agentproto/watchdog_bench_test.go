@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -56,6 +57,9 @@ func BenchmarkRecovery(b *testing.B) {
 
 // benchWho are the three subscribers compared.
 var benchWho = []string{"plain", "tuned", "tether"}
+
+// benchSlotWindow is the default reconnect window.
+var benchSlotWindow = ReconnectWindow(DefaultFleetSize, DefaultConnectRate, DefaultReconnectWait, DefaultMaxReconnectWait)
 
 const (
 	benchCap       = 5 * time.Second  // wait for a recovery
@@ -216,6 +220,9 @@ func benchRestartFor(down time.Duration) func(b *testing.B, who string) benchOut
 		s := newBenchSub(b, who, srv.URL(), benchSubOpts{}, false)
 		defer s.close()
 		s.waitWorking(b, srv.URL())
+		// A random moment for the fault: iterations chained back to back
+		// would otherwise lock onto the same point of the reconnect slots.
+		time.Sleep(rand.N(benchSlotWindow))
 		srv.Shutdown()
 		time.Sleep(down) // the outage itself: nothing is asserted after it
 		srv.Start()
@@ -232,8 +239,10 @@ func benchClosed(b *testing.B, who string) benchOutcome {
 	s := newBenchSub(b, who, srv.URL(), benchSubOpts{maxReconnects: benchReconnect}, false)
 	defer s.close()
 	s.waitWorking(b, srv.URL())
+	time.Sleep(rand.N(benchSlotWindow)) // a random moment (see benchRestartFor)
 	srv.Shutdown()
 	waitGaveUp(b, s)
+	time.Sleep(rand.N(benchSlotWindow))
 	srv.Start()
 	took, ok := untilDelivered(b, srv.URL(), "bench.x", s.got, time.Now(), benchCap)
 	return benchOutcome{took: took, ok: ok, recoverMeasured: true}
@@ -266,6 +275,7 @@ func benchAuthClosed(b *testing.B, who string) benchOutcome {
 	s.waitWorking(b, srv.URL(), sup)
 	reload("changed")
 	waitGaveUp(b, s)
+	time.Sleep(rand.N(benchSlotWindow)) // a random moment (see benchRestartFor)
 	reload("pw")
 	took, ok := untilDelivered(b, srv.URL(), "bench.x", s.got, time.Now(), benchCap, sup)
 	return benchOutcome{took: took, ok: ok, recoverMeasured: true}

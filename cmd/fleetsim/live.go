@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/fleetsim"
 )
 
@@ -32,7 +33,9 @@ func runLive(ctx context.Context, w io.Writer, o *options) error {
 		r, err := fleetsim.RunLive(ctx, fleetsim.LiveConfig{
 			Agents: o.cfg.Agents, Kind: fleetsim.LiveKind(strings.TrimSpace(k)), ServerArgv: argv,
 			HeartbeatInterval: o.hb, Warmup: o.warmup, Steady: o.steady, Outage: o.cfg.Outage, Cap: o.cap,
-			Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "fleetsim: "+f+"\n", a...) },
+			Logf:   func(f string, a ...any) { fmt.Fprintf(os.Stderr, "fleetsim: "+f+"\n", a...) },
+			Tether: func(c *agentproto.Config) { c.ConnectRate, c.PingInterval = o.connectRate, o.ping },
+			Ping:   o.ping,
 		})
 		if err != nil {
 			return err
@@ -58,6 +61,10 @@ func runLive(ctx context.Context, w io.Writer, o *options) error {
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s connects per second after the restart: %v\n", r.Kind, r.ConnectsPerSec)
 		fmt.Fprintf(w, "%s agents working by the end of each second: %v\n", r.Kind, r.WorkingPerSec)
+		if r.RecoveryCPU > 0 && r.Connects > 0 {
+			fmt.Fprintf(w, "%s server CPU from its restart until all worked: %v (%.0f µs per connect)\n", r.Kind,
+				r.RecoveryCPU, float64(r.RecoveryCPU.Microseconds())/float64(r.Connects))
+		}
 		if r.Kind == fleetsim.KindTether {
 			fmt.Fprintf(w, "%s since the crash: %d disconnects, %d rebuilds, %d failed health rounds\n", r.Kind, r.Disconnects, r.Rebuilds, r.HealthFails)
 		}

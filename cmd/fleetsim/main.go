@@ -61,6 +61,8 @@ type options struct {
 	warmup, steady, hb, cap time.Duration
 	inProcess               bool
 	cpuProfile              string
+	connectRate             int
+	ping                    time.Duration
 	// --serve (the child process of --live)
 	serve          bool
 	port, httpPort int
@@ -93,6 +95,8 @@ fleetsim --agents 5000 --outage 30s --capacity 200 --attempts 8`, "fleetsim [fla
 	fs.DurationVar(&o.hb, "heartbeat", agentproto.DefaultHeartbeatInterval, "--live: heartbeat interval of every kind")
 	fs.DurationVar(&o.cap, "cap", fleetsim.DefaultLiveCap, "--live: wait for every agent after the restart")
 	fs.BoolVar(&o.inProcess, "in-process", false, "--live: run the server in this process (its CPU is then not measured)")
+	fs.IntVar(&o.connectRate, "connect-rate", agentproto.DefaultConnectRate, "--live: tether's Config.ConnectRate (its FleetSize is --agents)")
+	fs.DurationVar(&o.ping, "ping", agentproto.DefaultPingInterval, "--live: tether's and tuned's PingInterval (black hole found within 3 of them)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "--live: write the clients' CPU profile to this file")
 	fs.BoolVar(&o.serve, "serve", false, "internal: serve NATS for --live in a child process")
 	fs.IntVar(&o.port, "port", 0, "internal: --serve port")

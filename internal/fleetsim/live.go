@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,9 @@ type LiveConfig struct {
 	// Tether adjusts each KindTether client's config (tests: millisecond
 	// timings); nil leaves DefaultConfig.
 	Tether func(*agentproto.Config)
+	// Ping is KindTuned's PingInterval. Zero means
+	// agentproto.DefaultPingInterval.
+	Ping time.Duration
 	// Logf, if set, reports progress.
 	Logf func(format string, args ...any)
 }
@@ -83,6 +87,7 @@ func (c LiveConfig) withDefaults() LiveConfig {
 	c.Steady = orDefaultDur(c.Steady, DefaultSteady)
 	c.Outage = orDefaultDur(c.Outage, DefaultLiveOutage)
 	c.Cap = orDefaultDur(c.Cap, DefaultLiveCap)
+	c.Ping = orDefaultDur(c.Ping, agentproto.DefaultPingInterval)
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
@@ -144,6 +149,10 @@ type LiveResult struct {
 	// while the fleet recovered: the scheduling delay every client's
 	// timers suffered too (a loaded machine pauses processes).
 	TimerLateness time.Duration
+	// RecoveryCPU is the restarted server's CPU from its start until every
+	// agent worked (CPUKnown only): the handshakes, resubscriptions and
+	// first messages of the whole fleet.
+	RecoveryCPU time.Duration
 }
 
 // liveAgent is one client of any kind.
@@ -167,6 +176,8 @@ type liveFleet struct {
 	// rounds.
 	disconnects, rebuilds, healthFails atomic.Int64
 	heartbeats                         atomic.Int64 // received by the consumer
+	whyMu                              sync.Mutex
+	why                                map[string]int // disconnect errors
 }
 
 // onEvent counts a tether client's events.
@@ -174,6 +185,24 @@ func (f *liveFleet) onEvent(e agentproto.Event) {
 	switch e.Kind {
 	case agentproto.EventDisconnected:
 		f.disconnects.Add(1)
+		why := "none"
+		switch {
+		case e.Err == nil:
+		case strings.Contains(e.Err.Error(), "connection reset"):
+			why = "connection reset" // the crash; addresses vary
+		default:
+			why = e.Err.Error()
+		}
+		f.whyMu.Lock()
+		if f.why == nil {
+			f.why = map[string]int{}
+		}
+		if len(f.why) < 32 {
+			f.why[why]++
+		} else {
+			f.why["other"]++
+		}
+		f.whyMu.Unlock()
 	case agentproto.EventRebuildStarted:
 		f.rebuilds.Add(1)
 	case agentproto.EventHealthFailed:
@@ -329,7 +358,7 @@ func (f *liveFleet) bareOptions(i int) []nats.Option {
 			nats.CustomReconnectDelay(func(n int) time.Duration {
 				return agentproto.ReconnectDelay(n, 50*time.Millisecond, 2*time.Second, 0.5, rand.Float64())
 			}),
-			nats.PingInterval(agentproto.DefaultPingInterval), nats.MaxPingsOutstanding(agentproto.DefaultMaxPingsOut))
+			nats.PingInterval(f.cfg.Ping), nats.MaxPingsOutstanding(agentproto.DefaultMaxPingsOut))
 	}
 	return opts
 }
@@ -469,6 +498,9 @@ func (f *liveFleet) restart(ctx context.Context, res *LiveResult) error {
 		case <-t.C:
 		}
 	}
+	if st, err := f.srv.Stats(); err == nil && st.CPUKnown {
+		res.RecoveryCPU = st.CPU
+	}
 	f.recovery(ready, res)
 	return nil
 }
@@ -533,8 +565,10 @@ func (f *liveFleet) recovery(ready time.Time, res *LiveResult) {
 	}
 	f.cfg.Logf("%s: restart: %d connects, peak %d per 100 ms; working p50 %v p99 %v all %v; connects per second %v",
 		f.cfg.Kind, res.Connects, res.PeakConnects, res.P50, res.P99, res.AllWorking, res.ConnectsPerSec)
-	f.cfg.Logf("%s: since the crash: %d disconnects, %d rebuilds, %d failed health rounds",
-		f.cfg.Kind, f.disconnects.Load(), f.rebuilds.Load(), f.healthFails.Load())
+	f.whyMu.Lock()
+	f.cfg.Logf("%s: since the start: %d disconnects (%v), %d rebuilds, %d failed health rounds",
+		f.cfg.Kind, f.disconnects.Load(), f.why, f.rebuilds.Load(), f.healthFails.Load())
+	f.whyMu.Unlock()
 }
 
 // PeakPer is the most of ts at or after from in one window-wide bucket
