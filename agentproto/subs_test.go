@@ -46,9 +46,11 @@ func TestWedgedHandlerRestored(t *testing.T) {
 	publishUntil(t, pub, "work.w1", "after", got)
 	// Its turn in the probe rotation (the command, heartbeat-reply and
 	// health subscriptions and this one, each ProbeInterval + 10 %), then
-	// HealthFailures lost probes one tick apart, each waited for.
+	// HealthFailures lost probes, each waited for twice (ProbeTimeout,
+	// a flush, ProbeTimeout again) and up to a tick apart.
 	probeEvery := cfg.withDefaults().ProbeInterval * 11 / 10
-	bound := 4*probeEvery + time.Duration(cfg.HealthFailures+1)*cfg.HealthInterval + cfg.ProbeTimeout
+	perLoss := 2*cfg.ProbeTimeout + cfg.HealthInterval
+	bound := 4*probeEvery + time.Duration(cfg.HealthFailures)*perLoss + cfg.HealthInterval
 	t.Logf("wedged handler detected and subscription restored in %v (bound %v); rebuilds %d", detect, bound, c.Stats().Rebuilds)
 	if detect > bound+200*time.Millisecond || c.Stats().Rebuilds != 0 {
 		t.Fatalf("detect %v (bound %v), rebuilds %d", detect, bound, c.Stats().Rebuilds)
