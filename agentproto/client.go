@@ -131,7 +131,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if err := c.registerSystemSubs(); err != nil {
 		return nil, err
 	}
-	nc, err := c.dial(ctx, 1)
+	nc, err := c.dial(ctx, 1, false)
 	if err != nil {
 		return nil, fmt.Errorf("agentproto: connect %s: %w", kvconfig.MaskURLs(cfg.URLs), err)
 	}

@@ -46,3 +46,15 @@ func ExampleConnect() {
 	defer dcancel()
 	_ = c.Drain(dctx)
 }
+
+// Sizing the reconnect window: a fleet of 10,000 agents on one server that
+// should see at most 2,500 connects per second when it returns spreads its
+// reconnects over 4 s; each agent tries once per window at its own phase,
+// so none waits longer than that after the server is back.
+func ExampleReconnectWindow() {
+	w := agentproto.ReconnectWindow(10000, 2500, agentproto.DefaultReconnectWait, agentproto.DefaultMaxReconnectWait)
+	at := time.Unix(1_700_000_000, 0) // the server is back
+	d := agentproto.SlotDelay(at, w, agentproto.ReconnectPhase("a7", w))
+	fmt.Println(w, d > 0 && d <= w)
+	// Output: 4s true
+}

@@ -15,23 +15,37 @@ import (
 const (
 	// DefaultURLs is the NATS server to connect to.
 	DefaultURLs = nats.DefaultURL
-	// DefaultReconnectWait is the first reconnect delay; each later attempt
-	// doubles it up to DefaultMaxReconnectWait. Measured here: with 50 ms an
-	// agent is usable ~40 ms after a restarted server is ready, against
-	// 1–2 s with nats.go's constant 2 s.
-	DefaultReconnectWait = 50 * time.Millisecond
-	// DefaultMaxReconnectWait caps one reconnect delay.
-	DefaultMaxReconnectWait = 2 * time.Second
-	// DefaultReconnectJitter is the fraction of each delay taken off at
-	// random: a delay d becomes d − U[0, 0.5·d], so a fleet that lost the
-	// same server does not come back in one burst.
+	// DefaultReconnectWait is the shortest reconnect window (see
+	// ReconnectWindow): an agent never tries to connect more often than
+	// this while it has no connection.
+	DefaultReconnectWait = 100 * time.Millisecond
+	// DefaultMaxReconnectWait is the longest reconnect window: no agent
+	// waits longer than this after its server is back, however large the
+	// fleet.
+	DefaultMaxReconnectWait = 30 * time.Second
+	// DefaultFleetSize and DefaultConnectRate give the default reconnect
+	// window ReconnectWindow(1000, 2500, 100 ms, 30 s) = 400 ms: one agent
+	// is working again at most 400 ms (plus one connect) after its server
+	// returns, whatever the outage's length, and 1,000 agents restarted
+	// together put at most ~250 connects per 100 ms on it. Measured
+	// (BENCHMARKS.md, "Watchdog timing and cost"): one agent back 2–399 ms
+	// after its server's return (9 restarts each of 0.5 s and 8 s, and
+	// after CLOSED), 100 agents at p99 422 ms. A larger fleet sets
+	// FleetSize (to the agents per server) and ConnectRate.
+	DefaultFleetSize   = 1000
+	DefaultConnectRate = 2500
+	// DefaultReconnectJitter is the fraction of each KV watcher restart and
+	// supervisor resolve retry delay taken off at random: d becomes
+	// d − U[0, 0.5·d]. Connection attempts are spread by reconnect slots
+	// instead (SlotDelay).
 	DefaultReconnectJitter = 0.5
 	// DefaultMaxReconnects is nats.go's reconnect attempts before it closes
 	// the connection: -1 is unlimited. Past a close the watchdog rebuilds.
 	DefaultMaxReconnects = -1
 	// DefaultPingInterval and DefaultMaxPingsOut detect a black-holed link
 	// within BlackHoleBound(900 ms, 2) = 2.7 s, leaving scheduling headroom
-	// under the 3 s target (nats.go's 2 min × 2 take ~6 min).
+	// under the 3 s target (nats.go's 2 min × 2 take ~6 min). These pings
+	// are the link's only round trip: health rounds do not flush.
 	DefaultPingInterval = 900 * time.Millisecond
 	DefaultMaxPingsOut  = 2
 	// DefaultReconnectBufSize bounds, in bytes, what is buffered for the
@@ -39,11 +53,15 @@ const (
 	DefaultReconnectBufSize = 1 << 20
 	// DefaultConnectTimeout bounds one dial and handshake.
 	DefaultConnectTimeout = 2 * time.Second
-	// DefaultHealthInterval is how often the data path is proven.
+	// DefaultHealthInterval is the period of the health loop's local
+	// checks (a refused subscription re-created, a closed or long
+	// reconnecting connection rebuilt); they cost the server nothing.
 	DefaultHealthInterval = time.Second
-	// DefaultProbeTimeout bounds one health round: the server round trip
-	// and every self-probe coming back through its subscription.
+	// DefaultProbeTimeout bounds one self-probe's return.
 	DefaultProbeTimeout = time.Second
+	// DefaultProbeHeartbeats is the self-probe period in heartbeats: one
+	// probe every 2 × HeartbeatInterval (10 s) unless ProbeInterval is set.
+	DefaultProbeHeartbeats = 2
 	// DefaultHealthFailures is how many failed rounds in a row make the
 	// connection (or one probed subscription) dead.
 	DefaultHealthFailures = 3
@@ -79,14 +97,27 @@ type Config struct {
 	// Subjects builds the wire subjects; the zero value uses DefaultPrefix.
 	Subjects Subjects
 
-	// ReconnectWait is the first reconnect (and rebuild) delay, doubled per
-	// attempt. Zero means DefaultReconnectWait.
+	// FleetSize is how many agents may lose one server at once (those
+	// connected to one server of a cluster, or the whole fleet on a single
+	// server) and ConnectRate the connects per second such a server should
+	// see when it returns: together they set the reconnect window
+	// ReconnectWindow(FleetSize, ConnectRate, ReconnectWait,
+	// MaxReconnectWait). While it has no connection (nats.go reconnecting,
+	// or the watchdog rebuilding) the client tries once per window at its
+	// own phase (ReconnectPhase of the agent id), so it is working again
+	// within one window of its server's return and the fleet's connects
+	// are spread evenly over that window. Zero means DefaultFleetSize,
+	// DefaultConnectRate.
+	FleetSize, ConnectRate int
+	// ReconnectWait is the shortest reconnect window. Zero means
+	// DefaultReconnectWait.
 	ReconnectWait time.Duration
-	// MaxReconnectWait caps one delay. Zero means DefaultMaxReconnectWait;
-	// must not be below ReconnectWait.
+	// MaxReconnectWait is the longest reconnect window. Zero means
+	// DefaultMaxReconnectWait; must not be below ReconnectWait.
 	MaxReconnectWait time.Duration
-	// ReconnectJitter in [0, 1] is the fraction of a delay taken off at
-	// random. Zero means DefaultReconnectJitter; negative means none.
+	// ReconnectJitter in [0, 1] is the fraction of a KV watcher restart or
+	// resolve retry delay taken off at random. Zero means
+	// DefaultReconnectJitter; negative means none.
 	ReconnectJitter float64
 	// MaxReconnects is how many reconnect attempts nats.go makes before it
 	// closes the connection (the watchdog then rebuilds it). Zero means
@@ -104,10 +135,16 @@ type Config struct {
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 
-	// HealthInterval is the period of the health loop. Zero means
+	// HealthInterval is the period of the health loop's local checks, and
+	// of the probe rounds that confirm a lost probe. Zero means
 	// DefaultHealthInterval.
 	HealthInterval time.Duration
-	// ProbeTimeout bounds one health round; at most HealthInterval. Zero
+	// ProbeInterval is the period of self-probes on a healthy connection
+	// (one probe per round, see Client.Subscribe), jittered by up to a
+	// tenth. Zero means DefaultProbeHeartbeats × HeartbeatInterval; it is
+	// at least HealthInterval.
+	ProbeInterval time.Duration
+	// ProbeTimeout bounds one probe's return; at most HealthInterval. Zero
 	// means DefaultProbeTimeout, or HealthInterval if that is shorter.
 	ProbeTimeout time.Duration
 	// HealthFailures is how many failed rounds in a row trigger a rebuild
@@ -166,6 +203,8 @@ func DefaultConfig(agent string) Config {
 	return Config{
 		Agent:              agent,
 		URLs:               DefaultURLs,
+		FleetSize:          DefaultFleetSize,
+		ConnectRate:        DefaultConnectRate,
 		ReconnectWait:      DefaultReconnectWait,
 		MaxReconnectWait:   DefaultMaxReconnectWait,
 		ReconnectJitter:    DefaultReconnectJitter,
@@ -213,9 +252,12 @@ func (c Config) withDefaults() Config {
 	setD(&c.ProbeTimeout, min(DefaultProbeTimeout, c.HealthInterval))
 	setD(&c.RebuildAfter, DefaultRebuildAfter)
 	setD(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	setD(&c.ProbeInterval, max(DefaultProbeHeartbeats*c.HeartbeatInterval, c.HealthInterval))
 	setD(&c.KVCheckInterval, DefaultKVCheckInterval)
 	setD(&c.RequestTimeout, DefaultRequestTimeout)
 	setI(&c.MaxReconnects, DefaultMaxReconnects)
+	setI(&c.FleetSize, DefaultFleetSize)
+	setI(&c.ConnectRate, DefaultConnectRate)
 	setI(&c.MaxPingsOut, DefaultMaxPingsOut)
 	setI(&c.ReconnectBufSize, DefaultReconnectBufSize)
 	setI(&c.HealthFailures, DefaultHealthFailures)
@@ -258,6 +300,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.MaxReconnectWait < c.ReconnectWait:
 		bad("MaxReconnectWait", c.MaxReconnectWait, "must not be below ReconnectWait "+c.ReconnectWait.String())
+	case c.ProbeInterval > 0 && c.ProbeInterval < c.HealthInterval:
+		bad("ProbeInterval", c.ProbeInterval, "must be at least HealthInterval "+c.HealthInterval.String())
 	case c.ProbeTimeout > c.HealthInterval:
 		bad("ProbeTimeout", c.ProbeTimeout, "must not exceed HealthInterval "+c.HealthInterval.String())
 	case c.RebuildAfter > 0 && c.RebuildAfter < c.HealthInterval:
@@ -285,6 +329,7 @@ func (c *Config) checkSigns(bad func(field string, v any, why string)) {
 		{"PingInterval", c.PingInterval}, {"ConnectTimeout", c.ConnectTimeout},
 		{"HealthInterval", c.HealthInterval}, {"ProbeTimeout", c.ProbeTimeout},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"KVCheckInterval", c.KVCheckInterval},
+		{"ProbeInterval", c.ProbeInterval},
 		{"RequestTimeout", c.RequestTimeout},
 	} {
 		if d.v < 0 {
@@ -297,6 +342,7 @@ func (c *Config) checkSigns(bad func(field string, v any, why string)) {
 	}{
 		{"MaxPingsOut", c.MaxPingsOut}, {"HealthFailures", c.HealthFailures},
 		{"CommandMemory", c.CommandMemory}, {"MaxPendingCommands", c.MaxPendingCommands},
+		{"FleetSize", c.FleetSize}, {"ConnectRate", c.ConnectRate},
 	} {
 		if n.v < 0 {
 			bad(n.name, n.v, "must not be negative")
@@ -306,3 +352,8 @@ func (c *Config) checkSigns(bad func(field string, v any, why string)) {
 
 // jitter returns the effective jitter fraction (negative means none).
 func (c *Config) jitter() float64 { return max(c.ReconnectJitter, 0) }
+
+// reconnectWindow is the client's reconnect window (defaults applied).
+func (c *Config) reconnectWindow() time.Duration {
+	return ReconnectWindow(c.FleetSize, c.ConnectRate, c.ReconnectWait, c.MaxReconnectWait)
+}

@@ -20,16 +20,22 @@
 // The Client (client.go and the watchdog, subs, heartbeat and commands
 // files) is the seed article's "Pattern 2: Connection Watchdog" made
 // NATS-native. Connect opens a connection with the agent's private inbox
-// prefix and options tuned for recovery (fast reconnects with exponential
-// backoff and jitter, unlimited by default; client pings that find a
-// black-holed link within BlackHoleBound(PingInterval, MaxPingsOut), 3 s by
-// default; a bounded reconnect buffer), and then:
+// prefix and options tuned for recovery (reconnect attempts on the agent's
+// slots, once per ReconnectWindow at its ReconnectPhase, unlimited by
+// default: back within one window of the server's return, 400 ms by
+// default, with a fleet's connects spread evenly over the window; client
+// pings that find a black-holed link within BlackHoleBound(PingInterval,
+// MaxPingsOut), 2.7 s by default; a bounded reconnect buffer), and then:
 //
-//   - a health loop proves the data path end to end every HealthInterval:
-//     a server round trip, and a self-probe published to each probed
-//     subscription that must come back through it (a reconnect callback is
-//     not proof);
-//   - a watchdog rebuilds the connection from scratch, with backoff, when
+//   - a health loop checks every HealthInterval, at no cost to the server,
+//     for closed or long-reconnecting connections and refused or invalid
+//     subscriptions, and proves the data path end to end every
+//     ProbeInterval (two heartbeats) with one self-probe through the next
+//     probed subscription in turn (a reconnect callback is not proof; a
+//     subscription that had traffic since its turn is skipped); a lost
+//     probe makes it probe every tick until it knows whether the
+//     subscription or the connection failed;
+//   - a watchdog rebuilds the connection from scratch, on the same slots, when
 //     nats.go closes it for good, when HealthFailures rounds in a row fail,
 //     when it has been reconnecting for RebuildAfter, or on a reconnect
 //     command — and restores every subscription registered with Subscribe,

@@ -21,6 +21,10 @@ import (
 // watcher resumes from the revision after the last one delivered.
 type KVHandler func(jetstream.KeyValueEntry)
 
+// kvRetryMax caps the delay between a KV watcher's restart attempts (from
+// Config.ReconnectWait, doubling, with Config.ReconnectJitter).
+const kvRetryMax = 2 * time.Second
+
 // KVWatch is a KV watcher registered with a Client. It is re-created from
 // its last revision after every reconnect and rebuild, when its updates
 // stop (the watcher died), and when it stalls behind its keys, so no
@@ -70,7 +74,7 @@ func (c *Client) WatchKV(bucket string, keys []string, handler KVHandler) (*KVWa
 		CheckInterval:  c.cfg.KVCheckInterval,
 		RequestTimeout: c.cfg.RequestTimeout,
 		RetryDelay: func(n int) time.Duration {
-			return ReconnectDelay(n, c.cfg.ReconnectWait, c.cfg.MaxReconnectWait, c.cfg.jitter(), rand.Float64())
+			return ReconnectDelay(n, c.cfg.ReconnectWait, kvRetryMax, c.cfg.jitter(), rand.Float64())
 		},
 		Logger: &kw.log,
 	})

@@ -19,12 +19,16 @@ import (
 // of the subject should ignore messages that carry it.
 const HeaderProbe = "Tether-Probe"
 
+// subSeq numbers subscriptions across the process.
+var subSeq atomic.Uint64
+
 // Subscription is a subscription registered with a Client: restored on
 // every rebuild, re-created when the server drops it (a permission change,
 // an auto-unsubscribe) and, if probed, when its self-probe stops coming
 // back (a wedged handler). Messages pending in a subscription that is
 // re-created are lost, as they are in core NATS on any reconnect.
 type Subscription struct {
+	id       uint64 // order of registration: the probe rotation's order
 	c        *Client
 	subject  string
 	queue    string
@@ -123,7 +127,7 @@ func (c *Client) subscribe(subject, queue string, handler nats.MsgHandler, opts 
 	if handler == nil {
 		return nil, fmt.Errorf("%w: nil handler for %q", ErrInvalidSubject, subject)
 	}
-	s := &Subscription{c: c, subject: subject, queue: queue, handler: handler}
+	s := &Subscription{id: subSeq.Add(1), c: c, subject: subject, queue: queue, handler: handler}
 	for _, o := range opts {
 		if err := o(s); err != nil {
 			return nil, err
@@ -259,6 +263,14 @@ func (s *Subscription) probeBack(tok string) {
 		close(s.back)
 		s.back = nil
 	}
+}
+
+// suspected reports whether s is probed every tick: its last probe was
+// lost, or its re-creation awaits confirmation.
+func (s *Subscription) suspected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fails > 0 || s.restoring
 }
 
 // closeProbe forgets the probe in flight; s.mu must be held.

@@ -44,7 +44,13 @@ func TestWedgedHandlerRestored(t *testing.T) {
 	})
 	detect := time.Since(start)
 	publishUntil(t, pub, "work.w1", "after", got)
-	bound := time.Duration(cfg.HealthFailures+1)*cfg.HealthInterval + cfg.ProbeTimeout
+	// Its turn in the probe rotation (the command, heartbeat-reply and
+	// health subscriptions and this one, each ProbeInterval + 10 %), then
+	// HealthFailures lost probes, each waited for twice (ProbeTimeout,
+	// a flush, ProbeTimeout again) and up to a tick apart.
+	probeEvery := cfg.withDefaults().ProbeInterval * 11 / 10
+	perLoss := 2*cfg.ProbeTimeout + cfg.HealthInterval
+	bound := 4*probeEvery + time.Duration(cfg.HealthFailures)*perLoss + cfg.HealthInterval
 	t.Logf("wedged handler detected and subscription restored in %v (bound %v); rebuilds %d", detect, bound, c.Stats().Rebuilds)
 	if detect > bound+200*time.Millisecond || c.Stats().Rebuilds != 0 {
 		t.Fatalf("detect %v (bound %v), rebuilds %d", detect, bound, c.Stats().Rebuilds)

@@ -1,11 +1,61 @@
 package agentproto
 
 import (
-	"math/rand/v2"
+	"hash/fnv"
 	"time"
 )
 
 // Timing maths of the watchdog: small pure functions, table-tested.
+
+// ReconnectWindow is the period W of a client's connect attempts while it
+// has no connection: fleet agents sharing one server, each trying once per
+// W at its own phase, put fleet/W attempts per second on it, so W is
+// fleet/rate seconds, kept within [minW, maxW]. A non-positive rate means
+// minW.
+func ReconnectWindow(fleet, rate int, minW, maxW time.Duration) time.Duration {
+	if rate <= 0 || fleet <= 0 {
+		return min(minW, maxW)
+	}
+	w := time.Duration(float64(fleet) / float64(rate) * float64(time.Second))
+	return min(max(w, minW), maxW)
+}
+
+// ReconnectPhase is the agent's fixed offset in [0, window): a 64-bit
+// FNV-1a hash of the id, mixed (the murmur3 finaliser) so that ids that
+// differ in one character land far apart, modulo window. A zero or
+// negative window gives 0.
+func ReconnectPhase(agent string, window time.Duration) time.Duration {
+	if window <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(agent))
+	x := h.Sum64()
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return time.Duration(x % uint64(window))
+}
+
+// SlotDelay is the wait from now to the agent's next connect attempt: its
+// attempts fall on the wall-clock instants t with t ≡ phase (mod window),
+// so the wait is in (0, window]. Whenever a server comes back, each agent
+// of the fleet tries within one window of it at a point fixed by its phase:
+// the connects are spread evenly over that window, however long the outage
+// was, and no agent waits longer than one window. A zero or negative
+// window gives 0.
+func SlotDelay(now time.Time, window, phase time.Duration) time.Duration {
+	if window <= 0 {
+		return 0
+	}
+	into := (now.UnixNano() - int64(phase)) % int64(window)
+	if into < 0 {
+		into += int64(window)
+	}
+	return time.Duration(int64(window) - into)
+}
 
 // ReconnectDelay is the wait before reconnect attempt n (from 1): the
 // exponential d = min(base·2^(n−1), maxDelay), less a random share of it,
@@ -81,20 +131,18 @@ func commandDelay(nb, now time.Time) time.Duration {
 	return max(nb.Sub(now), 0)
 }
 
-// delayBackOff is ReconnectDelay as a cenkalti/backoff BackOff for the
-// rebuild loop. It never returns backoff.Stop: rebuilding goes on until
-// the client is closed. Not safe for concurrent use.
-type delayBackOff struct {
-	base, max time.Duration
-	jitter    float64
-	n         int
+// slotBackOff is SlotDelay as a cenkalti/backoff BackOff for the rebuild
+// loop: every wait ends at the agent's next slot. It never returns
+// backoff.Stop: rebuilding goes on until the client is closed.
+type slotBackOff struct {
+	window, phase time.Duration
+	now           func() time.Time
 }
 
 // NextBackOff implements backoff.BackOff.
-func (b *delayBackOff) NextBackOff() time.Duration {
-	b.n++
-	return ReconnectDelay(b.n, b.base, b.max, b.jitter, rand.Float64())
+func (b *slotBackOff) NextBackOff() time.Duration {
+	return SlotDelay(b.now(), b.window, b.phase)
 }
 
 // Reset implements backoff.BackOff.
-func (b *delayBackOff) Reset() { b.n = 0 }
+func (b *slotBackOff) Reset() {}

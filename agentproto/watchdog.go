@@ -3,7 +3,7 @@ package agentproto
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -11,19 +11,52 @@ import (
 	"github.com/tether-dev/tether/kvconfig"
 )
 
+// Reconnect design. While a client has no connection it tries to connect
+// once per reconnect window W (Config.FleetSize / Config.ConnectRate, kept
+// within [ReconnectWait, MaxReconnectWait]; 400 ms by default) at its own
+// phase, a hash of the agent id: its attempts fall on the wall-clock
+// instants ≡ phase (mod W). Two properties follow, whatever the outage's
+// length (an exponential backoff has neither):
+//
+//   - one agent is working again at most W after its server returns (plus
+//     one connect), because it tries once in every window;
+//   - a server that returns under N agents sees at most N/W connects per
+//     second, evenly spread, because the phases are uniform over W.
+//
+// An attempt against a server that is down is a refused TCP dial, which
+// costs the server nothing, so trying once per window while it is down is
+// itself the cheap reachability probe: no separate probe is needed, and
+// the first attempt that reaches the server is the agent's one connect.
+// The same slots drive nats.go's reconnect loop (through
+// nats.ReconnectToServer, which also walks a cluster's servers in turn, so
+// a failover to the other nodes is spread the same way) and the watchdog's
+// rebuild loop (after CLOSED, a rebuild command or failed health rounds).
+
+// reconnectTo is the nats.ReconnectToServer callback: the next server of
+// the pool in turn, tried at the agent's next slot.
+func (c *Client) reconnectTo(window, phase time.Duration) nats.ReconnectToServerHandler {
+	var next atomic.Uint64
+	return func(pool []nats.Server, _ nats.ServerInfo) (*nats.Server, time.Duration) {
+		if len(pool) == 0 {
+			return nil, 0
+		}
+		s := pool[next.Add(1)%uint64(len(pool))]
+		return &s, SlotDelay(time.Now(), window, phase)
+	}
+}
+
 // options are the nats.go options of connection generation gen: the
-// agent's private inbox prefix, recovery-tuned reconnects and pings, a
-// bounded reconnect buffer, and lifecycle handlers bound to gen so a
-// replaced connection's late callbacks are ignored.
+// agent's private inbox prefix, reconnects on the agent's slots, link
+// pings, a bounded reconnect buffer, and lifecycle handlers bound to gen
+// so a replaced connection's late callbacks are ignored.
 func (c *Client) options(gen uint64) []nats.Option {
 	cfg := &c.cfg
+	w := cfg.reconnectWindow()
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.CustomInboxPrefix(InboxPrefix(cfg.Agent)),
 		nats.MaxReconnects(cfg.MaxReconnects),
-		nats.CustomReconnectDelay(func(n int) time.Duration {
-			return ReconnectDelay(n, cfg.ReconnectWait, cfg.MaxReconnectWait, cfg.jitter(), rand.Float64())
-		}),
+		nats.ReconnectToServer(c.reconnectTo(w, ReconnectPhase(cfg.Agent, w))),
 		nats.PingInterval(cfg.PingInterval),
 		nats.MaxPingsOutstanding(cfg.MaxPingsOut),
 		nats.ReconnectBufSize(cfg.ReconnectBufSize),
@@ -51,10 +84,22 @@ func (c *Client) options(gen uint64) []nats.Option {
 	return opts
 }
 
-// dial connects generation gen, retrying with ReconnectDelay backoff until
-// it succeeds or ctx ends (backoff v5 with no elapsed-time cap).
-func (c *Client) dial(ctx context.Context, gen uint64) (*nats.Conn, error) {
-	b := &delayBackOff{base: c.cfg.ReconnectWait, max: c.cfg.MaxReconnectWait, jitter: c.cfg.jitter()}
+// dial connects generation gen, retrying at the agent's reconnect slots
+// until it succeeds or ctx ends (backoff v5 with no elapsed-time cap). A
+// rebuild (slotFirst) makes even its first attempt at a slot: a fleet
+// whose connections all closed together (an auth change) rebuilds spread.
+func (c *Client) dial(ctx context.Context, gen uint64, slotFirst bool) (*nats.Conn, error) {
+	w := c.cfg.reconnectWindow()
+	b := &slotBackOff{window: w, phase: ReconnectPhase(c.cfg.Agent, w), now: time.Now}
+	if slotFirst {
+		t := time.NewTimer(b.NextBackOff())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, context.Cause(ctx)
+		case <-t.C:
+		}
+	}
 	attempt := 0
 	return backoff.Retry(ctx, func() (*nats.Conn, error) {
 		attempt++
@@ -128,7 +173,7 @@ func (c *Client) rebuild(reason string) {
 	if old != nil {
 		old.Close() // its handlers belong to an older generation: ignored
 	}
-	nc, err := c.dial(c.ctx, gen)
+	nc, err := c.dial(c.ctx, gen, true)
 	if err != nil {
 		return // the client is closing
 	}

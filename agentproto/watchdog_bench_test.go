@@ -58,6 +58,9 @@ func BenchmarkRecovery(b *testing.B) {
 // benchWho are the three subscribers compared.
 var benchWho = []string{"plain", "tuned", "tether"}
 
+// benchSlotWindow is the default reconnect window.
+var benchSlotWindow = ReconnectWindow(DefaultFleetSize, DefaultConnectRate, DefaultReconnectWait, DefaultMaxReconnectWait)
+
 const (
 	benchCap       = 5 * time.Second  // wait for a recovery
 	benchKVCap     = 25 * time.Second // nats.go's ordered consumer checks its heartbeats every 10 s
@@ -72,7 +75,8 @@ type benchFault struct {
 }
 
 var benchFaults = []benchFault{
-	{name: "restart", run: benchRestart},
+	{name: "restart", run: benchRestartFor(500 * time.Millisecond)},
+	{name: "restart-8s", run: benchRestartFor(8 * time.Second)},
 	{name: "closed", run: benchClosed},
 	{name: "auth-closed", run: benchAuthClosed},
 	{name: "sub-dropped", run: benchSubDropped},
@@ -90,15 +94,18 @@ type benchOutcome struct {
 
 // tunedOptions are agentproto.Client's default reconnect and ping options
 // (Client.options) as a competitor would set them on a plain nats.go
-// connection: 50 ms first reconnect delay doubling to 2 s with 50 %
-// jitter (ReconnectDelay is a five-line pure function), unlimited
-// reconnects, a 900 ms ping with 2 outstanding, a 1 MiB reconnect buffer,
-// a 2 s connect timeout.
+// connection: reconnect attempts on the agent's slots of the default
+// 400 ms window (nats.ReconnectToServer with SlotDelay and
+// ReconnectPhase, pure functions anyone can copy), unlimited reconnects,
+// a 900 ms ping with 2 outstanding, a 1 MiB reconnect buffer, a 2 s
+// connect timeout.
 func tunedOptions() []nats.Option {
+	w := ReconnectWindow(DefaultFleetSize, DefaultConnectRate, DefaultReconnectWait, DefaultMaxReconnectWait)
+	phase := ReconnectPhase("bench", w)
 	return []nats.Option{
 		nats.MaxReconnects(DefaultMaxReconnects),
-		nats.CustomReconnectDelay(func(n int) time.Duration {
-			return ReconnectDelay(n, DefaultReconnectWait, DefaultMaxReconnectWait, DefaultReconnectJitter, rand.Float64())
+		nats.ReconnectToServer(func(pool []nats.Server, _ nats.ServerInfo) (*nats.Server, time.Duration) {
+			return &pool[0], SlotDelay(time.Now(), w, phase)
 		}),
 		nats.PingInterval(DefaultPingInterval),
 		nats.MaxPingsOutstanding(DefaultMaxPingsOut),
@@ -204,16 +211,24 @@ func (s *benchSub) waitWorking(b *testing.B, url string, pubOpts ...nats.Option)
 	}
 }
 
-// 1. Server restart on the same port: from ready to delivered.
-func benchRestart(b *testing.B, who string) benchOutcome {
-	srv := natstest.RunServer(b, natstest.WithoutJetStream())
-	defer srv.Shutdown()
-	s := newBenchSub(b, who, srv.URL(), benchSubOpts{}, false)
-	defer s.close()
-	s.waitWorking(b, srv.URL())
-	srv.Restart()
-	took, ok := untilDelivered(b, srv.URL(), "bench.x", s.got, time.Now(), benchCap)
-	return benchOutcome{took: took, ok: ok, recoverMeasured: true}
+// 1. Server down for `down`, then back on the same port: from ready to
+// delivered.
+func benchRestartFor(down time.Duration) func(b *testing.B, who string) benchOutcome {
+	return func(b *testing.B, who string) benchOutcome {
+		srv := natstest.RunServer(b, natstest.WithoutJetStream())
+		defer srv.Shutdown()
+		s := newBenchSub(b, who, srv.URL(), benchSubOpts{}, false)
+		defer s.close()
+		s.waitWorking(b, srv.URL())
+		// A random moment for the fault: iterations chained back to back
+		// would otherwise lock onto the same point of the reconnect slots.
+		time.Sleep(rand.N(benchSlotWindow))
+		srv.Shutdown()
+		time.Sleep(down) // the outage itself: nothing is asserted after it
+		srv.Start()
+		took, ok := untilDelivered(b, srv.URL(), "bench.x", s.got, time.Now(), benchCap)
+		return benchOutcome{took: took, ok: ok, recoverMeasured: true}
+	}
 }
 
 // 2. Server down until nats.go's benchReconnect attempts are used up (every
@@ -224,8 +239,10 @@ func benchClosed(b *testing.B, who string) benchOutcome {
 	s := newBenchSub(b, who, srv.URL(), benchSubOpts{maxReconnects: benchReconnect}, false)
 	defer s.close()
 	s.waitWorking(b, srv.URL())
+	time.Sleep(rand.N(benchSlotWindow)) // a random moment (see benchRestartFor)
 	srv.Shutdown()
 	waitGaveUp(b, s)
+	time.Sleep(rand.N(benchSlotWindow))
 	srv.Start()
 	took, ok := untilDelivered(b, srv.URL(), "bench.x", s.got, time.Now(), benchCap)
 	return benchOutcome{took: took, ok: ok, recoverMeasured: true}
@@ -258,6 +275,7 @@ func benchAuthClosed(b *testing.B, who string) benchOutcome {
 	s.waitWorking(b, srv.URL(), sup)
 	reload("changed")
 	waitGaveUp(b, s)
+	time.Sleep(rand.N(benchSlotWindow)) // a random moment (see benchRestartFor)
 	reload("pw")
 	took, ok := untilDelivered(b, srv.URL(), "bench.x", s.got, time.Now(), benchCap, sup)
 	return benchOutcome{took: took, ok: ok, recoverMeasured: true}
@@ -443,6 +461,11 @@ func reportOutcomes(b *testing.B, fault, who string, rs []benchOutcome, detects 
 		row = append(row, cell)
 	}
 	b.ReportMetric(med(func(r benchOutcome) time.Duration { return r.took }), who+"-ms")
+	worst := time.Duration(0)
+	for _, r := range rs {
+		worst = max(worst, r.took)
+	}
+	b.ReportMetric(float64(worst.Microseconds())/1000, who+"-max-ms")
 	b.ReportMetric(float64(ok)/float64(len(rs)), who+"-ok")
 	if detects {
 		b.ReportMetric(med(func(r benchOutcome) time.Duration { return r.detect }), who+"-detect-ms")

@@ -3,9 +3,10 @@ package agentproto
 import (
 	"encoding/json"
 
-	"github.com/tether-dev/tether/kvconfig"
 	"strings"
 	"time"
+
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // DefaultPrefix is the first token of every Tether subject.

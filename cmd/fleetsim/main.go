@@ -4,14 +4,26 @@
 // a second for thousands of agents:
 //
 //	go run ./cmd/fleetsim --agents 1000 --outage 10s
+//
+// With --live it runs real clients instead (internal/fleetsim.RunLive)
+// against a NATS server in a child process (itself with --serve): the
+// server's messages and CPU per agent in steady state, then a server
+// crash and restart under the fleet (connects per 100 ms at the server,
+// time until every agent works):
+//
+//	go run ./cmd/fleetsim --live tether,bare,tuned --agents 5000
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"runtime/pprof"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -24,7 +36,16 @@ import (
 func main() {
 	fs, o := newFlags(flag.ExitOnError)
 	_ = fs.Parse(os.Args[1:])
-	if err := run(os.Stdout, o.cfg, o.attempts, o.maxDelay); err != nil {
+	var err error
+	switch {
+	case o.serve:
+		err = fleetsim.Serve(signalContext(), o.port, o.httpPort, os.Stdout)
+	case o.live != "":
+		err = withProfile(o.cpuProfile, func() error { return runLive(signalContext(), os.Stdout, o) })
+	default:
+		err = run(os.Stdout, o.cfg, o.attempts, o.maxDelay)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleetsim:", err)
 		os.Exit(1)
 	}
@@ -35,6 +56,16 @@ type options struct {
 	cfg      fleetsim.Config
 	attempts int
 	maxDelay time.Duration
+	// --live
+	live                    string
+	warmup, steady, hb, cap time.Duration
+	inProcess               bool
+	cpuProfile              string
+	connectRate             int
+	ping                    time.Duration
+	// --serve (the child process of --live)
+	serve          bool
+	port, httpPort int
 }
 
 // newFlags binds every flag to the options it returns.
@@ -58,6 +89,18 @@ fleetsim --agents 5000 --outage 30s --capacity 200 --attempts 8`, "fleetsim [fla
 	fs.IntVar(&o.attempts, "attempts", -1, "max attempts per call (-1: unlimited)")
 	fs.DurationVar(&o.maxDelay, "max-delay", agentproto.DefaultMaxDelay, "cap on a single wait")
 	fs.Uint64Var(&c.Seed, "seed", 1, "random seed")
+	fs.StringVar(&o.live, "live", "", "run real clients instead: comma-separated kinds of tether, bare, tuned (--agents and --outage apply)")
+	fs.DurationVar(&o.warmup, "warmup", fleetsim.DefaultWarmup, "--live: wait after the fleet connected")
+	fs.DurationVar(&o.steady, "steady", fleetsim.DefaultSteady, "--live: steady-state window")
+	fs.DurationVar(&o.hb, "heartbeat", agentproto.DefaultHeartbeatInterval, "--live: heartbeat interval of every kind")
+	fs.DurationVar(&o.cap, "cap", fleetsim.DefaultLiveCap, "--live: wait for every agent after the restart")
+	fs.BoolVar(&o.inProcess, "in-process", false, "--live: run the server in this process (its CPU is then not measured)")
+	fs.IntVar(&o.connectRate, "connect-rate", agentproto.DefaultConnectRate, "--live: tether's Config.ConnectRate (its FleetSize is --agents)")
+	fs.DurationVar(&o.ping, "ping", agentproto.DefaultPingInterval, "--live: tether's and tuned's PingInterval (black hole found within 3 of them)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "--live: write the clients' CPU profile to this file")
+	fs.BoolVar(&o.serve, "serve", false, "internal: serve NATS for --live in a child process")
+	fs.IntVar(&o.port, "port", 0, "internal: --serve port")
+	fs.IntVar(&o.httpPort, "http-port", 0, "internal: --serve monitor port")
 	return fs, o
 }
 
@@ -84,4 +127,27 @@ func run(w io.Writer, cfg fleetsim.Config, attempts int, maxDelay time.Duration)
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%d\t%d\t\n", m, r.PeakRetries, r.PeakAfterOutage, done, r.Attempts, r.Rejected, r.GaveUp)
 	}
 	return tw.Flush()
+}
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext() context.Context {
+	ctx, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	return ctx
+}
+
+// withProfile runs f under a CPU profile written to path (none if empty).
+func withProfile(path string, f func() error) error {
+	if path == "" {
+		return f()
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("fleetsim: cpuprofile: %w", err)
+	}
+	defer out.Close()
+	if err := pprof.StartCPUProfile(out); err != nil {
+		return fmt.Errorf("fleetsim: cpuprofile: %w", err)
+	}
+	defer pprof.StopCPUProfile()
+	return f()
 }

@@ -18,3 +18,13 @@ func ExampleSimulate() {
 	fmt.Println(r.PeakAfterOutage, r.AllDone, r.Attempts, err)
 	// Output: 1000 15.5s 6000 <nil>
 }
+
+// PeakPer counts events per window from a start: here three connects in
+// the first 100 ms and one in the next.
+func ExamplePeakPer() {
+	t0 := time.Unix(0, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	ts := []time.Time{at(10), at(50), at(99), at(150)}
+	fmt.Println(fleetsim.PeakPer(ts, t0, 100*time.Millisecond), fleetsim.PerSecond(ts, t0, true))
+	// Output: 3 [4]
+}

@@ -1,8 +1,12 @@
 // Package fleetsim simulates a fleet of agents retrying with an
 // agentproto.Policy against a server that is down for a while, on a fake
 // clock: the peak load each jitter mode puts on the server when the fleet
-// comes back. It owns nothing else; cmd/fleetsim prints its results and
-// BENCHMARKS.md quotes them. It is not linked into agents.
+// comes back (Simulate). RunLive does the same with real clients — an
+// agentproto.Client each, or plain nats.go — against a real NATS server
+// (in a child process for cmd/fleetsim, so its CPU is its own): the
+// server's cost per agent in steady state, and a crash under the fleet
+// with its CONNECTs counted at the server. cmd/fleetsim prints the
+// results and BENCHMARKS.md quotes them. It is not linked into agents.
 package fleetsim
 
 import (

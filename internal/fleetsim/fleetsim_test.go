@@ -3,10 +3,11 @@ package fleetsim
 import (
 	"errors"
 	"fmt"
-	"github.com/tether-dev/tether/agentproto"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-dev/tether/agentproto"
 )
 
 const ms = time.Millisecond
