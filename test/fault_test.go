@@ -5,6 +5,7 @@ package test
 // agentproto.Config. Each test asserts a measured number and logs it.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -273,7 +274,11 @@ func TestFaultBlackHole(t *testing.T) {
 	if detect > 3*time.Second {
 		t.Fatalf("detected after %v > 3s (bound %v)", detect, bound)
 	}
-	if limit := agentproto.DefaultConnectTimeout + agentproto.DefaultMaxReconnectWait + time.Second; healed > limit {
+	// Healed within one connect, one reconnect window (the agent's slot)
+	// and a second of scheduling headroom.
+	fleet, rate := cmp.Or(cfg.FleetSize, agentproto.DefaultFleetSize), cmp.Or(cfg.ConnectRate, agentproto.DefaultConnectRate)
+	w := agentproto.ReconnectWindow(fleet, rate, cfg.ReconnectWait, cfg.MaxReconnectWait)
+	if limit := cfg.ConnectTimeout + w + time.Second; healed > limit {
 		t.Fatalf("healed after %v > %v", healed, limit)
 	}
 }
