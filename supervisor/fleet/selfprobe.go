@@ -75,6 +75,10 @@ func (f *Fleet) selfProbe() {
 				f.t.grace.Store(f.t.now())
 				f.log.Warn().Msg("heartbeat subscription receives again: judging the fleet, silence counted from now")
 			}
+		} else if f.queued() {
+			// Heartbeats wait unread in the client: the probe may be among
+			// them, so its absence proves nothing yet (and re-creating the
+			// subscription would drop them).
 		} else if p.misses++; p.misses >= 2 {
 			p.misses = 0
 			if !f.t.blind.Swap(true) {
@@ -89,6 +93,17 @@ func (f *Fleet) selfProbe() {
 	if err := f.nc.PublishMsg(msg); err != nil {
 		f.log.Warn().Err(err).Msg("heartbeat self-probe not sent")
 	}
+}
+
+// queued reports whether heartbeats are waiting in the client for the
+// handler: a subscription with a backlog is receiving.
+func (f *Fleet) queued() bool {
+	sub := f.sub.Load()
+	if sub == nil {
+		return false
+	}
+	n, _, err := sub.Pending()
+	return err == nil && n > 0
 }
 
 // SelfProbeRefused switches the self-probe off when the server refuses its

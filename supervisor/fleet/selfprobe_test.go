@@ -170,3 +170,41 @@ func TestServerAddedDuringALeaderGapReachesAgents(t *testing.T) {
 		return fmt.Errorf("no reresolve of newtool after the gap: %+v", a.commands(agentproto.CmdReresolve))
 	})
 }
+
+// A backlog of heartbeats waiting for the handler is not a dead
+// subscription: the self-probe waits in the same queue. Before, two probe
+// periods (25 ms at these timings) without the probe back re-created the
+// subscription, which dropped every heartbeat still queued (seen as
+// TestFleetStatusSurvivesAnOversizedAgent losing its agents in a loaded
+// full run).
+func TestSelfProbeWaitsOutAHeartbeatBacklog(t *testing.T) {
+	const interval, n = 50 * time.Millisecond, 400
+	srv := natstest.RunServer(t)
+	s := startSupervisor(t, fleetTestConfig(t, srv, interval))
+	nc := srv.Connect()
+	configs := make(map[string]agentproto.ConfigApplied, fleet.MaxConfigEntries)
+	for i := range fleet.MaxConfigEntries {
+		configs[fmt.Sprintf("server-%03d", i)] = agentproto.ConfigApplied{Revision: uint64(i + 1), Error: strings.Repeat("e", 180)}
+	}
+	// n large heartbeats at once (~25 MB): decoding them takes the handler
+	// far longer than two probe periods.
+	for i := range n {
+		id := fmt.Sprintf("big-%03d", i)
+		data, _ := json.Marshal(agentproto.Heartbeat{Agent: id, Instance: "i1", Seq: 1, IntervalMS: interval.Milliseconds(), Configs: configs})
+		if err := nc.Publish(subj.Heartbeat(id), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if got := len(s.Fleet().AgentIDs()); got != n {
+			return fmt.Errorf("%d of %d agents tracked", got, n)
+		}
+		return nil
+	})
+	if got := metricValue(s, "tether_heartbeat_subscription_restarts_total"); got != 0 {
+		t.Fatalf("heartbeat subscription re-created %v times under a backlog, want 0", got)
+	}
+}
