@@ -371,10 +371,14 @@ func (k *Consumer) ackBody(reply, body string) error {
 	for {
 		nc := k.c.Conn()
 		if nc != nil {
-			if err := nc.Publish(reply, []byte(body)); err != nil {
+			err := nc.Publish(reply, []byte(body))
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, nats.ErrConnectionClosed) || time.Now().After(deadline) {
 				return fmt.Errorf("agentproto: ack %s/%s: %w", k.stream, k.durable, err)
 			}
-			return nil
+			// closed by a rebuild between Conn and Publish: the next one takes it
 		}
 		if k.c.isClosing() || time.Now().After(deadline) {
 			return fmt.Errorf("agentproto: ack %s/%s: no connection: %w", k.stream, k.durable, ErrClosed)

@@ -55,6 +55,7 @@ type hbIn struct {
 	Conn       connInfo        `json:"conn"`
 	Configs    json.RawMessage `json:"configs"`
 	Calls      *callInfo       `json:"calls"`
+	Consumers  []consumerIn    `json:"consumers"`
 	Goodbye    bool            `json:"goodbye"`
 
 	// Set by handleHeartbeat, not decoded: the configs' hash, whether they
@@ -128,6 +129,8 @@ type agent struct {
 	configsHash            uint64
 	conn                   connInfo
 	calls                  callInfo
+	queues                 []queueRec // declared consumers (queue.go)
+	qzombie                bool       // queue zombie: backlog with no ack progress while it heartbeats
 	intervalMS             int64
 	skewMS                 int64
 	restarts, spoofed      uint32
