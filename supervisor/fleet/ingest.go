@@ -133,7 +133,7 @@ func (t *tracker) checkInstance(a *agent, hb *hbIn, now int64, out *ingestOut) b
 		a.restarts++
 		a.lastRestart = now
 		a.pending, a.probes, a.zombie = nil, nil, false // a new process resolves everything itself
-		a.qzombie, a.queues = false, nil               // and binds its consumers afresh
+		a.qzombie, a.queues = false, nil                // and binds its consumers afresh
 		a.dirty |= dirtyOther
 		out.restarted = true
 		t.recovery(a, now, "restarted as instance "+a.instance, out)

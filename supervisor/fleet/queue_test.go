@@ -168,7 +168,7 @@ func TestQueueZombieAtExactIntervals(t *testing.T) {
 	r.want("q1", StateZombie)
 	st, _ := r.tr.lookup("q1")
 	if !st.QueueZombie || st.Backlog != 8 || len(st.Consumers) != 1 || st.Consumers[0].State != QueueStalled ||
-		st.Consumers[0].StalledMS != (3 * iv).Milliseconds() {
+		st.Consumers[0].StalledMS != (3*iv).Milliseconds() {
 		t.Fatalf("status %+v", st)
 	}
 	if n := r.reconnects(); n != 1 {
