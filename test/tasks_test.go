@@ -10,12 +10,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/internal/natstest"
@@ -365,4 +369,106 @@ func publishKeys(js jetstream.JetStream, agent string, keys ...string) error {
 		}
 	}
 	return nil
+}
+
+// TestConsumerGrantIsExactlyOneDurable: 'tetherctl agent add g1 --consumer
+// TASKS_g1:g1' lets g1 consume its durable through Consume (and the
+// supervisor read its info with its own permissions), and nothing else of
+// JetStream: another agent's durable (pull, info, ack), stream and
+// consumer create, delete, purge, message get, account info are refused.
+func TestConsumerGrantIsExactlyOneDurable(t *testing.T) {
+	dir := t.TempDir()
+	cfg := suptest.Embedded(t, dir)
+	suptest.FastFleet(&cfg)
+	s := suptest.Start(t, cfg)
+	url := s.ClientURL()
+	creds := filepath.Join(t.TempDir(), "g1.creds")
+	if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "g1", "--role", "worker",
+		"--consumer", "TASKS_g1:g1", "--out", creds); code != 0 || !strings.Contains(out, "may consume durable g1 of stream TASKS_g1") {
+		t.Fatalf("agent add: exit %d: %s", code, out)
+	}
+	for _, bad := range []string{"TASKS.g1:g1", "TASKS_g1", "TASKS_g1:>", ":g1", "TASKS_g1:g 1"} {
+		if code, out := tetherctlRun(t, "--nats-url", url, "--data-dir", dir, "agent", "add", "g9", "--role", "worker",
+			"--consumer", bad, "--out", filepath.Join(t.TempDir(), "g9.creds")); code == 0 {
+			t.Errorf("--consumer %q accepted: %s", bad, out)
+		}
+	}
+	js, _ := jetstream.New(operatorConn(t, url, dir))
+	taskQueue(t, js, "g1", 5*time.Second)
+	other := taskQueue(t, js, "g2", 5*time.Second)
+	if err := publishKeys(js, "g2", "not-for-g1"); err != nil {
+		t.Fatal(err)
+	}
+	ac := faultConfig(t, url, "g1")
+	ac.CredsFile = creds
+	c := startAgent(t, ac)
+	got := make(chan string, 4)
+	if _, err := c.Consume("TASKS_g1", "g1", func(_ context.Context, tk *agentproto.Task) error {
+		got <- string(tk.Data)
+		return nil
+	}, agentproto.WithPullExpiry(500*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if err := publishKeys(js, "g1", "for-g1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case k := <-got:
+		if k != "for-g1" {
+			t.Fatalf("g1 handled %q", k)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("g1 never handled its task")
+	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		st, _ := s.Fleet().Agent("g1")
+		if len(st.Consumers) != 1 || st.Consumers[0].State != fleet.QueueIdle || st.Consumers[0].Error != "" {
+			return fmt.Errorf("the supervisor cannot read g1's consumer: %+v", st.Consumers)
+		}
+		return nil
+	})
+
+	var mu sync.Mutex
+	var denied []string
+	raw := natstest.Connect(t, url, nats.UserCredentials(creds), nats.CustomInboxPrefix("_INBOX_g1"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			denied = append(denied, err.Error())
+			mu.Unlock()
+		}))
+	attempts := []string{
+		"$JS.API.CONSUMER.MSG.NEXT.TASKS_g2.g2", "$JS.API.CONSUMER.INFO.TASKS_g2.g2", "$JS.ACK.TASKS_g2.g2.1.1.1.1.0",
+		"$JS.API.STREAM.CREATE.EVIL", "$JS.API.STREAM.DELETE.TASKS_g1", "$JS.API.STREAM.PURGE.TASKS_g1",
+		"$JS.API.STREAM.UPDATE.TASKS_g1", "$JS.API.STREAM.MSG.GET.TASKS_g1", "$JS.API.STREAM.INFO.TASKS_g1",
+		"$JS.API.CONSUMER.DELETE.TASKS_g1.g1", "$JS.API.CONSUMER.CREATE.TASKS_g1.x", "$JS.API.CONSUMER.DURABLE.CREATE.TASKS_g1.x",
+		"$JS.API.CONSUMER.CREATE.TASKS_g1.g1", "$JS.API.CONSUMER.LIST.TASKS_g1", "$JS.API.INFO", "$JS.API.DIRECT.GET.TASKS_g1",
+		"$JS.API.CONSUMER.MSG.NEXT.TASKS_g1.other", "tasks.g2",
+	}
+	for _, subject := range attempts {
+		if err := raw.PublishRequest(subject, "_INBOX_g1.x", []byte(`{"batch":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, subject := range attempts {
+			if !slices.ContainsFunc(denied, func(e string) bool { return strings.Contains(e, `"`+subject+`"`) }) {
+				return fmt.Errorf("no permission violation for %s (of %d)", subject, len(denied))
+			}
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if ci, err := other.Info(ctx); err != nil || ci.NumPending != 1 {
+		t.Fatalf("g2's task: %+v %v", ci, err)
+	}
+	if _, err := js.Stream(ctx, "TASKS_g1"); err != nil {
+		t.Fatalf("TASKS_g1: %v", err)
+	}
+	if v := suptest.Value(suptest.Gather(s), "tether_nats_permission_errors_total", nil); v != 0 {
+		t.Fatalf("NATS refused %v of the supervisor's operations", v)
+	}
+	t.Logf("g1 consumed its own durable; %d JetStream operations outside its grant refused", len(attempts))
 }
