@@ -394,30 +394,41 @@ func ackRebuildWait(requestTimeout time.Duration) time.Duration {
 
 // parseAckReply reads a JetStream ack subject: $JS.ACK.<stream>.<durable>.
 // <delivered>.<sseq>.<cseq>.<ns>.<pending>, or the form with domain and
-// account hash after $JS.ACK (12 or more tokens).
+// account hash after $JS.ACK (12 or more tokens). It does not allocate.
 func parseAckReply(reply string) (t Task, ok bool) {
-	tok := strings.Split(reply, ".")
+	var tok [12]string
+	n := 0
+	for rest := reply; n < len(tok); n++ {
+		i := strings.IndexByte(rest, '.')
+		if i < 0 {
+			tok[n] = rest
+			n++
+			break
+		}
+		tok[n], rest = rest[:i], rest[i+1:]
+	}
+	var f []string
 	switch {
-	case len(tok) == 9:
-		tok = tok[2:]
-	case len(tok) >= 12:
-		tok = tok[4:]
+	case n == 9 && tok[0] == "$JS" && tok[1] == "ACK":
+		f = tok[2:9]
+	case n >= 12 && tok[0] == "$JS" && tok[1] == "ACK":
+		f = tok[4:11]
 	default:
 		return t, false
 	}
-	if tok[0] == "" || tok[1] == "" {
+	if f[0] == "" || f[1] == "" {
 		return t, false
 	}
-	var n [5]uint64
-	for i := range n {
-		v, err := strconv.ParseUint(tok[2+i], 10, 64)
+	var v [5]uint64
+	for i := range v {
+		x, err := strconv.ParseUint(f[2+i], 10, 64)
 		if err != nil {
 			return t, false
 		}
-		n[i] = v
+		v[i] = x
 	}
-	t.Stream, t.Durable = tok[0], tok[1]
-	t.Delivered, t.StreamSeq, t.ConsumerSeq, t.Pending = n[0], n[1], n[2], n[4]
-	t.Time = time.Unix(0, int64(min(n[3], 1<<62)))
+	t.Stream, t.Durable = f[0], f[1]
+	t.Delivered, t.StreamSeq, t.ConsumerSeq, t.Pending = v[0], v[1], v[2], v[4]
+	t.Time = time.Unix(0, int64(min(v[3], 1<<62)))
 	return t, true
 }

@@ -157,13 +157,18 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 	)
 	for {
 		queued = k.dispatch(queued, wg)
-		if outstanding == 0 && k.free()-len(queued) >= (k.o.maxInFlight+1)/2 {
-			n := k.free() - len(queued)
+		// Pull as many as will have a free slot, once that is at least half
+		// of them: pulls overlap the handlers, and never more is asked for
+		// than WithMaxInFlight allows unacknowledged.
+		if n := k.free() - len(queued) - outstanding; n >= (k.o.maxInFlight+1)/2 {
 			body, _ := json.Marshal(pullRequest{Batch: n, Expires: int64(k.o.pullExpiry), IdleHeartbeat: int64(hb)})
 			if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+k.stream+"."+k.durable, sub.Subject, body); err != nil {
 				return true
 			}
-			outstanding, lastHeard = n, time.Now()
+			if outstanding == 0 {
+				lastHeard = time.Now()
+			}
+			outstanding += n
 		}
 		select {
 		case <-k.ctx.Done():
@@ -175,11 +180,9 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 		case m := <-ch:
 			lastHeard = time.Now()
 			if code := m.Header.Get("Status"); code != "" && len(m.Data) == 0 {
-				if code != "100" { // 404/408: the pull ended; 409: ended by the server
-					outstanding = 0
-					if code == "409" {
-						k.log.Debug().Str("status", code).Str("description", m.Header.Get("Description")).Msg("agentproto: pull ended by the server")
-					}
+				outstanding = pullEnded(outstanding, code, m.Header.Get("Nats-Pending-Messages"))
+				if code == "409" {
+					k.log.Debug().Str("status", code).Str("description", m.Header.Get("Description")).Msg("agentproto: pull ended by the server")
 				}
 				continue
 			}
@@ -201,6 +204,22 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 			k.inProgress(ackWait)
 		}
 	}
+}
+
+// pullEnded is what is still outstanding after a status message: a 100
+// is an idle heartbeat (nothing ends); a 408 (expired) or 409 (ended by
+// the server) ends one pull, whose undelivered count pending says (all
+// of them when it does not); anything else (404) ends every pull.
+func pullEnded(outstanding int, code, pending string) int {
+	switch code {
+	case "100":
+		return outstanding
+	case "408", "409":
+		if n, err := strconv.Atoi(pending); err == nil && n >= 0 {
+			return max(0, outstanding-n)
+		}
+	}
+	return 0
 }
 
 // takeRestart reports (and clears) a restart request.
@@ -226,17 +245,16 @@ func (k *Consumer) dispatch(queued []*nats.Msg, wg *sync.WaitGroup) []*nats.Msg 
 		t.Subject, t.Data, t.Header, t.reply, t.cons, t.start = m.Subject, m.Data, m.Header, m.Reply, k, time.Now()
 		t.wpi = t.start
 		tp := &t
-		tctx, cancel := context.WithTimeoutCause(k.ctx, k.o.handlerTimeout, ErrHandlerDeadline)
-		tp.ctx, tp.stop = context.WithCancelCause(tctx)
+		tp.ctx, tp.stop = context.WithCancelCause(k.ctx)
+		deadline := time.AfterFunc(k.o.handlerTimeout, func() { tp.stop(ErrHandlerDeadline) })
 		k.mu.Lock()
 		k.running[tp] = struct{}{}
 		k.mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer cancel()
 			defer tp.stop(nil)
-			k.work(tp)
+			k.work(tp, deadline)
 		}()
 	}
 	if len(queued) == 0 {
@@ -267,8 +285,9 @@ func (k *Consumer) inProgress(ackWait time.Duration) {
 }
 
 // work runs the handler and acknowledges the task from its outcome.
-func (k *Consumer) work(t *Task) {
+func (k *Consumer) work(t *Task, deadline *time.Timer) {
 	err := k.call(t)
+	deadline.Stop()
 	k.handled.Add(1)
 	took := time.Since(t.start)
 	cause := context.Cause(t.ctx)

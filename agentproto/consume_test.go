@@ -35,6 +35,26 @@ func TestNakDelay(t *testing.T) {
 	}
 }
 
+func TestPullEnded(t *testing.T) {
+	for _, tc := range []struct {
+		out           int
+		code, pending string
+		want          int
+	}{
+		{16, "100", "", 16},
+		{16, "408", "16", 0},
+		{24, "408", "8", 16},
+		{4, "408", "9", 0},
+		{16, "409", "", 0},
+		{16, "408", "x", 0},
+		{16, "404", "3", 0},
+	} {
+		if got := pullEnded(tc.out, tc.code, tc.pending); got != tc.want {
+			t.Errorf("pullEnded(%d, %s, %q) = %d, want %d", tc.out, tc.code, tc.pending, got, tc.want)
+		}
+	}
+}
+
 func TestParseAckReply(t *testing.T) {
 	tk, ok := parseAckReply("$JS.ACK.TASKS_a1.a1.2.17.9.1700000000000000000.5")
 	if !ok || tk.Stream != "TASKS_a1" || tk.Durable != "a1" || tk.Delivered != 2 || tk.StreamSeq != 17 ||
