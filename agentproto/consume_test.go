@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tether-dev/tether/internal/natstest"
 )
@@ -406,4 +408,86 @@ func TestConsumeRejectsBadInput(t *testing.T) {
 		t.Errorf("second consumer of S/D: %v", err)
 	}
 	k.Stop()
+}
+
+// The self-probe of the consumer path: pulls that hear nothing from the
+// server (here: the server refuses the agent's pull requests, while the
+// connection and every subscription stay healthy) bind again, and after
+// HealthFailures failed pulls in a row the connection is rebuilt; once
+// pulls work again the waiting task is handled.
+func TestConsumeRebuildsWhenPullsHearNothing(t *testing.T) {
+	const next = "$JS.API.CONSUMER.MSG.NEXT.TASKS_a9.a9"
+	users := func(deny bool) []*server.User {
+		p := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}}}
+		if deny {
+			p.Publish.Deny = []string{next}
+		}
+		return []*server.User{{Username: "agent", Password: "pw", Permissions: p}, {Username: "sup", Password: "pw"}}
+	}
+	var base server.Options
+	srv := natstest.RunServer(t, natstest.WithOptions(func(o *server.Options) {
+		o.Users = users(false)
+		base = *o
+	}))
+	deny := func(d bool) {
+		o := base
+		o.Users = users(d)
+		if err := srv.NATS().ReloadOptions(&o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opNC := natstest.Connect(t, srv.URL(), nats.UserInfo("sup", "pw"))
+	js, _ := jetstream.New(opNC)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TASKS_a9", Subjects: []string{"tasks.a9"}}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "TASKS_a9", jetstream.ConsumerConfig{Durable: "a9", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, srv.URL(), "a9")
+	cfg.User, cfg.Password = "agent", "pw"
+	var reasons sync.Map
+	cfg.OnEvent = func(e Event) {
+		if e.Kind == EventRebuildStarted {
+			reasons.Store(e.Reason, true)
+		}
+	}
+	c := connect(t, cfg)
+	var s seen
+	k, err := c.Consume("TASKS_a9", "a9", func(_ context.Context, tk *Task) error {
+		s.add(string(tk.Data))
+		return nil
+	}, WithPullExpiry(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if k.Stats().Binds == 0 {
+			return errors.New("not bound")
+		}
+		return nil
+	})
+	deny(true)
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if st := k.Stats(); st.PullFailures < uint64(c.cfg.HealthFailures) || c.Stats().Rebuilds == 0 {
+			return fmt.Errorf("pull failures %d, rebuilds %d", st.PullFailures, c.Stats().Rebuilds)
+		}
+		return nil
+	})
+	if _, ok := reasons.Load("consumer TASKS_a9/a9: 3 pulls in a row heard nothing"); !ok {
+		t.Errorf("no rebuild for the consumer's pulls; rebuild reasons: %v", func() (r []any) {
+			reasons.Range(func(k, _ any) bool { r = append(r, k); return true })
+			return r
+		}())
+	}
+	publishTasks(t, js, "a9", "waiting")
+	deny(false)
+	drained(t, cons, 10*time.Second)
+	if s.get("waiting") != 1 {
+		t.Fatalf("waiting handled %d times", s.get("waiting"))
+	}
 }
