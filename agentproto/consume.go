@@ -188,13 +188,15 @@ type Consumer struct {
 	cancel          context.CancelFunc
 	done            chan struct{} // closed when the runner returned
 	kick            chan struct{} // a slot freed or a restart asked
+	slots           chan struct{} // one per handler running, WithMaxInFlight of them
 
 	handled, acked, naked, termed, panics, binds, pullFails atomic.Uint64
 	lastAck                                                 atomic.Int64
 
 	mu      sync.Mutex
 	running map[*Task]struct{}
-	restart bool // end the session: re-bind
+	restart    bool   // end the session: re-bind
+	restartGen uint64 // the connection a restart is replacing: bind again only on a newer one
 }
 
 // Consume binds to the existing durable pull consumer durable of stream
@@ -228,7 +230,8 @@ func (c *Client) Consume(stream, durable string, h TaskHandler, opts ...ConsumeO
 		}
 	}
 	k := &Consumer{c: c, stream: stream, durable: durable, h: h, o: o,
-		done: make(chan struct{}), kick: make(chan struct{}, 1), running: map[*Task]struct{}{}}
+		done: make(chan struct{}), kick: make(chan struct{}, 1), running: map[*Task]struct{}{},
+		slots: make(chan struct{}, o.maxInFlight)}
 	k.log = c.log.With().Str("stream", stream).Str("durable", durable).Logger()
 	k.warn = logsample.New("task failures", 20, time.Second).Logger(k.log)
 	c.mu.Lock()
@@ -325,8 +328,10 @@ func sortConsumers(s []ConsumerStatus) {
 
 // restartConsumers is a supervisor reconnect command's effect on the
 // consumers: handlers running are cancelled (ErrConsumerRestarted) and
-// naked for redelivery, and every consumer binds again.
-func (c *Client) restartConsumers(reason string) {
+// naked for redelivery, and every consumer binds again once connection
+// generation gen is replaced (a pull parked on the old one would take
+// tasks into a connection about to close).
+func (c *Client) restartConsumers(gen uint64, reason string) {
 	c.mu.Lock()
 	ks := make([]*Consumer, 0, len(c.consumers))
 	for k := range c.consumers {
@@ -339,7 +344,7 @@ func (c *Client) restartConsumers(reason string) {
 		for t := range k.running {
 			t.stop(ErrConsumerRestarted)
 		}
-		k.restart = true
+		k.restart, k.restartGen = true, gen
 		k.mu.Unlock()
 		k.wake()
 		k.log.Warn().Int("in_flight", n).Str("reason", reason).Msg("agentproto: consumer restarted; tasks in flight cancelled and naked")

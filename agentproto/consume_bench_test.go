@@ -44,7 +44,7 @@ func BenchmarkBacklogDrain(b *testing.B) {
 				b.Fatal(err)
 			}
 			<-all
-			benchDrained(b, cons)
+			benchDrained(b, js, cons)
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tasks/s")
 			b.StopTimer()
 			k.Stop()
@@ -72,7 +72,7 @@ func BenchmarkBacklogDrain(b *testing.B) {
 				b.Fatal(err)
 			}
 			<-all
-			benchDrained(b, cons)
+			benchDrained(b, js, cons)
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tasks/s")
 			b.StopTimer()
 			cc.Stop()
@@ -116,22 +116,9 @@ func benchBacklog(b *testing.B, js jetstream.JetStream, seq, n int) (string, jet
 }
 
 // benchDrained waits until the server has every ack (the work queue is empty).
-func benchDrained(b *testing.B, cons jetstream.Consumer) {
+func benchDrained(b *testing.B, js jetstream.JetStream, cons jetstream.Consumer) {
 	b.Helper()
 	natstest.CheckFor(b, time.Minute, time.Millisecond, func() error {
-		ci, err := cons.Info(context.Background())
-		if err != nil {
-			return err
-		}
-		if ci.NumAckPending != 0 || ci.NumPending != 0 {
-			return errAckPending
-		}
-		return nil
+		return ackedAll(context.Background(), js, cons)
 	})
 }
-
-var errAckPending = errorString("acks still pending")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }

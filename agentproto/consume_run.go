@@ -70,6 +70,7 @@ func (k *Consumer) run() {
 		attempt = 0
 		if k.session(nc, gen, ackWait, &wg) {
 			fails = 0
+			k.restartWait()
 			continue
 		}
 		fails++
@@ -135,76 +136,12 @@ func (k *Consumer) bind(nc *nats.Conn) (time.Duration, error) {
 	return time.Duration(ci.Config.AckWait), nil
 }
 
-// session is one binding on nc: it pulls up to the free slots, one pull
-// request at a time, dispatches every task and sends in-progress acks. It
-// returns true when it ended for a reason other than a failed pull (the
-// generation moved, a restart, the consumer stopping).
-func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg *sync.WaitGroup) bool {
-	ch := make(chan *nats.Msg, 2*k.o.maxInFlight+8)
-	sub, err := nc.ChanSubscribe(nc.NewInbox(), ch)
-	if err != nil {
-		return true // the connection is going: the next round sees it
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	hb := k.o.pullExpiry / 5
-	tick := time.NewTicker(max(min(hb/2, ackWait/6), 5*time.Millisecond))
-	defer tick.Stop()
-	var (
-		outstanding int
-		lastHeard   time.Time
-		reconnects  = nc.Stats().Reconnects
-		queued      []*nats.Msg
-	)
-	for {
-		queued = k.dispatch(queued, wg)
-		// Pull as many as will have a free slot, once that is at least half
-		// of them: pulls overlap the handlers, and never more is asked for
-		// than WithMaxInFlight allows unacknowledged.
-		if n := k.free() - len(queued) - outstanding; n >= (k.o.maxInFlight+1)/2 {
-			body, _ := json.Marshal(pullRequest{Batch: n, Expires: int64(k.o.pullExpiry), IdleHeartbeat: int64(hb)})
-			if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+k.stream+"."+k.durable, sub.Subject, body); err != nil {
-				return true
-			}
-			if outstanding == 0 {
-				lastHeard = time.Now()
-			}
-			outstanding += n
-		}
-		select {
-		case <-k.ctx.Done():
-			return true
-		case <-k.kick:
-			if k.takeRestart() {
-				return true
-			}
-		case m := <-ch:
-			lastHeard = time.Now()
-			if code := m.Header.Get("Status"); code != "" && len(m.Data) == 0 {
-				outstanding = pullEnded(outstanding, code, m.Header.Get("Nats-Pending-Messages"))
-				if code == "409" {
-					k.log.Debug().Str("status", code).Str("description", m.Header.Get("Description")).Msg("agentproto: pull ended by the server")
-				}
-				continue
-			}
-			outstanding = max(0, outstanding-1)
-			queued = append(queued, m)
-		case <-tick.C:
-			if _, g := k.c.conn(); g != gen || nc.IsClosed() {
-				return true
-			}
-			if r := nc.Stats().Reconnects; r != reconnects {
-				reconnects, outstanding = r, 0 // the pull parked at the old server is gone
-			}
-			if outstanding > 0 && time.Since(lastHeard) > 3*hb {
-				k.log.Warn().Int64("silent_ms", time.Since(lastHeard).Milliseconds()).Uint64(logKeyConnGen, gen).
-					Msg("agentproto: pull heard nothing from the server; binding again")
-				k.c.emit(Event{Kind: EventHealthFailed, Gen: gen, Subject: k.stream + "/" + k.durable, Reason: "consumer pull heard nothing"})
-				return false
-			}
-			k.inProgress(ackWait)
-		}
-	}
-}
+// restartNakDelay is the redelivery delay of a task cancelled by a restart
+// or the consumer's end: long enough for the pulls its old connection left
+// parked at the server to be gone (the connection closed or its inbox
+// unsubscribed), so the redelivery reaches a live pull rather than waiting
+// out the ack wait in a dead one.
+const restartNakDelay = 50 * time.Millisecond
 
 // pullEnded is what is still outstanding after a status message: a 100
 // is an idle heartbeat (nothing ends); a 408 (expired) or 409 (ended by
@@ -231,36 +168,23 @@ func (k *Consumer) takeRestart() bool {
 	return r
 }
 
-// dispatch starts a handler for each queued message while slots are
-// free; it returns those still waiting.
-func (k *Consumer) dispatch(queued []*nats.Msg, wg *sync.WaitGroup) []*nats.Msg {
-	for len(queued) > 0 && k.free() > 0 {
-		m := queued[0]
-		queued = queued[1:]
-		t, ok := parseAckReply(m.Reply)
-		if !ok {
-			k.warn.Warn().Str(logKeySubject, m.Subject).Msg("agentproto: consumer message without an ack subject dropped")
-			continue
+// restartWait, after a restart, waits until the connection it replaces is
+// gone: at most ackRebuildWait, then it binds on whatever is current.
+func (k *Consumer) restartWait() {
+	k.mu.Lock()
+	gen := k.restartGen
+	k.restartGen = 0
+	k.mu.Unlock()
+	if gen == 0 {
+		return
+	}
+	deadline := time.Now().Add(ackRebuildWait(k.c.cfg.RequestTimeout))
+	for k.ctx.Err() == nil && time.Now().Before(deadline) {
+		if _, g := k.c.conn(); g != gen {
+			return
 		}
-		t.Subject, t.Data, t.Header, t.reply, t.cons, t.start = m.Subject, m.Data, m.Header, m.Reply, k, time.Now()
-		t.wpi = t.start
-		tp := &t
-		tp.ctx, tp.stop = context.WithCancelCause(k.ctx)
-		deadline := time.AfterFunc(k.o.handlerTimeout, func() { tp.stop(ErrHandlerDeadline) })
-		k.mu.Lock()
-		k.running[tp] = struct{}{}
-		k.mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer tp.stop(nil)
-			k.work(tp, deadline)
-		}()
+		k.sleep(5 * time.Millisecond)
 	}
-	if len(queued) == 0 {
-		return queued[:0]
-	}
-	return queued
 }
 
 // inProgress sends +WPI for tasks running over a third of the ack wait,
@@ -306,7 +230,7 @@ func (k *Consumer) work(t *Task, deadline *time.Timer) {
 	default:
 		d := nakDelay(k.o.nakDelay, k.o.maxNakDelay, t.Delivered)
 		if errors.Is(cause, ErrConsumerRestarted) || k.ctx.Err() != nil {
-			d = 0
+			d = restartNakDelay
 		}
 		k.naked.Add(1)
 		body := "-NAK"

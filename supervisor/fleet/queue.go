@@ -317,10 +317,10 @@ func timeOrZero(p *time.Time) time.Time {
 
 // queueEvent is what judging an agent's queues decided, logged outside the lock.
 type queueEvent struct {
-	agent, why        string
-	zombie, recovered bool
-	quarantined       bool
-	stalledFor        time.Duration
+	agent, why          string
+	zombie, recovered   bool
+	quarantined, queued bool
+	stalledFor          time.Duration
 }
 
 func (e queueEvent) log(t *tracker) {
@@ -328,9 +328,12 @@ func (e queueEvent) log(t *tracker) {
 	case e.quarantined:
 		t.change.Error().Str("agent", e.agent).Str("reason", e.why).
 			Msg("agent quarantined: restart intensity exceeded; no more recovery commands until it settles")
-	case e.zombie:
+	case e.zombie && e.queued:
 		t.change.Warn().Str("agent", e.agent).Str("reason", e.why).Int64("stalled_ms", e.stalledFor.Milliseconds()).
 			Msg("queue zombie: its queue piles up with no ack while it heartbeats; reconnect queued")
+	case e.zombie:
+		t.change.Info().Str("agent", e.agent).Str("reason", e.why).Int64("stalled_ms", e.stalledFor.Milliseconds()).
+			Msg("queue zombie still stuck; a reconnect is already pending or it is quarantined")
 	case e.recovered:
 		t.change.Info().Str("agent", e.agent).Msg("queue zombie over: its ack floor moves again")
 	}
@@ -357,7 +360,8 @@ func (t *tracker) judgeQueues(a *agent, now int64) queueEvent {
 		ev.why = "queue zombie: " + r.decl.Stream + "/" + r.decl.Durable + " has " + strconv.FormatUint(r.pending, 10) +
 			" pending and " + strconv.FormatUint(r.ackPending, 10) + " unacknowledged, no ack for " +
 			ev.stalledFor.Round(time.Millisecond).String() + ", while the agent heartbeats"
-		ev.zombie, ev.quarantined = true, t.queueEpisode(a, now, ev.why)
+		ev.quarantined, ev.queued = t.queueEpisode(a, now, ev.why)
+		ev.zombie = true
 		return ev
 	}
 	if !stuck && a.qzombie {
@@ -367,26 +371,27 @@ func (t *tracker) judgeQueues(a *agent, now int64) queueEvent {
 	return ev
 }
 
-// queueEpisode marks a queue zombie and queues its reconnect (once per
-// pending reconnect), as zombieEpisode does; it reports whether the agent
-// was just quarantined.
-func (t *tracker) queueEpisode(a *agent, now int64, why string) bool {
+// queueEpisode marks a queue zombie and queues its reconnect (unless one
+// is pending or it is quarantined), as zombieEpisode does; it reports
+// whether the agent was just quarantined and whether a reconnect was
+// queued.
+func (t *tracker) queueEpisode(a *agent, now int64, why string) (quarantined, queued bool) {
+	if a.quarantined {
+		return false, false // it stays stuck: its state says so, nothing more is sent
+	}
 	a.qzombie, a.reason = true, why
 	a.dirty |= dirtyOther
 	if t.noteRecovery(a, now, why) {
-		return true
-	}
-	if a.quarantined {
-		return false
+		return true, false
 	}
 	for _, p := range a.pending {
 		if p.cmd.Type == agentproto.CmdReconnect {
-			return false
+			return false, false
 		}
 	}
 	t.addPending(a, agentproto.Command{Type: agentproto.CmdReconnect, Reason: why}, true, now)
 	t.enqueueRecovery(a.id)
-	return false
+	return false, true
 }
 
 // QueueStatus is one declared consumer in fleet.status: what the agent
