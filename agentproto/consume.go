@@ -193,8 +193,8 @@ type Consumer struct {
 	handled, acked, naked, termed, panics, binds, pullFails atomic.Uint64
 	lastAck                                                 atomic.Int64
 
-	mu      sync.Mutex
-	running map[*Task]struct{}
+	mu         sync.Mutex
+	running    map[*Task]struct{}
 	restart    bool   // end the session: re-bind
 	restartGen uint64 // the connection a restart is replacing: bind again only on a newer one
 }
