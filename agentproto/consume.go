@@ -138,7 +138,7 @@ func WithNakBackoff(base, max time.Duration) ConsumeOption {
 
 // WithPullExpiry is how long one pull request waits at the server
 // (default DefaultPullExpiry); the server sends idle heartbeats every
-// fifth of it, and a pull that hears nothing for two of them has failed:
+// fifth of it, and a pull that hears nothing for three of them has failed:
 // it is re-bound, and after Config.HealthFailures failures in a row the
 // connection is rebuilt. At least 50ms.
 func WithPullExpiry(d time.Duration) ConsumeOption {
