@@ -192,6 +192,7 @@ type Consumer struct {
 
 	handled, acked, naked, termed, panics, binds, pullFails atomic.Uint64
 	lastAck                                                 atomic.Int64
+	inHand                                                  atomic.Int64 // tasks delivered and not yet acked, naked or given back
 
 	mu         sync.Mutex
 	running    map[*Task]struct{}
@@ -356,13 +357,6 @@ func (k *Consumer) wake() {
 	case k.kick <- struct{}{}:
 	default:
 	}
-}
-
-// free is the slots not taken by running tasks.
-func (k *Consumer) free() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.o.maxInFlight - len(k.running)
 }
 
 // ackBody publishes an acknowledgement on the client's current

@@ -51,7 +51,8 @@ func (p *pullState) snapshot() (int, time.Time) {
 
 // session is one binding on nc: a private inbox whose callback accounts
 // for what arrives and hands tasks to WithMaxInFlight workers; the
-// runner pulls up to the free slots, overlapping the handlers, watches
+// runner pulls up to the slots no task holds (waiting for a worker or
+// running, in this session or an older one), overlapping the handlers, watches
 // that pulls are heard and sends in-progress acks. It returns true when
 // it ended for a reason other than a failed pull (the generation moved,
 // a restart, the consumer stopping).
@@ -65,11 +66,13 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 			k.wake()
 			return
 		}
+		k.inHand.Add(1) // before arrived: the runner never sees it in neither count
 		ps.arrived("", "")
 		select {
 		case work <- m:
 		case <-done: // the session ended: give it back at once
 			k.nakNow(nc, m)
+			k.inHand.Add(-1)
 		}
 	})
 	if err != nil {
@@ -92,7 +95,7 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 		// of them: never more is asked for than WithMaxInFlight allows
 		// delivered and unacknowledged.
 		out, heard := ps.snapshot()
-		if n := k.free() - len(work) - out; n >= (k.o.maxInFlight+1)/2 {
+		if n := k.o.maxInFlight - int(k.inHand.Load()) - out; n >= (k.o.maxInFlight+1)/2 {
 			body, _ := json.Marshal(pullRequest{Batch: n, Expires: int64(k.o.pullExpiry), IdleHeartbeat: int64(hb)})
 			ps.requested(n) // before the publish: the first message may arrive before it returns
 			if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+k.stream+"."+k.durable, sub.Subject, body); err != nil {
@@ -136,6 +139,7 @@ func (k *Consumer) endSession(sub *nats.Subscription, work chan *nats.Msg, done 
 		select {
 		case m := <-work:
 			k.nakNow(nil, m)
+			k.inHand.Add(-1)
 		default:
 			return
 		}
@@ -174,10 +178,12 @@ func (k *Consumer) worker(work <-chan *nats.Msg, done <-chan struct{}) {
 			case k.slots <- struct{}{}:
 			case <-done: // the session ended while an old worker holds the slot
 				k.nakNow(nil, m)
+				k.inHand.Add(-1)
 				return
 			}
 			k.handle(m)
 			<-k.slots
+			k.inHand.Add(-1)
 			k.wake()
 		}
 	}
