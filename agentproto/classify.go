@@ -88,37 +88,44 @@ func ClassRules() []Rule {
 //	 #  matches                                                          class
 //	 1  MarkPermanent (outermost mark wins)                              permanent
 //	 2  MarkTransient (outermost mark wins)                              transient
-//	 3  *backoff.PermanentError (backoff.Permanent)                      permanent
-//	 4  *backoff.RetryAfterError (backoff.RetryAfter)                    transient
-//	 5  context.Canceled                                                 permanent
-//	 6  context.DeadlineExceeded (a per-attempt timeout, see below)      transient
-//	 7  *ServiceError code 503 unavailable                               transient
-//	 8  *ServiceError any other code (400/403/404/422)                   permanent
-//	 9  *HTTPError 408/429/500/502/503/504                               transient
-//	10  *HTTPError any other 4xx (400/401/403/404, 405, 409, 422, ...)   permanent
-//	11  *HTTPError any other status (501, 505, 3xx, ...)                 unknown
-//	12  *jsonrpc.Error -32603 internal error                             transient
-//	13  *jsonrpc.Error -32004 server closing, -32005 rejected by         transient
+//	 3  ErrOutcomeUnknown (a tool call that may have run; never          permanent
+//	    retried, whatever its cause)
+//	 4  ErrMCPServerQuarantined, ErrMCPProtocolVersion, ErrMCPConfig     permanent
+//	 5  *backoff.PermanentError (backoff.Permanent)                      permanent
+//	 6  *backoff.RetryAfterError (backoff.RetryAfter)                    transient
+//	 7  context.Canceled                                                 permanent
+//	 8  context.DeadlineExceeded (a per-attempt timeout, see below)      transient
+//	 9  *ServiceError code 503 unavailable                               transient
+//	10  *ServiceError any other code (400/403/404/422)                   permanent
+//	11  *HTTPError 408/429/500/502/503/504                               transient
+//	12  *HTTPError any other 4xx (400/401/403/404, 405, 409, 422, ...)   permanent
+//	13  *HTTPError any other status (501, 505, 3xx, ...)                 unknown
+//	14  net.Error whose Timeout() is true (os.ErrDeadlineExceeded too)   transient
+//	15  syscall.ECONNREFUSED (connection refused)                        transient
+//	16  syscall.ECONNRESET, ECONNABORTED, EPIPE                          transient
+//	17  io.ErrUnexpectedEOF                                              transient
+//	18  *net.DNSError (lookup failed)                                    transient
+//	19  TLS handshake / x509 certificate errors                          permanent
+//	20  *jsonrpc.Error -32603 internal error                             transient
+//	21  *jsonrpc.Error -32004 server closing, -32005 rejected by         transient
 //	    transport (the Go SDK's code for HTTP 429/5xx and failed sends)
-//	14  *jsonrpc.Error -32700 parse, -32600 invalid request,             permanent
+//	22  *jsonrpc.Error -32700 parse, -32600 invalid request,             permanent
 //	    -32601 method not found, -32602 invalid params
-//	15  *jsonrpc.Error MCP -32002 resource not found (old SDKs),         permanent
+//	23  *jsonrpc.Error MCP -32002 resource not found (old SDKs),         permanent
 //	    -32020 header mismatch, -32021 missing client capabilities,
 //	    -32022 unsupported protocol version, -32042 URL elicitation
-//	16  *jsonrpc.Error any other code (the rest of -32000..-32099,       unknown
+//	24  *jsonrpc.Error any other code (the rest of -32000..-32099,       unknown
 //	    0 = an uncoded Go error from a Go SDK server, app codes)
-//	17  nats.ErrTimeout, ErrNoResponders, ErrConnectionReconnecting,     transient
+//	25  nats.ErrTimeout, ErrNoResponders, ErrConnectionReconnecting,     transient
 //	    ErrDisconnected, ErrStaleConnection, ErrNoServers,
 //	    ErrReconnectBufExceeded, ErrConnectionClosed
-//	18  nats.ErrPermissionViolation, ErrAuthorization, ErrAuthExpired,   permanent
+//	26  nats.ErrPermissionViolation, ErrAuthorization, ErrAuthExpired,   permanent
 //	    ErrAuthRevoked, ErrAccountAuthExpired, ErrBadSubject,
 //	    ErrMaxPayload, ErrConnectionDraining, ErrHeadersNotSupported
-//	19  ErrMCPSessionLost (agentproto/mcp wraps the SDK's                 transient
-//	    ErrConnectionClosed and ErrSessionMissing in it)
-//	20  net.Error whose Timeout() is true (os.ErrDeadlineExceeded too)   transient
-//	21  syscall.ECONNRESET, ECONNREFUSED, ECONNABORTED, EPIPE            transient
-//	22  io.ErrUnexpectedEOF                                              transient
-//	23  anything else                                                    unknown
+//	27  ErrMCPSessionLost (agentproto/mcp wraps the SDK's                 transient
+//	    ErrConnectionClosed and ErrSessionMissing in it),
+//	    ErrMCPProcessExited (a stdio server to restart)
+//	28  anything else                                                    unknown
 //
 // Notes on the judgement calls:
 //
@@ -128,11 +135,17 @@ func ClassRules() []Rule {
 //     (Policy.AttemptTimeout, an HTTP client timeout, a nats request
 //     timeout) and is worth retrying. The caller's own cancellation (row 5)
 //     never is.
-//   - Rows 13 and 16: JSON-RPC reserves -32000..-32099 for
+//   - Rows 14–19 come before the JSON-RPC rows: the Go SDK wraps a
+//     transport failure (a refused TCP connect, a reset, a DNS failure) in
+//     JSON-RPC -32005 "rejected by transport", and the cause is what
+//     happened, so it is what the rule names.
+//   - Row 19: a certificate the client rejects stays rejected until
+//     someone changes the server or the trust store.
+//   - Rows 21 and 24: JSON-RPC reserves -32000..-32099 for
 //     implementation-defined server errors with no agreed meaning, so only
 //     the codes whose meaning the official Go SDK fixes get their own row;
 //     the rest are unknown: retried, but counted so that they stand out.
-//   - Rows 17 and 19: a closed NATS connection or MCP session does not heal
+//   - Rows 25 and 27: a closed NATS connection or MCP session does not heal
 //     by itself, but the watchdog rebuilds it; a retry helps only when op
 //     picks up the current connection or session on every attempt, so write
 //     ops that way. A draining NATS connection (row 18) means the agent is
@@ -186,6 +199,8 @@ const (
 var classTable = []Rule{
 	{"MarkPermanent", ClassPermanent, isMarked(ClassPermanent)},
 	{"MarkTransient", ClassTransient, isMarked(ClassTransient)},
+	{"MCP outcome unknown", ClassPermanent, isAny(ErrOutcomeUnknown)},
+	{"MCP server quarantined, protocol version, config", ClassPermanent, isAny(ErrMCPServerQuarantined, ErrMCPProtocolVersion, ErrMCPConfig)},
 	{"backoff.Permanent", ClassPermanent, isType[*backoff.PermanentError]},
 	{"backoff.RetryAfter", ClassTransient, isType[*backoff.RetryAfterError]},
 	{"context.Canceled", ClassPermanent, isAny(context.Canceled)},
@@ -195,6 +210,12 @@ var classTable = []Rule{
 	{"HTTP 408/429/500/502/503/504", ClassTransient, httpStatus(transientHTTPStatus)},
 	{"HTTP other 4xx", ClassPermanent, httpStatus(func(s int) bool { return s >= 400 && s < 500 && !transientHTTPStatus(s) })},
 	{"HTTP other status", ClassUnknown, httpStatus(func(s int) bool { return (s < 400 || s >= 500) && !transientHTTPStatus(s) })},
+	{"net.Error timeout", ClassTransient, isNetTimeout},
+	{"connection refused", ClassTransient, isAny(syscall.ECONNREFUSED)},
+	{"connection reset/aborted, broken pipe", ClassTransient, isAny(syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE)},
+	{"io.ErrUnexpectedEOF", ClassTransient, isAny(io.ErrUnexpectedEOF)},
+	{"DNS lookup failed", ClassTransient, isType[*net.DNSError]},
+	{"TLS handshake, certificate", ClassPermanent, isTLS},
 	{"JSON-RPC -32603 internal error", ClassTransient, rpcCode(-32603)},
 	{"JSON-RPC -32004/-32005 server closing, rejected by transport", ClassTransient, rpcCode(-32004, -32005)},
 	{"JSON-RPC -32700/-32600/-32601/-32602 invalid request", ClassPermanent, rpcCode(jsonrpc.CodeParseError, jsonrpc.CodeInvalidRequest, jsonrpc.CodeMethodNotFound, jsonrpc.CodeInvalidParams)},
@@ -202,10 +223,7 @@ var classTable = []Rule{
 	{"JSON-RPC other code", ClassUnknown, isType[*jsonrpc.Error]},
 	{"NATS transient", ClassTransient, isAny(nats.ErrTimeout, nats.ErrNoResponders, nats.ErrConnectionReconnecting, nats.ErrDisconnected, nats.ErrStaleConnection, nats.ErrNoServers, nats.ErrReconnectBufExceeded, nats.ErrConnectionClosed)},
 	{"NATS permanent", ClassPermanent, isAny(nats.ErrPermissionViolation, nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired, nats.ErrBadSubject, nats.ErrMaxPayload, nats.ErrConnectionDraining, nats.ErrHeadersNotSupported)},
-	{"MCP connection closed, session missing", ClassTransient, isAny(ErrMCPSessionLost)},
-	{"net.Error timeout", ClassTransient, isNetTimeout},
-	{"connection reset/refused/aborted, broken pipe", ClassTransient, isAny(syscall.ECONNRESET, syscall.ECONNREFUSED, syscall.ECONNABORTED, syscall.EPIPE)},
-	{"io.ErrUnexpectedEOF", ClassTransient, isAny(io.ErrUnexpectedEOF)},
+	{"MCP connection closed, session missing, process exited", ClassTransient, isAny(ErrMCPSessionLost, ErrMCPProcessExited)},
 	{"unmatched", ClassUnknown, func(error) bool { return true }},
 }
 

@@ -2,6 +2,7 @@ package agentproto
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"go/ast"
@@ -108,13 +109,24 @@ var classifyCases = []struct {
 	{"nats no headers", nats.ErrHeadersNotSupported, "NATS permanent"},
 	// How agentproto/mcp reports the SDK's closed connection or missing
 	// session (its tests check the wrapping against the SDK's sentinels).
-	{"mcp session lost", fmt.Errorf("mcp: connect to MCP server x: %w", fmt.Errorf("%w: %w", ErrMCPSessionLost, errors.New("connection closed"))), "MCP connection closed, session missing"},
+	{"mcp session lost", fmt.Errorf("mcp: connect to MCP server x: %w", fmt.Errorf("%w: %w", ErrMCPSessionLost, errors.New("connection closed"))), "MCP connection closed, session missing, process exited"},
+	{"mcp process exited", fmt.Errorf("%w: connection closed", ErrMCPProcessExited), "MCP connection closed, session missing, process exited"},
 	{"net timeout", &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}, "net.Error timeout"},
 	{"url.Error timeout", &url.Error{Op: "Get", URL: "http://x", Err: timeoutErr{}}, "net.Error timeout"},
-	{"ECONNRESET", connErr(syscall.ECONNRESET), "connection reset/refused/aborted, broken pipe"},
-	{"ECONNREFUSED", connErr(syscall.ECONNREFUSED), "connection reset/refused/aborted, broken pipe"},
-	{"ECONNABORTED", connErr(syscall.ECONNABORTED), "connection reset/refused/aborted, broken pipe"},
-	{"EPIPE", fmt.Errorf("write: %w", syscall.EPIPE), "connection reset/refused/aborted, broken pipe"},
+	{"ECONNRESET", connErr(syscall.ECONNRESET), "connection reset/aborted, broken pipe"},
+	{"ECONNREFUSED", connErr(syscall.ECONNREFUSED), "connection refused"},
+	// The bug: the Go SDK wraps a refused TCP connect in JSON-RPC
+	// -32005; the rule named must be the refused connect, not -32005.
+	{"ECONNREFUSED under -32005", fmt.Errorf("sending \"tools/call\": %w: %w", rpcErr(-32005), &url.Error{Op: "Post", URL: "http://127.0.0.1:1/mcp", Err: connErr(syscall.ECONNREFUSED)}), "connection refused"},
+	{"ECONNRESET under -32005", fmt.Errorf("%w: %w", rpcErr(-32005), connErr(syscall.ECONNRESET)), "connection reset/aborted, broken pipe"},
+	{"ECONNABORTED", connErr(syscall.ECONNABORTED), "connection reset/aborted, broken pipe"},
+	{"EPIPE", fmt.Errorf("write: %w", syscall.EPIPE), "connection reset/aborted, broken pipe"},
+	{"DNS", fmt.Errorf("%w: %w", rpcErr(-32005), &net.DNSError{Err: "no such host", Name: "mcp.invalid", IsNotFound: true}), "DNS lookup failed"},
+	{"TLS", fmt.Errorf("%w: %w", rpcErr(-32005), x509.UnknownAuthorityError{}), "TLS handshake, certificate"},
+	{"outcome unknown over a timeout", fmt.Errorf("%w: %w", ErrOutcomeUnknown, context.DeadlineExceeded), "MCP outcome unknown"},
+	{"quarantined", fmt.Errorf("x: %w", ErrMCPServerQuarantined), "MCP server quarantined, protocol version, config"},
+	{"protocol version", fmt.Errorf("%w: %w", ErrMCPProtocolVersion, rpcErr(-32022)), "MCP server quarantined, protocol version, config"},
+	{"config", ErrMCPConfig, "MCP server quarantined, protocol version, config"},
 	{"io.ErrUnexpectedEOF", fmt.Errorf("read body: %w", io.ErrUnexpectedEOF), "io.ErrUnexpectedEOF"},
 	{"plain error", errors.New("something odd"), "unmatched"},
 	{"io.EOF", io.EOF, "unmatched"},

@@ -102,4 +102,22 @@ var (
 	// ErrConnectionClosed and ErrSessionMissing in it): transient, the
 	// next attempt opens a new session.
 	ErrMCPSessionLost = errors.New("agentproto: MCP session lost")
+	// ErrOutcomeUnknown marks a tool call that failed after its request
+	// may have reached the MCP server, for a tool not known to be
+	// idempotent: it may or may not have run, so it is never retried
+	// (permanent). agentproto/mcp's OutcomeUnknownError wraps it.
+	ErrOutcomeUnknown = errors.New("agentproto: MCP tool call outcome unknown")
+	// ErrMCPServerQuarantined marks a call refused because its supervised
+	// stdio server restarted too often and was given up on (permanent for
+	// the call; the server is released after its quarantine).
+	ErrMCPServerQuarantined = errors.New("agentproto: MCP server quarantined")
+	// ErrMCPProcessExited marks a stdio MCP server process that exited
+	// (transient: the supervisor restarts it, within its restart budget).
+	ErrMCPProcessExited = errors.New("agentproto: MCP server process exited")
+	// ErrMCPProtocolVersion marks an MCP server that supports no protocol
+	// version this client speaks (permanent after one renegotiation).
+	ErrMCPProtocolVersion = errors.New("agentproto: MCP protocol version not supported")
+	// ErrMCPConfig marks an MCP server config the client cannot use
+	// (unknown transport, bad URL): permanent until the config changes.
+	ErrMCPConfig = errors.New("agentproto: MCP server config unusable")
 )

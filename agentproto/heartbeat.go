@@ -15,6 +15,8 @@ type heartbeater struct {
 	c    *Client
 	seq  atomic.Uint64
 	kick chan struct{}
+	// servers is the per-MCP-server call health every heartbeat carries.
+	servers ServerRegistry
 }
 
 func (h *heartbeater) init(c *Client) {
@@ -80,6 +82,7 @@ func (h *heartbeater) build(acks []string, probe string, goodbye bool) Heartbeat
 	if applied := c.resolver.Applied(); len(applied) > 0 {
 		hb.Configs = applied
 	}
+	hb.Servers = h.servers.Snapshot()
 	return hb
 }
 

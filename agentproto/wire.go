@@ -164,6 +164,10 @@ type Heartbeat struct {
 	Conn    ConnStatus               `json:"conn"`
 	Configs map[string]ConfigApplied `json:"configs,omitempty"`
 	Calls   *CallCounts              `json:"calls,omitempty"`
+	// Servers is the call health of each MCP server this agent calls,
+	// keyed by server name (at most MaxServerStats entries); absent when
+	// the agent reports none.
+	Servers map[string]ServerCalls `json:"servers,omitempty"`
 	// Consumers are the JetStream durable consumers the agent consumes
 	// (Client.Consume), at most MaxConsumers.
 	Consumers []ConsumerStatus `json:"consumers,omitempty"`
@@ -183,6 +187,45 @@ type ConsumerStatus struct {
 	Naked        uint64 `json:"naked"`
 	InFlight     uint64 `json:"in_flight"`
 	LastAckMSAgo *int64 `json:"last_ack_ms_ago,omitempty"`
+}
+
+// Server states of ServerCalls.State.
+const (
+	// ServerIdle: configured, no call yet.
+	ServerIdle = "idle"
+	// ServerOK: the latest call succeeded.
+	ServerOK = "ok"
+	// ServerFailing: the latest call, or the latest attempt of a call
+	// still retrying, failed.
+	ServerFailing = "failing"
+	// ServerQuarantined: a stdio server given up on after too many
+	// restarts; calls fail fast until it is released.
+	ServerQuarantined = "quarantined"
+)
+
+// ServerCalls is one MCP server's entry in a heartbeat's "servers" object:
+// the call health this agent (instance) sees for that server.
+type ServerCalls struct {
+	// OK counts calls that succeeded.
+	OK uint64 `json:"ok"`
+	// Retried counts retries (attempts after the first).
+	Retried uint64 `json:"retried"`
+	// Failed counts calls given up on (OutcomeUnknown ones included).
+	Failed uint64 `json:"failed"`
+	// OutcomeUnknown counts calls that failed after the request may have
+	// reached the server and were not retried (the tool is not idempotent).
+	OutcomeUnknown uint64 `json:"outcome_unknown"`
+	// State is ServerIdle, ServerOK, ServerFailing or ServerQuarantined.
+	State string `json:"state"`
+	// LastErrorClass is the class of the latest failed attempt:
+	// "transient", "permanent" or "unknown"; omitted if none yet.
+	LastErrorClass string `json:"last_error_class,omitempty"`
+	// LastFailure is what the latest failed attempt ran into, one of the
+	// Failure* kinds (FailureKind); omitted if none yet.
+	LastFailure string `json:"last_failure,omitempty"`
+	// Restarts counts restarts of a supervised stdio server (0 for
+	// http/sse).
+	Restarts uint64 `json:"restarts"`
 }
 
 // ConnStatus is the connection part of a heartbeat.

@@ -45,6 +45,35 @@ type ServerConfig struct {
 	// Timeout bounds one call to the server, e.g. "30s". Zero: caller's default.
 	Timeout Duration     `json:"timeout,omitempty"`
 	Retry   *RetryConfig `json:"retry,omitempty"`
+	// IdempotentTools names the server's tools that are safe to run twice:
+	// an agent retries a call to one of them even after its request may
+	// have reached the server (as it does for tools the server annotates
+	// idempotentHint or readOnlyHint). At most MaxIdempotentTools names,
+	// each a tool name (ValidToolName).
+	IdempotentTools []string `json:"idempotent_tools,omitempty"`
+}
+
+// MaxIdempotentTools bounds ServerConfig.IdempotentTools; MaxToolNameLen
+// bounds each name.
+const (
+	MaxIdempotentTools = 256
+	MaxToolNameLen     = 128
+)
+
+// ValidToolName reports whether s is a tool name idempotent_tools accepts:
+// 1–128 bytes of A–Z, a–z, 0–9, '_', '-', '.' and '/' (MCP's tool-name
+// characters, plus '/' that some servers use).
+func ValidToolName(s string) bool {
+	if s == "" || len(s) > MaxToolNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 // RetryConfig is the per-server retry policy an agent applies to its calls.
@@ -126,6 +155,14 @@ func (c *ServerConfig) validate(p *problems, skipTransport bool) {
 	checkMap(p, "env", c.Env, envName, "an environment variable name (letters, digits and _, not starting with a digit)")
 	checkMap(p, "headers", c.Headers, headerName, "an HTTP header name")
 	checkDuration(p, "timeout", c.Timeout)
+	if len(c.IdempotentTools) > MaxIdempotentTools {
+		p.addf("idempotent_tools", "%d entries, more than %d", len(c.IdempotentTools), MaxIdempotentTools)
+	}
+	for i, name := range c.IdempotentTools {
+		if !ValidToolName(name) {
+			p.addf(fmt.Sprintf("idempotent_tools[%d]", i), "%q is not a tool name (1-%d of A-Z a-z 0-9 _ - . /)", Truncate(name, 64), MaxToolNameLen)
+		}
+	}
 	if r := c.Retry; r != nil {
 		if r.MaxAttempts < 0 || r.MaxAttempts > MaxRetryAttempt {
 			p.addf("retry.max_attempts", "%d is outside 0..%d", r.MaxAttempts, MaxRetryAttempt)

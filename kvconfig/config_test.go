@@ -203,7 +203,7 @@ func TestDecodeConfigMessages(t *testing.T) {
 		{`{"url":"https://x","retry":{"max_attemps":3}}`,
 			`kvconfig: invalid config: field "retry.max_attemps": unknown field (check the spelling; retry's fields are max_attempts, base_delay, max_delay, jitter)`},
 		{`{"url":"https://x","timout":"3s"}`,
-			`kvconfig: invalid config: field "timout": unknown field (check the spelling; fields are transport, command, args, env, url, headers, timeout, retry)`},
+			`kvconfig: invalid config: field "timout": unknown field (check the spelling; fields are transport, command, args, env, url, headers, timeout, retry, idempotent_tools)`},
 		{`{"transport":"http","retry":{"max_attemps":3},"env":{"TOKEN":"a","TOKEN":"b"}}`,
 			`kvconfig: invalid config: 3 problems: field "retry.max_attemps": unknown field (check the spelling; retry's fields are max_attempts, base_delay, max_delay, jitter); ` +
 				`field "env.TOKEN": duplicate key (it appears more than once); keep exactly one; field "url": required for transport http: add "url":"https://..."`},

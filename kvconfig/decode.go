@@ -15,7 +15,7 @@ import (
 // or {"ENV":{...}} would be stored and then escape masking that looks for
 // "env".
 var (
-	configFields = []string{"transport", "command", "args", "env", "url", "headers", "timeout", "retry"}
+	configFields = []string{"transport", "command", "args", "env", "url", "headers", "timeout", "retry", "idempotent_tools"}
 	retryFields  = []string{"max_attempts", "base_delay", "max_delay", "jitter"}
 )
 
@@ -76,6 +76,8 @@ func decodeField(p *problems, c *ServerConfig, m member) bool {
 		decodeValue(p, m.key, m.raw, &c.Timeout)
 	case "retry":
 		c.Retry = decodeRetry(p, m.key, m.raw)
+	case "idempotent_tools":
+		c.IdempotentTools = decodeStrings(p, m.key, m.raw)
 	}
 	return true
 }

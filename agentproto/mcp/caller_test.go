@@ -21,7 +21,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(stdioServerEnv) != "" {
+		runStdioServer() // this binary started as a stdio MCP server by a test
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func resolved(url string) agentproto.Resolved {
 	return agentproto.Resolved{Server: "echo", Key: "global.echo", Revision: 1,
@@ -38,7 +43,8 @@ func TestToolCallerAcrossServerRestart(t *testing.T) {
 	t.Cleanup(srv.Stop)
 	p := agentproto.Policy{MaxAttempts: 50, BaseDelay: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond}
 	stats := &agentproto.CallStats{}
-	c, err := mcp.NewToolCaller(resolved(srv.URL()), mcp.Options{Policy: &p, Stats: stats, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	var servers agentproto.ServerRegistry
+	c, err := mcp.NewToolCaller(resolved(srv.URL()), mcp.Options{Policy: &p, Stats: stats, ServerStats: servers.Get("echo"), Logger: zerolog.New(zerolog.NewTestWriter(t))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +75,10 @@ func TestToolCallerAcrossServerRestart(t *testing.T) {
 	if got := stats.Snapshot(); got.OK != 2 || got.Retried == 0 {
 		t.Fatalf("stats %+v, want 2 ok and some retries", got)
 	}
+	if got := servers.Snapshot()["echo"]; got.OK != 2 || got.Retried == 0 || got.State != agentproto.ServerOK ||
+		got.LastFailure != agentproto.FailureRefused || got.LastErrorClass != "transient" {
+		t.Fatalf("server stats %+v, want 2 ok, retries after refused connects, state ok", got)
+	}
 	// A swapped config takes effect at the next call: the old session is
 	// closed and a call now goes to a port where nothing listens.
 	if err := c.Swap(resolved("http://127.0.0.1:1/mcp")); err != nil {
@@ -78,6 +88,9 @@ func TestToolCallerAcrossServerRestart(t *testing.T) {
 	defer scancel()
 	if _, err := c.Call(sctx, "echo", map[string]any{"text": "three"}); err == nil {
 		t.Fatal("a call after swapping to a closed port succeeded")
+	}
+	if got := servers.Snapshot()["echo"]; got.Failed != 1 || got.State != agentproto.ServerFailing {
+		t.Fatalf("server stats %+v, want 1 failed, state failing", got)
 	}
 }
 
@@ -89,7 +102,7 @@ func TestSessionErrorsAreTransient(t *testing.T) {
 		if !errors.Is(err, agentproto.ErrMCPSessionLost) || !errors.Is(err, e) {
 			t.Errorf("%v: not wrapped: %v", e, err)
 		}
-		if r := agentproto.ClassifyRule(err); r.Class != agentproto.ClassTransient || r.Name != "MCP connection closed, session missing" {
+		if r := agentproto.ClassifyRule(err); r.Class != agentproto.ClassTransient || r.Name != "MCP connection closed, session missing, process exited" {
 			t.Errorf("%v classified by %v", e, r)
 		}
 	}

@@ -2,6 +2,7 @@ package mcp_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/tether-dev/tether/agentproto"
@@ -22,7 +23,7 @@ func ExampleNewToolCaller() {
 	if err != nil {
 		return
 	}
-	caller, err := mcp.NewToolCaller(res, mcp.Options{Stats: client.CallStats()})
+	caller, err := mcp.NewToolCaller(res, mcp.Options{Stats: client.CallStats(), ServerStats: client.ServerStats("github")})
 	if err != nil {
 		return
 	}
@@ -34,5 +35,10 @@ func ExampleNewToolCaller() {
 		return caller.Swap(r)
 	})
 	out, err := caller.Call(ctx, "search_issues", map[string]any{"q": "is:open"})
+	if errors.Is(err, mcp.ErrOutcomeUnknown) {
+		// The request may have run on the server and was not retried:
+		// check before doing it again.
+		return
+	}
 	fmt.Println(out, err)
 }

@@ -89,7 +89,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("demoagent: resolve %s: %w", cfg.Server, err)
 	}
-	caller, err := agentmcp.NewToolCaller(res, agentmcp.Options{AllowCommands: client.AllowCommands(), Policy: cfg.Policy, Stats: stats, Logger: log})
+	caller, err := agentmcp.NewToolCaller(res, agentmcp.Options{AllowCommands: client.AllowCommands(), Policy: cfg.Policy, Stats: stats, ServerStats: client.ServerStats(cfg.Server), Logger: log})
 	if err != nil {
 		return Result{}, err
 	}
@@ -203,7 +203,9 @@ func (e *EchoServer) Start() error {
 	}
 	e.addr = ln.Addr().String()
 	s := mcp.NewServer(&mcp.Implementation{Name: "tether-echo", Version: "0.1.0"}, nil)
-	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its text argument"},
+	// echo has no side effects: annotated read-only, an agent may retry it
+	// even after its request may have reached the server.
+	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its text argument", Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}},
 		func(_ context.Context, _ *mcp.CallToolRequest, in echoIn) (*mcp.CallToolResult, echoOut, error) {
 			return nil, echoOut{Text: in.Text}, nil
 		})

@@ -26,6 +26,6 @@ func ExampleCLI_Run() {
 	// Output:
 	// standard input: valid config
 	// exit 0
-	// tetherctl: invalid config in standard input: field "timout": unknown field (check the spelling; fields are transport, command, args, env, url, headers, timeout, retry)
+	// tetherctl: invalid config in standard input: field "timout": unknown field (check the spelling; fields are transport, command, args, env, url, headers, timeout, retry, idempotent_tools)
 	// exit 3 true
 }

@@ -47,6 +47,9 @@ type dispatcher struct {
 	epoch       string
 	noncePrefix string
 	seq         atomic.Uint64
+	// batches and largest count write's batches and the largest one (the
+	// bound flushChunk sets on what is encoded and in flight at once).
+	batches, largest atomic.Int64
 
 	// stop is cancelled by abort: writes in flight end at once and later
 	// ones fail, so a closing fleet never waits out writeTimeout on a
@@ -185,6 +188,10 @@ const jsWrongLastSequence = 10071
 func (c *dispatcher) write(recs []fleetWrite) []writeResult {
 	if !c.Leader() || len(recs) == 0 || c.js == nil {
 		return nil
+	}
+	c.batches.Add(1)
+	if n := int64(len(recs)); n > c.largest.Load() {
+		c.largest.Store(n) // one flush at a time: no lost update
 	}
 	results := make([]writeResult, 0, len(recs))
 	failed := 0

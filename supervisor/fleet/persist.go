@@ -64,32 +64,62 @@ func (t *tracker) record(a *agent, now int64, wall time.Time) Record {
 	return r
 }
 
+// flushChunk bounds how many records one round of flush builds, encodes
+// and has in flight at a time: after 100,000 agents join, flush writes
+// them a chunk at a time instead of holding every encoded record (and its
+// publish) at once, which set the supervisor's peak RSS.
+const flushChunk = 512
+
 // flush writes changed records to mcp_fleet (leader only; not during mass
-// silence, when the broker is the suspect). A failed write stays dirty.
+// silence, when the broker is the suspect), flushChunk at a time. A failed
+// write stays dirty.
 func (t *tracker) flush() {
 	if !t.cmd.Leader() || t.mass.Load() {
 		return
 	}
-	now, wall := t.times()
-	var recs []Record
+	recs := make([]Record, 0, flushChunk)
 	for i := range t.shards {
 		sh := &t.shards[i]
-		sh.mu.Lock()
-		for _, a := range sh.list {
-			if a.dirty == 0 {
-				continue
+		for next := 0; next >= 0; {
+			now, wall := t.times() // a chunk's records are as of when it is built
+			sh.mu.Lock()
+			recs, next = t.dirtyRecords(sh, next, recs, now, wall)
+			sh.mu.Unlock()
+			if len(recs) == flushChunk || next < 0 && i == len(t.shards)-1 {
+				t.writeRecords(recs)
+				recs = recs[:0]
 			}
-			if a.dirty == dirtyState && a.state == a.persisted {
-				a.dirty = 0 // flapped and came back: nothing to write
-				continue
-			}
-			r := t.record(a, now, wall)
-			r.rev = a.kvRev
-			recs = append(recs, r)
-			a.dirty, a.persisted = 0, a.state
 		}
-		sh.mu.Unlock()
 	}
+}
+
+// dirtyRecords appends the records of sh's dirty agents from list index
+// from on, until recs holds flushChunk; it returns where to go on, or -1
+// when the shard is done. The shard lock is held.
+func (t *tracker) dirtyRecords(sh *shard, from int, recs []Record, now int64, wall time.Time) ([]Record, int) {
+	for j := from; j < len(sh.list); j++ {
+		if len(recs) == flushChunk {
+			return recs, j
+		}
+		a := sh.list[j]
+		if a.dirty == 0 {
+			continue
+		}
+		if a.dirty == dirtyState && a.state == a.persisted {
+			a.dirty = 0 // flapped and came back: nothing to write
+			continue
+		}
+		r := t.record(a, now, wall)
+		r.rev = a.kvRev
+		recs = append(recs, r)
+		a.dirty, a.persisted = 0, a.state
+	}
+	return recs, -1
+}
+
+// writeRecords encodes and writes recs, and records each result on its
+// agent: the new revision, or dirty again.
+func (t *tracker) writeRecords(recs []Record) {
 	if len(recs) == 0 {
 		return
 	}
