@@ -21,9 +21,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	agentmcp "github.com/tether-dev/tether/agentproto/mcp"
+	"github.com/tether-dev/tether/internal/demoagent"
 	"github.com/tether-dev/tether/internal/natstest"
 	"github.com/tether-dev/tether/internal/suptest"
+	"github.com/tether-dev/tether/kvconfig"
 	"github.com/tether-dev/tether/supervisor/fleet"
 )
 
@@ -99,16 +103,15 @@ func (l *ledger) duplicates() int {
 }
 
 // TestTenThousandTasksThroughFaults publishes 10,000 tasks while the
-// agent consumes them and, one after another, is black-holed (its
-// watchdog rebuilds the connection), told to reconnect (a rebuild that
-// restarts its consumer), restarted as a new process, and sees its NATS
-// server restart. Every task must be handled: 0 lost; duplicates (at
-// least once) are counted by idempotency key and bounded by what the
-// faults could force (the tasks in flight or buffered at each fault).
-// Duplicates are counted by idempotency key: a key handled again under
-// the same stream sequence is a redelivery.
-// The MCP server restart of the list is not part of it: the
-// config swap work (mcpc) is not on main.
+// agent consumes them, each by a call of its MCP server's echo tool, and,
+// one after another, is black-holed (recovered by its watchdog or
+// nats.go), told to reconnect (a rebuild that restarts its consumer),
+// restarted as a new process, has its MCP server restarted mid-calls, and
+// sees its NATS server restart. Every task must be processed: 0 lost;
+// duplicates (at least once) are counted by idempotency key — a key
+// processed again under the same stream sequence is a redelivery — and
+// bounded by what the faults could force (the tasks in flight or
+// buffered at each fault).
 func TestTenThousandTasksThroughFaults(t *testing.T) {
 	const tasks, maxInFlight = 10_000, 16
 	srv := natstest.RunServer(t)
@@ -116,10 +119,35 @@ func TestTenThousandTasksThroughFaults(t *testing.T) {
 	pub := observer(t, srv.URL())
 	js, _ := jetstream.New(pub, jetstream.WithPublishAsyncMaxPending(512))
 	cons := taskQueue(t, js, "w10k", 500*time.Millisecond)
+	// Each task is one call of the agent's MCP server's echo tool; a task
+	// counts as processed when the call returned its text.
+	echo, err := demoagent.NewEchoServer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(echo.Stop)
+	caller, err := agentmcp.NewToolCaller(agentproto.Resolved{Server: "echo", Key: "global.echo", Revision: 1,
+		Config: &kvconfig.ServerConfig{Transport: kvconfig.TransportHTTP, URL: echo.URL()}},
+		agentmcp.Options{Policy: &agentproto.Policy{MaxAttempts: 3, BaseDelay: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond},
+			Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Close()
 	var l, deliveries ledger // by idempotency key; by key and stream sequence
-	handler := func(_ context.Context, tk *agentproto.Task) error {
-		l.handle(string(tk.Data))
-		deliveries.handle(string(tk.Data) + "@" + strconv.FormatUint(tk.StreamSeq, 10))
+	var callFailures atomic.Int64
+	handler := func(ctx context.Context, tk *agentproto.Task) error {
+		key := string(tk.Data)
+		res, err := caller.Call(ctx, "echo", map[string]any{"text": key})
+		if err == nil && (res.IsError || len(res.Content) == 0) {
+			err = fmt.Errorf("echo of %s: tool error", key)
+		}
+		if err != nil {
+			callFailures.Add(1)
+			return err // naked: redelivered
+		}
+		l.handle(key)
+		deliveries.handle(key + "@" + strconv.FormatUint(tk.StreamSeq, 10))
 		return nil
 	}
 	cfg := faultConfig(t, proxy.URL(), "w10k")
@@ -178,7 +206,18 @@ func TestTenThousandTasksThroughFaults(t *testing.T) {
 	naked, rebuilds := k.Stats().Naked, c.Stats().Rebuilds
 	c.Close()
 	c, k = start()
-	reached(4 * tasks / 5) // 4: the NATS server restarts
+	reached(7 * tasks / 10) // 4: the agent's MCP server restarts mid-calls
+	echo.Stop()
+	natstest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		if callFailures.Load() == 0 {
+			return errors.New("no call has failed yet")
+		}
+		return nil
+	})
+	if err := echo.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reached(4 * tasks / 5) // 5: the NATS server restarts
 	srv.RestartAwait(pub)
 	if err := <-pubDone; err != nil {
 		t.Fatal(err)
@@ -197,14 +236,14 @@ func TestTenThousandTasksThroughFaults(t *testing.T) {
 	// message ids it deleted) is the publisher's, counted apart.
 	lost, dups := tasks-int(l.done.Load()), deliveries.duplicates()
 	republished := int(deliveries.done.Load() - l.done.Load())
-	t.Logf("%d tasks through 4 faults in %v: lost %d, duplicates %d (redeliveries; naked by restarts %d), stored twice by the publisher %d, agent rebuilds %d",
-		tasks, took.Round(time.Millisecond), lost, dups, naked, republished, rebuilds)
+	t.Logf("%d tasks through 5 faults in %v: lost %d, duplicates %d (redeliveries; naked by restarts %d), stored twice by the publisher %d, agent rebuilds %d, MCP calls failed during its restart %d",
+		tasks, took.Round(time.Millisecond), lost, dups, naked, republished, rebuilds, callFailures.Load())
 	if lost != 0 {
 		t.Fatalf("%d tasks lost", lost)
 	}
 	// Each fault can force a redelivery of at most what was in flight
 	// (maxInFlight running, maxInFlight delivered and waiting for a slot).
-	if bound := 4 * 2 * maxInFlight; dups > bound {
+	if bound := 5 * 2 * maxInFlight; dups > bound {
 		t.Fatalf("%d duplicates, over the %d the faults could force", dups, bound)
 	}
 }
