@@ -72,6 +72,7 @@ type Client struct {
 	closing    bool
 	subs       map[*Subscription]struct{}
 	kvs        map[*KVWatch]struct{}
+	consumers  map[*Consumer]struct{} // Consume: declared in heartbeats, restarted by reconnect commands
 	closeOnce  sync.Once
 	closeErr   error
 
@@ -110,6 +111,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		calls:      cfg.CallStats,
 		subs:       map[*Subscription]struct{}{},
 		kvs:        map[*KVWatch]struct{}{},
+		consumers:  map[*Consumer]struct{}{},
 		rebuildCh:  make(chan rebuildReq, rebuildQueue),
 		healthKick: make(chan struct{}, 1),
 	}

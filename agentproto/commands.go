@@ -272,6 +272,7 @@ func (k *commander) exec(t task) {
 	switch t.cmd.Type {
 	case CmdReconnect:
 		_, gen := c.conn()
+		c.restartConsumers(gen, "reconnect command "+t.cmd.ID+": "+t.cmd.Reason)
 		c.requestRebuild(gen, "reconnect command "+t.cmd.ID+": "+t.cmd.Reason)
 	case CmdReresolve:
 		start := time.Now()

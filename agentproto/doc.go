@@ -51,7 +51,15 @@
 //     connection state, the configs applied and the call counters;
 //   - commands (probe, reconnect, reresolve) arriving on
 //     <prefix>.v1.cmd.<agent> or as heartbeat replies are acknowledged in
-//     the next heartbeat, de-duplicated by id, and run after not_before.
+//     the next heartbeat, de-duplicated by id, and run after not_before;
+//   - task consumers (Consume; consume.go, consume_run.go, consume_pull.go)
+//     bind to an existing JetStream durable pull consumer and bind again
+//     after every reconnect and rebuild, ack from the handler's result (nak
+//     with backoff, term on a permanent error), keep long handlers alive
+//     with in-progress acks, bound the handlers running, and count for the
+//     heartbeat's consumers, from which the supervisor finds queue zombies;
+//     a pull that hears nothing binds again and, repeated, rebuilds the
+//     connection.
 //
 // A Client ends with Drain (graceful: a goodbye heartbeat, then
 // nats.Conn.Drain) or Close (immediate). Both wait for every goroutine the
@@ -61,5 +69,8 @@
 // publish <prefix>.v1.hb.<agent> and, for the self-probes, <prefix>.v1.cmd.<agent>
 // and _INBOX_<agent>.> ; subscribe <prefix>.v1.cmd.<agent> and
 // _INBOX_<agent>.> . A probe publish that is refused turns that probe off
-// (logged) rather than failing the health check.
+// (logged) rather than failing the health check. A consumer needs publish
+// on $JS.API.CONSUMER.INFO.<stream>.<durable>,
+// $JS.API.CONSUMER.MSG.NEXT.<stream>.<durable> and $JS.ACK.<stream>.<durable>.>
+// ('tetherctl agent add --consumer STREAM:DURABLE').
 package agentproto

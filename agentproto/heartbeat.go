@@ -78,6 +78,7 @@ func (h *heartbeater) build(acks []string, probe string, goodbye bool) Heartbeat
 		Calls:   &calls,
 		Goodbye: goodbye,
 	}
+	hb.Consumers = c.consumerStatuses()
 	if applied := c.resolver.Applied(); len(applied) > 0 {
 		hb.Configs = applied
 	}

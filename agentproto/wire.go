@@ -169,8 +169,25 @@ type Heartbeat struct {
 	// keyed by server name (at most MaxServerStats entries); absent when
 	// the agent reports none.
 	Servers map[string]ServerCalls `json:"servers,omitempty"`
+	// Consumers are the JetStream durable consumers the agent consumes
+	// (Client.Consume), at most MaxConsumers.
+	Consumers []ConsumerStatus `json:"consumers,omitempty"`
 	// Goodbye marks the last heartbeat of a clean shutdown.
 	Goodbye bool `json:"goodbye,omitempty"`
+}
+
+// ConsumerStatus is one durable consumer of a heartbeat: its stream and
+// durable (identifiers, 1-64 of [A-Za-z0-9_-]) and the agent's cumulative
+// counters for this process. LastAckMSAgo is how long ago a task was last
+// acknowledged; absent when none was yet.
+type ConsumerStatus struct {
+	Stream       string `json:"stream"`
+	Durable      string `json:"durable"`
+	Handled      uint64 `json:"handled"`
+	Acked        uint64 `json:"acked"`
+	Naked        uint64 `json:"naked"`
+	InFlight     uint64 `json:"in_flight"`
+	LastAckMSAgo *int64 `json:"last_ack_ms_ago,omitempty"`
 }
 
 // Server states of ServerCalls.State.

@@ -67,6 +67,7 @@ demo-agent --agent demo-1 --creds demo-1.creds --serve-mcp 127.0.0.1:9000`, "dem
 	fs.StringVar(&cfg.Tool, "tool", "echo", "tool to call")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "time between calls (default 1s)")
 	fs.IntVar(&cfg.Calls, "calls", 0, "stop after this many calls (0: run until interrupted)")
+	fs.StringVar(&cfg.Tasks, "tasks", cli.Env("TETHER_TASKS", ""), "also consume this existing durable pull consumer, STREAM:DURABLE (e.g. TASKS_demo-1:demo-1, granted by 'tetherctl agent add --consumer'): each task's text is echoed through --tool (env TETHER_TASKS)")
 	serve = fs.String("serve-mcp", cli.Env("TETHER_SERVE_MCP", ""), "also serve an MCP echo server on this address, e.g. 127.0.0.1:9000 (env TETHER_SERVE_MCP)")
 	level = fs.String("log-level", "info", "log level")
 	format = fs.String("log-format", "auto", "log format: auto, console, json")

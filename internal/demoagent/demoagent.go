@@ -1,8 +1,9 @@
 // Package demoagent is the example agent behind cmd/demo-agent: it resolves
 // its MCP server's config from the supervisor and calls a tool on that
 // server over and over, every call wrapped in agentproto's retry, swapping
-// the config in place when the supervisor pushes a new one. It also serves
-// a tiny MCP server with an "echo" tool so a demo needs nothing else.
+// the config in place when the supervisor pushes a new one; with Tasks it
+// also works through a JetStream task queue (Consume). It also serves a
+// tiny MCP server with an "echo" tool so a demo needs nothing else.
 package demoagent
 
 import (
@@ -36,6 +37,10 @@ type Config struct {
 	Interval time.Duration
 	// Calls stops after this many calls; 0 runs until ctx is done.
 	Calls int
+	// Tasks, STREAM:DURABLE, also consumes that existing durable pull
+	// consumer: each task's text is echoed through the tool (see
+	// tasks.go). Empty: no tasks.
+	Tasks string
 	// Policy overrides the default retry policy (the server's retry block
 	// still wins).
 	Policy *agentproto.Policy
@@ -95,6 +100,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		return caller.Swap(res)
 	})
+	if cfg.Tasks != "" {
+		k, err := consumeTasks(client, caller, cfg.Tasks, cfg.Tool, log)
+		if err != nil {
+			return Result{}, err
+		}
+		defer k.Stop()
+	}
 
 	var out Result
 	tick := time.NewTicker(cfg.Interval)

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +32,37 @@ const DefaultDataDir = "./data"
 func agentFlags(fs *flag.FlagSet, f *cmdFlags) {
 	fs.StringVar(&f.role, "role", "", "")
 	fs.StringVar(&f.out, "out", "", "")
+	fs.Var(&f.consumers, "consumer", "")
+}
+
+// consumerFlags is the repeatable --consumer STREAM:DURABLE, each checked
+// as it is given.
+type consumerFlags []auth.ConsumerGrant
+
+func (c *consumerFlags) String() string {
+	if c == nil {
+		return ""
+	}
+	s := make([]string, len(*c))
+	for i, g := range *c {
+		s[i] = g.Stream + ":" + g.Durable
+	}
+	return strings.Join(s, ",")
+}
+
+func (c *consumerFlags) Set(v string) error {
+	g, err := auth.ParseConsumerGrant(v)
+	if err != nil {
+		return err
+	}
+	if len(*c) >= auth.MaxConsumerGrants {
+		return fmt.Errorf("at most %d --consumer grants per agent", auth.MaxConsumerGrants)
+	}
+	if slices.Contains(*c, g) {
+		return fmt.Errorf("--consumer %s given twice", v)
+	}
+	*c = append(*c, g)
+	return nil
 }
 
 // cmdAgent runs agent add|revoke|list.
@@ -46,7 +79,7 @@ func (a *app) cmdAgent(ctx context.Context, args []string) error {
 	case sub == "release" && len(args) == 2:
 		return a.agentRelease(ctx, args[1])
 	}
-	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--out FILE]', 'agent revoke ID', 'agent forget ID', 'agent release ID' or 'agent list'")
+	return usageErr(lookup("agent"), "want 'agent add ID --role ROLE [--consumer STREAM:DURABLE]... [--out FILE]', 'agent revoke ID', 'agent forget ID', 'agent release ID' or 'agent list'")
 }
 
 func (a *app) material() (*auth.Material, error) {
@@ -76,7 +109,7 @@ func (a *app) agentAdd(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	creds, pub, err := m.AgentCreds(id, a.g.prefix)
+	creds, pub, err := m.AgentCreds(id, a.g.prefix, a.f.consumers...)
 	if err != nil {
 		return fail(nil, err, "%v", err)
 	}
@@ -99,6 +132,9 @@ func (a *app) agentAdd(ctx context.Context, id string) error {
 	}
 	fmt.Fprintf(a.out, "agent %s (role %s): credentials written to %s (mode 0600); registered in %s at revision %d\n",
 		id, role, out, kvconfig.BucketAgents, rev)
+	for _, g := range a.f.consumers {
+		fmt.Fprintf(a.out, "  may consume durable %s of stream %s (pull, ack; it cannot create or delete streams or consumers)\n", g.Durable, g.Stream)
+	}
 	return nil
 }
 

@@ -81,7 +81,7 @@ func init() {
 			summary: "Ask the supervisor for every scope consulted: present, valid, revision, winner, shadowed.",
 			example: "explain a7 github",
 			detail:  "The exit code follows the outcome: 0 ok, 3 the winner is invalid, 4 no scope has it."},
-		{name: "agent", args: "add ID --role ROLE [--out FILE] | revoke ID | forget ID | release ID | list", minArgs: 1, maxArgs: 2, run: (*app).cmdAgent, flags: agentFlags,
+		{name: "agent", args: "add ID --role ROLE [--consumer STREAM:DURABLE]... [--out FILE] | revoke ID | forget ID | release ID | list", minArgs: 1, maxArgs: 2, run: (*app).cmdAgent, flags: agentFlags,
 			summary: "Issue, revoke and list agents' NATS credentials; forget a lost or gone agent; end a quarantine.",
 			example: "agent add a7 --role coder",
 			detail: "add signs a credential for agent ID with exactly its own permissions (the account\n" +
@@ -94,6 +94,9 @@ func init() {
 				"healthy for a whole --quarantine-period without needing recovery). list shows the agents\n" +
 				"issued here.\n" +
 				"  --role ROLE    the agent's role (add; required)\n" +
+				"  --consumer STREAM:DURABLE  (add; repeatable) let it consume that existing durable pull\n" +
+				"                 consumer: pull, info and ack of it only, nothing else of $JS (create the\n" +
+				"                 stream and durable yourself: 'nats stream add', 'nats consumer add')\n" +
 				"  --out FILE     where to write the credentials (add)\n" +
 				"  --data-dir D   the supervisor's data directory (env TETHER_DATA_DIR, default ./data)"},
 		{name: "auth", args: "[--resolver-dir DIR] [--out FILE]", minArgs: 0, maxArgs: 0, run: (*app).cmdAuth, flags: authFlags,

@@ -132,7 +132,7 @@ func (a *app) printFleet(all fleetPage) {
 	for _, raw := range all.Agents {
 		m := decodeObject(raw)
 		t.row(str(m, "agent", "id"), str(m, "state"), roleCell(m), a.lastHeard(m), rtt(m),
-			configsCell(m["configs"]), str(m, "reason"))
+			configsCell(m["configs"]), reasonCell(m))
 	}
 	t.flush()
 	fmt.Fprintln(a.out, a.summaryLine(len(all.Agents), all.Counts))
@@ -258,6 +258,20 @@ func decodeObject(raw []byte) map[string]any {
 	dec.UseNumber()
 	_ = dec.Decode(&m)
 	return m
+}
+
+// reasonCell is the status's reason, with the backlog of its task
+// queues when it has one (a queue zombie's reason names the consumer).
+func reasonCell(m map[string]any) string {
+	reason := str(m, "reason")
+	n, ok := m["backlog"].(json.Number)
+	if !ok || n.String() == "0" {
+		return reason
+	}
+	if reason != "" {
+		reason += "; "
+	}
+	return reason + "backlog " + n.String() + " tasks"
 }
 
 // str returns the first of keys holding a string.

@@ -418,3 +418,16 @@ func (h *harness) waitOutput(want ...string) {
 		return nil
 	})
 }
+
+func TestReasonCellShowsBacklog(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"reason":"queue zombie: TASKS_a7/a7 has 20 pending","backlog":21}`: "queue zombie: TASKS_a7/a7 has 20 pending; backlog 21 tasks",
+		`{"backlog":3}`:                    "backlog 3 tasks",
+		`{"reason":"no heartbeat for 1s"}`: "no heartbeat for 1s",
+		`{"reason":"r","backlog":0}`:       "r",
+	} {
+		if got := reasonCell(decodeObject([]byte(raw))); got != want {
+			t.Errorf("%s: %q, want %q", raw, got, want)
+		}
+	}
+}

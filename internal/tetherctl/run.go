@@ -126,15 +126,16 @@ type app struct {
 
 // cmdFlags are the flags of individual commands.
 type cmdFlags struct {
-	revision        optUint // put --revision
-	scope           string  // import --scope
-	dryRun          bool    // import --dry-run
-	dropUnsupported bool    // import --drop-unsupported
-	state, role     string  // fleet
-	agent           string  // fleet --agent
-	limit           int     // fleet --limit
-	out             string  // agent add --out
-	resolverDir     string  // auth --resolver-dir
+	revision        optUint       // put --revision
+	scope           string        // import --scope
+	dryRun          bool          // import --dry-run
+	dropUnsupported bool          // import --drop-unsupported
+	state, role     string        // fleet
+	agent           string        // fleet --agent
+	limit           int           // fleet --limit
+	out             string        // agent add --out
+	consumers       consumerFlags // agent add --consumer (repeatable)
+	resolverDir     string        // auth --resolver-dir
 }
 
 // optUint is a uint64 flag that remembers whether it was given.

@@ -283,14 +283,71 @@ func (m *Material) userCreds(name string, perms jwt.Permissions, system bool) ([
 	return creds, upub, nil
 }
 
-// AgentCreds signs a credential for agent id with AgentPermissions. The id
-// is validated before it reaches any permission.
-func (m *Material) AgentCreds(id, prefix string) (creds []byte, userPub string, err error) {
+// AgentCreds signs a credential for agent id with AgentPermissions, with
+// grants for the durable consumers it may consume. The id and every
+// consumer are validated before they reach any permission.
+func (m *Material) AgentCreds(id, prefix string, consumers ...ConsumerGrant) (creds []byte, userPub string, err error) {
 	if err := kvconfig.ValidateID(kvconfig.KindAgent, id); err != nil {
 		return nil, "", err
 	}
-	return m.userCreds("agent-"+id, AgentPermissions(id, prefix), false)
+	for _, g := range consumers {
+		if err := g.Validate(); err != nil {
+			return nil, "", err
+		}
+	}
+	return m.userCreds("agent-"+id, AgentPermissions(id, prefix, consumers...), false)
 }
+
+// ErrBadConsumer reports a consumer grant that is not STREAM:DURABLE of
+// identifiers.
+var ErrBadConsumer = errors.New("auth: bad consumer grant")
+
+// MaxConsumerGrants bounds the consumers one agent is granted (a heartbeat
+// declares at most as many).
+const MaxConsumerGrants = 16
+
+// ConsumerGrant is a JetStream durable pull consumer an agent may consume:
+// its stream and durable name.
+type ConsumerGrant struct{ Stream, Durable string }
+
+// ParseConsumerGrant parses STREAM:DURABLE.
+func ParseConsumerGrant(s string) (ConsumerGrant, error) {
+	stream, durable, ok := strings.Cut(s, ":")
+	if !ok {
+		return ConsumerGrant{}, fmt.Errorf("%w %q: want STREAM:DURABLE, e.g. TASKS_a7:a7", ErrBadConsumer, kvconfig.Truncate(s, 80))
+	}
+	g := ConsumerGrant{Stream: stream, Durable: durable}
+	return g, g.Validate()
+}
+
+// Validate checks both names are identifiers (1-64 of [A-Za-z0-9_-]): no
+// dot, wildcard or space can reach a permission subject.
+func (g ConsumerGrant) Validate() error {
+	if err := kvconfig.ValidateID("stream", g.Stream); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadConsumer, err)
+	}
+	if err := kvconfig.ValidateID("durable", g.Durable); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadConsumer, err)
+	}
+	return nil
+}
+
+// Subjects are exactly the JetStream subjects a pull consumer of the
+// durable publishes to: its pull requests (replies come to the agent's
+// private inbox), its info (a bind) and its acks.
+func (g ConsumerGrant) Subjects() []string {
+	sd := g.Stream + "." + g.Durable
+	return []string{"$JS.API.CONSUMER.MSG.NEXT." + sd, "$JS.API.CONSUMER.INFO." + sd, "$JS.ACK." + sd + ".>"}
+}
+
+// jsDenyWithConsumers replaces the blanket $JS.> publish deny of an agent
+// granted consumers (a deny would override its grants): every other
+// JetStream API family stays denied, and anything not granted is refused
+// by the allow list anyway.
+var jsDenyWithConsumers = []string{"$JS.API.INFO", "$JS.API.STREAM.>", "$JS.API.CONSUMER.CREATE.>",
+	"$JS.API.CONSUMER.DURABLE.>", "$JS.API.CONSUMER.DELETE.>", "$JS.API.CONSUMER.LIST.>", "$JS.API.CONSUMER.NAMES.>",
+	"$JS.API.CONSUMER.PAUSE.>", "$JS.API.CONSUMER.UNPIN.>", "$JS.API.CONSUMER.LEADER.>", "$JS.API.DIRECT.>",
+	"$JS.API.META.>", "$JS.API.SERVER.>", "$JS.API.ACCOUNT.>", "$JS.FC.>", "$JS.EVENT.>"}
 
 // Revoke revokes every credential of userPub issued up to now and returns
 // the re-signed account JWT (also written to account.jwt), for the running
@@ -324,14 +381,24 @@ func prefixOr(prefix string) string {
 // resolve, resolveall and heartbeat subjects, its own command subject (the
 // client's self-probes) and its private inbox; subscribe its command
 // subject and private inbox; everything shared or system-level denied.
-func AgentPermissions(id, prefix string) jwt.Permissions {
+// Each granted consumer (validated by the caller: AgentCreds) adds exactly
+// ConsumerGrant.Subjects and nothing else of $JS.
+func AgentPermissions(id, prefix string, consumers ...ConsumerGrant) jwt.Permissions {
 	p := prefixOr(prefix) + ".v1."
 	var perms jwt.Permissions
 	perms.Pub.Allow.Add(p+"resolve."+id+".*", p+"resolveall."+id, p+"hb."+id, p+"cmd."+id, "_INBOX_"+id+".>")
 	perms.Sub.Allow.Add(p+"cmd."+id, "_INBOX_"+id+".>")
 	deny := []string{"_INBOX.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>"}
-	perms.Pub.Deny.Add(deny...)
 	perms.Sub.Deny.Add(deny...)
+	if len(consumers) == 0 {
+		perms.Pub.Deny.Add(deny...)
+		return perms
+	}
+	perms.Pub.Deny.Add("_INBOX.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>")
+	perms.Pub.Deny.Add(jsDenyWithConsumers...)
+	for _, g := range consumers {
+		perms.Pub.Allow.Add(g.Subjects()...)
+	}
 	return perms
 }
 
@@ -361,8 +428,10 @@ func ViewerPermissions(prefix string) jwt.Permissions {
 
 // SupervisorPermissions are the supervisor's own, exactly what it uses:
 // its service and heartbeat subjects; commands and probes; one reply to
-// each request it receives; writes to mcp_fleet and mcp_leader only; and
-// the JetStream API of its four buckets to create, inspect and watch them.
+// each request it receives; writes to mcp_fleet and mcp_leader only; the
+// JetStream API of its four buckets to create, inspect and watch them; and
+// the consumer info of any durable (read-only: the queue zombie check of
+// the consumers agents declare).
 // It never writes mcp_configs or mcp_agents (it only reads them), and it
 // cannot delete or purge a stream. Every allowed reply prefix is also
 // guarded by the reply-subject rule.
@@ -382,6 +451,7 @@ func SupervisorPermissions(prefix string) jwt.Permissions {
 			"$JS.API.CONSUMER.CREATE."+st, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".>",
 			"$JS.API.CONSUMER.INFO."+st+".>", "$JS.FC."+st+".>")
 	}
+	perms.Pub.Allow.Add("$JS.API.CONSUMER.INFO.*.*")
 	perms.Sub.Allow.Add(p+"resolve.>", p+"resolveall.>", p+"explain.>", p+"fleet.status", p+"fleet.release", p+"hb.*",
 		"$SRV.>", "_INBOX.>")
 	perms.Pub.Deny.Add("$KV.mcp_configs.>", "$KV.mcp_agents.>", "$SYS.>")

@@ -1,9 +1,11 @@
 package auth
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/jwt/v2"
@@ -162,4 +164,67 @@ func TestEnsureKeepNeverReissues(t *testing.T) {
 	if after, _ := os.ReadFile(filepath.Join(dir, DirName, SupervisorFile)); string(after) != string(before) {
 		t.Fatal("EnsureKeep rewrote supervisor.creds")
 	}
+}
+
+func TestConsumerGrantPermissions(t *testing.T) {
+	for _, bad := range []string{"", "S", "S:", ":D", "S.x:D", "S:D.>", "S:*", "S:D:E", "S :D", strings.Repeat("s", 65) + ":D"} {
+		if _, err := ParseConsumerGrant(bad); !errors.Is(err, ErrBadConsumer) {
+			t.Errorf("ParseConsumerGrant(%q) = %v, want ErrBadConsumer", bad, err)
+		}
+	}
+	g, err := ParseConsumerGrant("TASKS_a7:a7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := AgentPermissions("a7", "")
+	perms := AgentPermissions("a7", "", g)
+	added := map[string]bool{}
+	for _, s := range perms.Pub.Allow {
+		if !slices.Contains(plain.Pub.Allow, s) {
+			added[s] = true
+		}
+	}
+	want := []string{"$JS.API.CONSUMER.MSG.NEXT.TASKS_a7.a7", "$JS.API.CONSUMER.INFO.TASKS_a7.a7", "$JS.ACK.TASKS_a7.a7.>"}
+	if len(added) != len(want) {
+		t.Fatalf("grant added %v, want exactly %v", added, want)
+	}
+	for _, s := range want {
+		if !added[s] {
+			t.Errorf("grant lacks %s", s)
+		}
+	}
+	if slices.Contains(perms.Pub.Deny, "$JS.>") || !slices.Contains(perms.Sub.Deny, "$JS.>") || !slices.Contains(plain.Pub.Deny, "$JS.>") {
+		t.Errorf("deny lists: granted pub %v sub %v; plain pub %v", perms.Pub.Deny, perms.Sub.Deny, plain.Pub.Deny)
+	}
+	for _, d := range perms.Pub.Deny { // no deny may shadow a grant
+		for _, s := range want {
+			if subjectCovers(d, s) {
+				t.Errorf("deny %s shadows grant %s", d, s)
+			}
+		}
+	}
+	m, _, err := Ensure(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.AgentCreds("a7", "", ConsumerGrant{Stream: "S.>", Durable: "D"}); !errors.Is(err, ErrBadConsumer) {
+		t.Errorf("AgentCreds with a bad grant: %v", err)
+	}
+}
+
+// subjectCovers reports whether pattern matches every subject literal s
+// can stand for (tokens, * and a trailing >).
+func subjectCovers(pattern, s string) bool {
+	pt, st := strings.Split(pattern, "."), strings.Split(s, ".")
+	for i, p := range pt {
+		switch {
+		case p == ">":
+			return len(st) > i
+		case i >= len(st):
+			return false
+		case p != "*" && p != st[i]:
+			return false
+		}
+	}
+	return len(pt) == len(st)
 }

@@ -52,9 +52,13 @@ type agentRow struct {
 	MoreCfgs   int           `json:"more_configs,omitempty"`
 	Pending    int           `json:"pending,omitempty"`
 	Unacked    int           `json:"probes_unacked,omitempty"`
-	Restarts   uint32        `json:"restarts,omitempty"`
-	Duplicate  bool          `json:"duplicate,omitempty"`
-	Skewed     bool          `json:"skewed,omitempty"`
+	// Backlog is the tasks waiting or unacknowledged in its declared
+	// consumers; QueueZombie: they pile up with no ack while it heartbeats.
+	Backlog     uint64 `json:"backlog,omitempty"`
+	QueueZombie bool   `json:"queue_zombie,omitempty"`
+	Restarts    uint32 `json:"restarts,omitempty"`
+	Duplicate   bool   `json:"duplicate,omitempty"`
+	Skewed      bool   `json:"skewed,omitempty"`
 	// Warnings are the status's (a role no config names).
 	Warnings []string `json:"warnings,omitempty"`
 	// MCPFailing are the MCP servers it fails while other agents reach them.
@@ -78,7 +82,8 @@ func makeRow(st fleet.AgentStatus) agentRow {
 		HeardMS: -1, IntervalMS: st.IntervalMS, Conn: st.Conn.State, RTT: round2(st.Conn.RTTMS),
 		Reconnects: st.Conn.Reconnects, OK: st.Calls.OK, Retried: st.Calls.Retried, Failed: st.Calls.Failed,
 		ErrClass: st.Calls.LastErrorClass, Pending: st.Pending, Unacked: st.ProbesUnacked,
-		Restarts: st.Restarts, Duplicate: st.Duplicate, Skewed: st.ClockSkewed, Warnings: st.Warnings, MCPFailing: st.MCPFailing}
+		Restarts: st.Restarts, Duplicate: st.Duplicate, Skewed: st.ClockSkewed, Warnings: st.Warnings, MCPFailing: st.MCPFailing,
+		Backlog: st.Backlog, QueueZombie: st.QueueZombie}
 	if !st.Since.IsZero() {
 		r.Since = st.Since.UnixMilli()
 	}

@@ -522,3 +522,18 @@ func TestDashboardStreamFraming(t *testing.T) {
 		t.Errorf("stream after close: %d %s", resp.StatusCode, body)
 	}
 }
+
+// A queue zombie's row carries its backlog and the flag the table marks.
+func TestRowShowsQueueBacklog(t *testing.T) {
+	r := makeRow(fleet.AgentStatus{Agent: "q1", State: fleet.StateZombie, Backlog: 21, QueueZombie: true,
+		Reason: "queue zombie: TASKS_q1/q1 has 20 pending and 1 unacknowledged"})
+	b, _ := json.Marshal(r)
+	for _, want := range []string{`"backlog":21`, `"queue_zombie":true`, `"state":"zombie"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("row %s lacks %s", b, want)
+		}
+	}
+	if b, _ := json.Marshal(makeRow(fleet.AgentStatus{Agent: "a1", State: fleet.StateHealthy})); strings.Contains(string(b), "backlog") {
+		t.Errorf("row without consumers shows a backlog: %s", b)
+	}
+}

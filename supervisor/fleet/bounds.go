@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/tether-dev/tether/kvconfig"
 )
 
 // Heartbeat bounds (the wire contract's): anything over them is discarded
@@ -20,7 +22,14 @@ const (
 	MaxIntervalMS     = 3_600_000
 	// MaxRTTMS bounds conn.rtt_ms: an hour; anything larger is not an RTT.
 	MaxRTTMS = 3_600_000
+	// MaxConsumers bounds the consumers a heartbeat declares
+	// (agentproto.MaxConsumers).
+	MaxConsumers = 16
 )
+
+// maxDecodedConsumers is where the fast decoder stops and lets the slow
+// path (and then the bounds) decide.
+const maxDecodedConsumers = MaxConsumers + 1
 
 // Discard reasons of bounds (label values of tether_heartbeats_discarded_total).
 const (
@@ -82,5 +91,29 @@ func checkBounds(hb *hbIn, minInterval int64) error {
 			return err
 		}
 	}
-	return nil // configs are bounded where they are decoded: decodeApplied
+	return checkConsumers(hb.Consumers) // configs are bounded where they are decoded: decodeApplied
+}
+
+// checkConsumers bounds the declared consumers: count, identifiers (the
+// supervisor puts them into JetStream API subjects), counters.
+func checkConsumers(cs []consumerIn) error {
+	if len(cs) > MaxConsumers {
+		return fmt.Errorf("%d consumers, over %d", len(cs), MaxConsumers)
+	}
+	for i, c := range cs {
+		if !kvconfig.ValidID(c.Stream) || !kvconfig.ValidID(c.Durable) {
+			return fmt.Errorf("consumers[%d]: stream %q and durable %q must be 1-64 of [A-Za-z0-9_-]",
+				i, kvconfig.Truncate(c.Stream, 80), kvconfig.Truncate(c.Durable, 80))
+		}
+		if c.Handled > MaxSafeInt || c.Acked > MaxSafeInt || c.Naked > MaxSafeInt || c.InFlight > MaxSafeInt ||
+			c.LastAckMSAgo != nil && *c.LastAckMSAgo > MaxSafeInt {
+			return fmt.Errorf("consumers[%d]: a counter is over 2^53-1", i)
+		}
+		for j := range i {
+			if cs[j].Stream == c.Stream && cs[j].Durable == c.Durable {
+				return fmt.Errorf("consumers[%d]: %s/%s declared twice", i, c.Stream, c.Durable)
+			}
+		}
+	}
+	return nil
 }

@@ -43,6 +43,17 @@ func TestCheckBounds(t *testing.T) {
 		b, _ := json.Marshal(a)
 		return string(b)
 	}
+	consumers := func(n int, stream string, counter uint64) string {
+		var b strings.Builder
+		b.WriteString("[")
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `{"stream":%q,"durable":"d%d","handled":%d,"acked":1,"naked":0,"in_flight":0}`, stream, i, counter)
+		}
+		return b.String() + "]"
+	}
 	for _, tc := range []struct {
 		name, extra string
 		ok          bool
@@ -64,6 +75,13 @@ func TestCheckBounds(t *testing.T) {
 		{"interval 3600001", `,"interval_ms":3600001`, false},
 		{"counter over 2^53-1", `,"calls":{"ok":9007199254740992}`, false},
 		{"config revision over 2^53-1", `,"configs":{"s":{"revision":9007199254740992}}`, false},
+		{"16 consumers", `,"consumers":` + consumers(16, "S", 1), true},
+		{"17 consumers", `,"consumers":` + consumers(17, "S", 1), false},
+		{"consumer counter over 2^53-1", `,"consumers":` + consumers(1, "S", 9007199254740992), false},
+		{"consumer stream with a dot", `,"consumers":` + consumers(1, "S.>", 1), false},
+		{"consumer stream of 65 bytes", `,"consumers":` + consumers(1, strings.Repeat("s", 65), 1), false},
+		{"consumer declared twice", `,"consumers":[{"stream":"S","durable":"D"},{"stream":"S","durable":"D"}]`, false},
+		{"consumer last ack over 2^53-1", `,"consumers":[{"stream":"S","durable":"D","last_ack_ms_ago":9007199254740992}]`, false},
 	} {
 		body := `{"agent":"a1"` + tc.extra + `}`
 		if !strings.Contains(tc.extra, `"instance"`) {

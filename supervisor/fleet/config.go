@@ -29,6 +29,10 @@ const (
 	DefaultMaxClockSkew      = time.Minute
 	DefaultMaxPending        = 32
 	DefaultPersistInterval   = time.Second
+	DefaultQueueZombieAfter  = 3
+	DefaultQueueInfoRate     = 100.0
+	DefaultQueueInfoBatch    = 64
+	DefaultQueueInfoTimeout  = 2 * time.Second
 
 	// MaxZombieAfter bounds Config.ZombieAfter.
 	MaxZombieAfter = 8
@@ -135,6 +139,20 @@ type Config struct {
 	// mcp_fleet (state changes and pending commands only, never per
 	// heartbeat). Default DefaultPersistInterval (1 s).
 	PersistInterval time.Duration
+	// QueueZombieAfter is how many of its intervals an agent's declared
+	// consumer may have messages pending or unacknowledged without its ack
+	// floor moving before the agent is a queue zombie (see queue.go); set
+	// it above the longest task's duration in intervals. 1..100, default
+	// DefaultQueueZombieAfter (3).
+	QueueZombieAfter int
+	// QueueInfoRate and QueueInfoBatch bound the consumer info requests
+	// the leader makes for declared consumers: per second fleet-wide, and
+	// at once per CheckInterval round; each consumer is read at most once
+	// per its agent's interval. QueueInfoTimeout bounds one. Defaults
+	// 100/s, 64 and 2 s.
+	QueueInfoRate    float64
+	QueueInfoBatch   int
+	QueueInfoTimeout time.Duration
 	// IsLeader gates everything that sends probes and commands or writes
 	// mcp_fleet; every replica tracks heartbeats regardless. It is called
 	// on the heartbeat path, so it must be cheap (an atomic load). Nil: this
@@ -177,6 +195,10 @@ func DefaultConfig() Config {
 		MaxClockSkew:      DefaultMaxClockSkew,
 		MaxPending:        DefaultMaxPending,
 		PersistInterval:   DefaultPersistInterval,
+		QueueZombieAfter:  DefaultQueueZombieAfter,
+		QueueInfoRate:     DefaultQueueInfoRate,
+		QueueInfoBatch:    DefaultQueueInfoBatch,
+		QueueInfoTimeout:  DefaultQueueInfoTimeout,
 	}
 }
 
@@ -270,6 +292,12 @@ func (c *Config) Validate() error {
 	}
 	if c.EstablishedAfter < 1 {
 		bad("EstablishedAfter %d must be at least 1 interval", c.EstablishedAfter)
+	}
+	if c.QueueZombieAfter < 1 || c.QueueZombieAfter > 100 {
+		bad("QueueZombieAfter %d outside 1..100", c.QueueZombieAfter)
+	}
+	if c.QueueInfoRate <= 0 || c.QueueInfoBatch < 1 || c.QueueInfoTimeout <= 0 {
+		bad("QueueInfoRate %v/s, QueueInfoBatch %d and QueueInfoTimeout %v must be positive", c.QueueInfoRate, c.QueueInfoBatch, c.QueueInfoTimeout)
 	}
 	if c.MaxPending < 1 {
 		bad("MaxPending %d must be at least 1", c.MaxPending)

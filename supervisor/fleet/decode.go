@@ -121,8 +121,10 @@ func (d *hbDecoder) heartbeat(hb *hbIn) error {
 			return d.bool(&hb.Goodbye)
 		case "servers":
 			return d.servers(&hb.Servers)
+		case "consumers":
+			return d.consumers(&hb.Consumers)
 		}
-		return d.unknown(k, "agent", "instance", "seq", "sent_at", "interval_ms", "probe_ack", "acks", "conn", "calls", "configs", "goodbye", "servers")
+		return d.unknown(k, "agent", "instance", "seq", "sent_at", "interval_ms", "probe_ack", "acks", "conn", "calls", "configs", "goodbye", "servers", "consumers")
 	})
 	d.ws()
 	if err != nil || d.i != len(d.b) {
@@ -163,6 +165,73 @@ func (d *hbDecoder) calls(c *callInfo) error {
 			return d.str(&c.LastErrorClass)
 		}
 		return d.unknown(k, "ok", "retried", "failed", "unknown", "last_error_class")
+	})
+}
+
+// consumers reads the heartbeat's consumers array (at most
+// maxDecodedConsumers entries on the fast path; more go the slow path,
+// whose result the bounds then refuse).
+func (d *hbDecoder) consumers(dst *[]consumerIn) error {
+	if d.null() {
+		*dst = nil
+		return nil
+	}
+	if !d.expect('[') {
+		return errSlowPath
+	}
+	*dst = nil
+	if d.expect(']') {
+		*dst = []consumerIn{}
+		return nil
+	}
+	for {
+		if len(*dst) >= maxDecodedConsumers {
+			return errSlowPath
+		}
+		*dst = append(*dst, consumerIn{})
+		if err := d.consumer(&(*dst)[len(*dst)-1]); err != nil {
+			return err
+		}
+		if d.expect(',') {
+			d.ws()
+			continue
+		}
+		if d.expect(']') {
+			return nil
+		}
+		return errSlowPath
+	}
+}
+
+func (d *hbDecoder) consumer(c *consumerIn) error {
+	d.ws()
+	return d.object(func(k []byte) error {
+		switch string(k) {
+		case "stream":
+			return d.str(&c.Stream)
+		case "durable":
+			return d.str(&c.Durable)
+		case "handled":
+			return d.uint(&c.Handled)
+		case "acked":
+			return d.uint(&c.Acked)
+		case "naked":
+			return d.uint(&c.Naked)
+		case "in_flight":
+			return d.uint(&c.InFlight)
+		case "last_ack_ms_ago":
+			if d.null() {
+				c.LastAckMSAgo = nil
+				return nil
+			}
+			var v uint64
+			if err := d.uint(&v); err != nil {
+				return err
+			}
+			c.LastAckMSAgo = &v
+			return nil
+		}
+		return d.unknown(k, "stream", "durable", "handled", "acked", "naked", "in_flight", "last_ack_ms_ago")
 	})
 }
 

@@ -22,6 +22,11 @@ var heartbeatSeeds = []string{
 	`{"instance":"ü","seq":2}`,                               // non-ASCII: slow path
 	`{"instance":"i","conn":{"rtt_ms":1234567890.123456789}}`,
 	`[]`, `null`, `{`, ``, `{"acks":["a",null,"b"]}`,
+	`{"instance":"i","seq":1,"consumers":[{"stream":"TASKS_a7","durable":"a7","handled":120,"acked":118,"naked":2,"in_flight":1,"last_ack_ms_ago":800},{"stream":"S","durable":"D","handled":0,"acked":0,"naked":0,"in_flight":0}]}`,
+	`{"instance":"i","consumers":[]}`, `{"instance":"i","consumers":null}`, `{"instance":"i","consumers":[null]}`,
+	`{"instance":"i","consumers":[{"stream":"S","durable":"D","last_ack_ms_ago":null,"x":[1]}]}`,
+	`{"instance":"i","consumers":[{"Stream":"S"}]}`, `{"instance":"i","consumers":[{"acked":-1}]}`,
+	`{"instance":"i","consumers":{"stream":"S"}}`,
 }
 
 // checkDecode asserts the fast decoder agrees with encoding/json.
@@ -46,6 +51,12 @@ func TestHeartbeatDecoderMatchesEncodingJSON(t *testing.T) {
 	d := hbDecoder{b: []byte(heartbeatSeeds[0])}
 	if err := d.heartbeat(&hb); err != nil || hb.Seq != 7 || len(hb.Acks) != 2 || hb.Calls.Retried != 2 || hb.Conn.RTTMS != 0.25 {
 		t.Fatalf("fast path not taken or wrong: %v %+v", err, hb)
+	}
+	hb = hbIn{}
+	d = hbDecoder{b: []byte(heartbeatSeeds[len(heartbeatSeeds)-8])}
+	if err := d.heartbeat(&hb); err != nil || len(hb.Consumers) != 2 || hb.Consumers[0].Acked != 118 ||
+		*hb.Consumers[0].LastAckMSAgo != 800 || hb.Consumers[1].LastAckMSAgo != nil {
+		t.Fatalf("consumers: fast path not taken or wrong: %v %+v", err, hb.Consumers)
 	}
 }
 

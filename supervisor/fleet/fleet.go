@@ -59,6 +59,8 @@ type Fleet struct {
 
 	dropped int // heartbeats dropped so far; sweep goroutine only
 
+	queue queueState // the queue checker goroutine's (queue.go)
+
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -138,6 +140,7 @@ func (f *Fleet) Start(ctx context.Context, ix *kvconfig.Index) error {
 	f.cancel = cancel
 	f.wg.Go(func() { f.loop(lctx, f.cfg.CheckInterval, f.sweep) })
 	f.wg.Go(func() { f.loop(lctx, f.cfg.PersistInterval, f.t.flush) })
+	f.wg.Go(func() { f.loop(lctx, f.cfg.CheckInterval, f.checkQueues) })
 	f.wg.Go(func() { f.push.run(lctx) })
 	var prev drift
 	f.wg.Go(func() { f.loop(lctx, reconcileEvery(&f.cfg), func() { f.reconcileDrift(&prev) }) })

@@ -27,7 +27,7 @@ func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply
 		t.ingestServers(a, hb.Servers, now)
 	}
 	if hb.Goodbye {
-		a.goodbye, a.live, a.zombie, a.reason = true, StateGone, false, "said goodbye"
+		a.goodbye, a.live, a.zombie, a.qzombie, a.reason = true, StateGone, false, false, "said goodbye"
 		a.pending, a.probes = nil, nil
 		a.dirty |= dirtyOther
 	} else {
@@ -44,7 +44,7 @@ func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply
 			t.recovery(a, now, "back after "+time.Duration(silence).Round(time.Millisecond).String()+" of silence", out)
 		}
 	}
-	out.from, out.changed = t.setState(a, deriveState(a.live, a.zombie, a.quarantined), now)
+	out.from, out.changed = t.setState(a, deriveState(a.live, a.zombie || a.qzombie, a.quarantined), now)
 	out.to = a.state
 	if canReply && a.zombie && len(a.pending) > 0 && t.cmd.Leader() {
 		out.reply, out.replyResend = t.dueReply(a, now)
@@ -136,6 +136,7 @@ func (t *tracker) checkInstance(a *agent, hb *hbIn, now int64, out *ingestOut) b
 		a.restarts++
 		a.lastRestart = now
 		a.pending, a.probes, a.zombie = nil, nil, false // a new process resolves everything itself
+		a.qzombie, a.queues = false, nil                // and binds its consumers afresh
 		a.dirty |= dirtyOther
 		out.restarted = true
 		t.recovery(a, now, "restarted as instance "+a.instance, out)
@@ -158,6 +159,7 @@ func (t *tracker) updateInfo(a *agent, hb *hbIn, wall time.Time, out *ingestOut)
 		a.calls = *hb.Calls
 		a.calls.LastErrorClass = internSmall(last, hb.Calls.LastErrorClass)
 	}
+	updateQueues(a, hb.Consumers)
 	if hb.configsChanged {
 		a.configsHash, a.configs = hb.configsHash, hb.applied
 		a.dirty |= dirtyOther

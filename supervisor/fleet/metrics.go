@@ -30,6 +30,7 @@ type Metrics struct {
 	kvWrites        *prometheus.CounterVec
 	spoofedTotal    *prometheus.CounterVec
 	servers         serverMetrics
+	queue           *queueMetrics
 }
 
 // NewMetrics creates the fleet's metrics and registers them with reg.
@@ -76,6 +77,7 @@ func NewMetrics(reg prometheus.Registerer, identityMismatch *prometheus.CounterV
 	reg.MustRegister(f.hbReceived, f.hbDiscarded, f.agentsByState, f.transitions, f.probesSent, f.probesOverdue,
 		f.cmdSent, f.cmdResent, f.cmdAcked, f.pushes, f.pushAgents, f.pushSkips, f.massSilent, f.fleetFullG, f.hbResubs, f.duplicates,
 		f.quarantines, f.recoveryBacklog, f.kvWrites)
+	f.queue = newQueueMetrics(reg)
 	return f
 }
 

@@ -81,6 +81,14 @@ type AgentStatus struct {
 	// other agents reach them (judged per agent: see serverhealth.go).
 	Servers    map[string]ServerCalls `json:"servers,omitempty"`
 	MCPFailing []string               `json:"mcp_failing,omitempty"`
+	// Consumers are the durable consumers the agent declares, with their
+	// backlog as the leader last read it; Backlog sums their pending and
+	// unacknowledged messages; QueueZombie: it heartbeats while a backlog
+	// has had no ack progress for Fleet.QueueZombieAfter intervals (its
+	// state shows zombie).
+	Consumers   []QueueStatus `json:"consumers,omitempty"`
+	Backlog     uint64        `json:"backlog,omitempty"`
+	QueueZombie bool          `json:"queue_zombie,omitempty"`
 	// Warnings: what an operator most likely did not mean, such as a role
 	// in mcp_agents that no config names (the agent silently gets global
 	// configs only); the text is the one explain shows.
@@ -139,6 +147,7 @@ func (t *tracker) snapshot(a *agent, now int64, wall time.Time) AgentStatus {
 		Duplicate: a.duplicate, Spoofed: a.spoofed, ClockSkewMS: a.skewMS, ClockSkewed: a.skewed,
 	}
 	st.Since = wall.Add(time.Duration(a.since - now)).UTC()
+	t.queueSnapshot(a, now, &st)
 	if a.heardWall != 0 {
 		st.LastHeard = time.Unix(0, a.heardWall).UTC()
 		st.SilentMS = time.Duration(now - a.heard).Milliseconds()

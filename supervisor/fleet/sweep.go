@@ -138,7 +138,7 @@ func (t *tracker) judge(a *agent, now int64, freeze bool) bool {
 			a.reason = "no heartbeat for " + silence.Round(time.Millisecond).String()
 		case StateLost:
 			a.reason = "no heartbeat for " + silence.Round(time.Millisecond).String()
-			a.zombie, a.probes = false, nil
+			a.zombie, a.qzombie, a.probes = false, false, nil
 		case StateGone:
 			if !a.goodbye {
 				a.reason = "lost for " + silence.Round(time.Second).String()
@@ -266,7 +266,7 @@ func (t *tracker) settle(a *agent, now int64) {
 		a.duplicate = false
 		a.dirty |= dirtyOther
 	}
-	if from, changed := t.setState(a, deriveState(a.live, a.zombie, a.quarantined), now); changed {
+	if from, changed := t.setState(a, deriveState(a.live, a.zombie || a.qzombie, a.quarantined), now); changed {
 		t.sweep.trans = append(t.sweep.trans, transOut{agent: a.id, from: from, to: a.state, why: a.reason})
 	}
 }

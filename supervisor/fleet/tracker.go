@@ -55,6 +55,7 @@ type hbIn struct {
 	Conn       connInfo        `json:"conn"`
 	Configs    json.RawMessage `json:"configs"`
 	Calls      *callInfo       `json:"calls"`
+	Consumers  []consumerIn    `json:"consumers"`
 	Goodbye    bool            `json:"goodbye"`
 	// Servers is per MCP server the agent calls (servers.go).
 	Servers map[string]serverIn `json:"servers"`
@@ -131,6 +132,8 @@ type agent struct {
 	configsHash            uint64
 	conn                   connInfo
 	calls                  callInfo
+	queues                 []queueRec // declared consumers (queue.go)
+	qzombie                bool       // queue zombie: backlog with no ack progress while it heartbeats
 	intervalMS             int64
 	skewMS                 int64
 	restarts, spoofed      uint32

@@ -276,8 +276,10 @@
     const pend = [];
     if (r.pending) pend.push(r.pending + ' cmd');
     if (r.probes_unacked) pend.push(r.probes_unacked + ' probe');
+    if (r.backlog) pend.push(T.fmtInt(r.backlog) + ' task' + (r.backlog === 1 ? '' : 's'));
     T.setText(c.pending, pend.join(' · ') || '—');
-    T.setClass(c.pending, 'pending num' + (r.probes_unacked ? ' warn' : ''));
+    T.setClass(c.pending, 'pending num' + (r.queue_zombie ? ' bad' : r.probes_unacked ? ' warn' : ''));
+    c.pending.title = r.backlog ? 'tasks waiting or unacknowledged in its task queues' + (r.queue_zombie ? ': nothing acked for too long while it heartbeats (queue zombie)' : '') : '';
     const flags = [];
     if (r.duplicate) flags.push('duplicate instances under this id');
     if (r.skewed) flags.push('clock skewed');
