@@ -81,6 +81,7 @@ supervisor --nats-url nats://127.0.0.1:4222 --creds ./data/auth/supervisor.creds
 	fs.DurationVar(&f.ResendInterval, "resend-interval", f.ResendInterval, "how long an unacknowledged command waits before it is sent again, at --heartbeat-interval (in proportion for others); 0: two intervals")
 	fs.DurationVar(&f.CheckInterval, "check-interval", f.CheckInterval, "how often every agent is judged: the resolution of every detection time; at most --heartbeat-interval")
 	fs.IntVar(&f.ZombieAfter, "zombie-after", f.ZombieAfter, "unanswered probes before an agent is a zombie")
+	fs.IntVar(&f.ServerFailingAfter, "mcp-failing-after", f.ServerFailingAfter, "intervals an agent's calls to an MCP server must fail, while other agents reach it, before it is flagged mcp_failing and sent one reresolve of that server; 0: 2")
 	fs.IntVar(&f.QueueZombieAfter, "queue-zombie-after", f.QueueZombieAfter, "intervals a declared task consumer may have a backlog with no ack before its heartbeating agent is a queue zombie; above the longest task, in intervals")
 	fs.Float64Var(&f.QueueInfoRate, "queue-info-rate", f.QueueInfoRate, "fleet-wide consumer info requests per second for agents' declared task consumers")
 	fs.Float64Var(&f.RecoveryRate, "recovery-rate", f.RecoveryRate, "fleet-wide recovery commands per second after a shared outage")
