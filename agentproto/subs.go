@@ -63,9 +63,12 @@ type Subscription struct {
 type SubOption func(*Subscription) error
 
 // WithProbe has the health loop publish a self-probe (an empty message with
-// the HeaderProbe header) to subject every round and expect it back through
-// this subscription; one that stays away for Config.HealthFailures rounds
-// while the handler makes no progress re-creates the subscription. subject
+// the HeaderProbe header) to subject when this subscription's turn comes
+// (one probe per Config.ProbeInterval, in rotation over the probed
+// subscriptions; skipped when it received a message since its last turn;
+// every health tick while a probe is lost) and expect it back through this
+// subscription; a probe lost Config.HealthFailures times in a row while
+// the handler makes no progress re-creates the subscription. subject
 // must be a literal subject the subscription matches; empty means the
 // subscription's own (literal) subject. Use it only when no one else
 // minds the probes on that subject, and with handlers that return

@@ -107,7 +107,7 @@ func init() {
 				"viewers and agents then connect.\n" +
 				"  --resolver-dir DIR   where your server keeps account JWTs (default ./tether-jwt)\n" +
 				"  --out FILE           write the configuration to FILE (mode 0600) instead of stdout"},
-		{name: "fleet", args: "[--state S] [--role R] [--agent A]", minArgs: 0, maxArgs: 0, run: (*app).cmdFleet, flags: fleetFlags,
+		{name: "fleet", args: "[--state S] [--role R] [--agent A] [--limit N]", minArgs: 0, maxArgs: 0, run: (*app).cmdFleet, flags: fleetFlags,
 			summary: "List agents from the supervisor: state, role, last heard, RTT, config revisions applied/current.",
 			example: "fleet --state zombie",
 			detail: "  --state S   only agents in state S (" + strings.Join(fleetStates, ", ") + ")\n" +
@@ -176,11 +176,15 @@ Configs (KV bucket mcp_configs):
 Supervisor (requests on <prefix>.v1.*):
   resolve AGENT SERVER             the config AGENT gets: scope, key, revision, config
   explain AGENT SERVER             every scope consulted: present, valid, revision, winner, shadowed
-  fleet [--state S] [--role R]     agents: state, role, last heard, RTT, config revisions applied/current
+  fleet [--state S] [--role R] [--agent A] [--limit N]
+                                   agents: state, role, last heard, RTT, config revisions applied/current
 
 Agents (the embedded server's credentials, in --data-dir):
-  agent add ID --role ROLE         issue ID's credentials (ID.creds) and register its role
+  agent add ID --role ROLE [--consumer STREAM:DURABLE]...
+                                   issue ID's credentials (ID.creds), register its role, let it consume those durables
   agent revoke ID                  end every credential of ID; its connections close
+  agent forget ID                  drop a lost or gone agent from the fleet now (its mcp_fleet record)
+  agent release ID                 end ID's quarantine now
   agent list                       agents issued here, with their roles
   auth                             nats-server configuration for Tether's auth on your own NATS
 
