@@ -143,15 +143,22 @@ func (f *Fleet) subscribe() error {
 }
 
 // resubscribe replaces a heartbeat subscription that stopped receiving.
+// The new one is made first and the old one drained, not dropped: if the
+// old one was receiving after all (its probe late, not lost), nothing that
+// was already on its way to it is lost; a heartbeat both deliver is
+// applied once (the second is stale).
 func (f *Fleet) resubscribe() {
-	if old := f.sub.Load(); old != nil {
-		_ = old.Unsubscribe()
-	}
-	f.dropped = 0
+	old := f.sub.Load()
 	if err := f.subscribe(); err != nil {
 		f.log.Error().Err(err).Msg("cannot re-create the heartbeat subscription; retrying")
 		return
 	}
+	if old != nil {
+		if err := old.Drain(); err != nil {
+			_ = old.Unsubscribe()
+		}
+	}
+	f.dropped = 0
 	f.probe.restarts.Add(1)
 	f.t.metrics.hbResubscribed()
 }
