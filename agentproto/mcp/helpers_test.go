@@ -135,7 +135,41 @@ type httpServer struct {
 	addr string
 	srv  *http.Server
 	mcp  *sdk.Server
+	gate *handlerGate // the handlers of the running server
 	done chan struct{}
+}
+
+// handlerGate tracks the HTTP handlers of one run of an httpServer. The
+// SDK connects a server session inside a handler (an initialize POST;
+// every POST when stateless), and Server.bind lists the session in
+// Sessions() before connect has stored it for its OnDone callback
+// (go-sdk v1.8.0 mcp/transport.go connect: h = b.bind(...)): a session
+// closed in that window runs Server.disconnect(nil), which panics on
+// ServerSession.ID. stop therefore closes sessions only once no handler
+// runs, hence no connect is binding.
+type handlerGate struct {
+	mu      sync.Mutex
+	stopped bool
+	running sync.WaitGroup
+}
+
+// enter admits a handler unless the server is stopping.
+func (g *handlerGate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return false
+	}
+	g.running.Add(1)
+	return true
+}
+
+// drain refuses new handlers and waits for the running ones.
+func (g *handlerGate) drain() {
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
+	g.running.Wait()
 }
 
 func startHTTPServer(t testing.TB, name string, versions []string, jsonResponse bool) *httpServer {
@@ -185,9 +219,9 @@ func (h *httpServer) start() error {
 	stateless := len(h.versions) > 0 && h.versions[0] >= v20260728
 	handler := sdk.NewStreamableHTTPHandler(func(*http.Request) *sdk.Server { return s },
 		&sdk.StreamableHTTPOptions{JSONResponse: h.json, Stateless: stateless})
-	h.mcp = s
+	h.mcp, h.gate = s, &handlerGate{}
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", h.middleware(handler))
+	mux.Handle("/mcp", h.middleware(h.gate, handler))
 	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	h.done = make(chan struct{})
 	go func(srv *http.Server, done chan struct{}) {
@@ -199,8 +233,14 @@ func (h *httpServer) start() error {
 
 // middleware counts tools/call requests and, when rejectVersion is set,
 // answers them with -32022 instead of passing them to the SDK handler.
-func (h *httpServer) middleware(next http.Handler) http.Handler {
+// Every handler runs inside gate.
+func (h *httpServer) middleware(gate *handlerGate, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !gate.enter() {
+			http.Error(w, "server stopping", http.StatusServiceUnavailable)
+			return
+		}
+		defer gate.running.Done()
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -233,14 +273,18 @@ func (h *httpServer) middleware(next http.Handler) http.Handler {
 // stop closes the listener and every connection (sessions are lost).
 func (h *httpServer) stop() {
 	h.mu.Lock()
-	srv, done, ms := h.srv, h.done, h.mcp
-	h.srv, h.mcp = nil, nil
+	srv, done, ms, gate := h.srv, h.done, h.mcp, h.gate
+	h.srv, h.mcp, h.gate = nil, nil, nil
 	h.mu.Unlock()
 	if srv == nil {
 		return
 	}
 	_ = srv.Close()
 	<-done
+	// The connections are closed, so every request context is done and
+	// the handlers return (a stateless one closes its own session). Only
+	// then are the sessions left all bound, safe to close.
+	gate.drain()
 	// A killed server forgets its sessions: close them so their goroutines end.
 	for ss := range ms.Sessions() {
 		_ = ss.Close()
