@@ -522,6 +522,10 @@ const stdioServerEnv = "TETHER_MCP_TEST_STDIO_SERVER"
 // runStdioServer serves the four tools over stdin/stdout until stdin
 // closes; "crash" in the env exits at once (a crash-looping server).
 func runStdioServer() {
+	if dir := os.Getenv("TETHER_MCP_TEST_DIR"); dir != "" {
+		// One file per process started: name.started.<pid>.
+		_ = os.WriteFile(fmt.Sprintf("%s/%s.started.%d", dir, os.Getenv("TETHER_MCP_TEST_NAME"), os.Getpid()), nil, 0o600)
+	}
 	if os.Getenv(stdioServerEnv) == "crash" {
 		os.Exit(3)
 	}
