@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -91,7 +92,11 @@ type idOut struct {
 // idempotentHint), "get" (readOnlyHint) and "slow" (sleeps ms, not
 // idempotent). Each counts its runs per id in execs.
 func newMCPServer(name string, versions []string, execs *execCounter) *sdk.Server {
-	s := sdk.NewServer(&sdk.Implementation{Name: name, Version: "0.1.0"}, &sdk.ServerOptions{SupportedProtocolVersions: versions})
+	return newMCPServerWith(name, &sdk.ServerOptions{SupportedProtocolVersions: versions}, execs)
+}
+
+func newMCPServerWith(name string, opts *sdk.ServerOptions, execs *execCounter) *sdk.Server {
+	s := sdk.NewServer(&sdk.Implementation{Name: name, Version: "0.1.0"}, opts)
 	run := func(tool string) sdk.ToolHandlerFor[idIn, idOut] {
 		return func(ctx context.Context, _ *sdk.CallToolRequest, in idIn) (*sdk.CallToolResult, idOut, error) {
 			execs.begin(tool, 1)
@@ -130,6 +135,7 @@ type httpServer struct {
 	rejectVersion atomic.Bool
 	calls         atomic.Int64 // tools/call requests received
 	cancels       atomic.Int64 // notifications/cancelled received
+	logger        *slog.Logger // the SDK server's; nil: none
 
 	mu   sync.Mutex
 	addr string
@@ -213,7 +219,7 @@ func (h *httpServer) start() error {
 		return err
 	}
 	h.addr = ln.Addr().String()
-	s := newMCPServer(h.name, h.versions, &h.execs)
+	s := newMCPServerWith(h.name, &sdk.ServerOptions{SupportedProtocolVersions: h.versions, Logger: h.logger}, &h.execs)
 	// MCP 2026-07-28 has no sessions: the SDK serves it on stateless
 	// handlers only.
 	stateless := len(h.versions) > 0 && h.versions[0] >= v20260728
