@@ -40,8 +40,9 @@ import (
 // blocks: a changed config gets a new session for new calls while calls
 // already running on the old one finish (bounded by the config's timeout
 // or Options.DrainTimeout) before it is closed. A stdio server is
-// supervised: an exited process is restarted on the next call after a
-// backoff, and quarantined after too many restarts (Options.Restart).
+// supervised: an exited process is restarted by the caller itself (no
+// call needed) after a backoff, and quarantined after too many restarts
+// (Options.Restart), crash loop or not, calls or not.
 type ToolCaller struct {
 	opts  Options
 	log   zerolog.Logger

@@ -10,8 +10,8 @@
 // background bounded by the config's timeout, re-initialize a session the
 // server lost, renegotiate a rejected protocol version once, swap without
 // blocking on a config change while calls on the old session finish) and
-// supervises stdio servers (restart with backoff, quarantine a crash
-// loop), reporting each server's health through agentproto.ServerStats.
+// supervises stdio servers (an exited process restarted by itself after a
+// backoff, a crash loop quarantined, with or without calls), reporting each server's health through agentproto.ServerStats.
 // NATS, resolution and heartbeats are agentproto's. An agent that never
 // calls an MCP server does not import it and does not link the SDK's
 // session code. See PROTOCOL.md, "MCP tool calls".

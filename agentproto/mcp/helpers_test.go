@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -91,7 +92,11 @@ type idOut struct {
 // idempotentHint), "get" (readOnlyHint) and "slow" (sleeps ms, not
 // idempotent). Each counts its runs per id in execs.
 func newMCPServer(name string, versions []string, execs *execCounter) *sdk.Server {
-	s := sdk.NewServer(&sdk.Implementation{Name: name, Version: "0.1.0"}, &sdk.ServerOptions{SupportedProtocolVersions: versions})
+	return newMCPServerWith(name, &sdk.ServerOptions{SupportedProtocolVersions: versions}, execs)
+}
+
+func newMCPServerWith(name string, opts *sdk.ServerOptions, execs *execCounter) *sdk.Server {
+	s := sdk.NewServer(&sdk.Implementation{Name: name, Version: "0.1.0"}, opts)
 	run := func(tool string) sdk.ToolHandlerFor[idIn, idOut] {
 		return func(ctx context.Context, _ *sdk.CallToolRequest, in idIn) (*sdk.CallToolResult, idOut, error) {
 			execs.begin(tool, 1)
@@ -130,12 +135,47 @@ type httpServer struct {
 	rejectVersion atomic.Bool
 	calls         atomic.Int64 // tools/call requests received
 	cancels       atomic.Int64 // notifications/cancelled received
+	logger        *slog.Logger // the SDK server's; nil: none
 
 	mu   sync.Mutex
 	addr string
 	srv  *http.Server
 	mcp  *sdk.Server
+	gate *handlerGate // the handlers of the running server
 	done chan struct{}
+}
+
+// handlerGate tracks the HTTP handlers of one run of an httpServer. The
+// SDK connects a server session inside a handler (an initialize POST;
+// every POST when stateless), and Server.bind lists the session in
+// Sessions() before connect has stored it for its OnDone callback
+// (go-sdk v1.8.0 mcp/transport.go connect: h = b.bind(...)): a session
+// closed in that window runs Server.disconnect(nil), which panics on
+// ServerSession.ID. stop therefore closes sessions only once no handler
+// runs, hence no connect is binding.
+type handlerGate struct {
+	mu      sync.Mutex
+	stopped bool
+	running sync.WaitGroup
+}
+
+// enter admits a handler unless the server is stopping.
+func (g *handlerGate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return false
+	}
+	g.running.Add(1)
+	return true
+}
+
+// drain refuses new handlers and waits for the running ones.
+func (g *handlerGate) drain() {
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
+	g.running.Wait()
 }
 
 func startHTTPServer(t testing.TB, name string, versions []string, jsonResponse bool) *httpServer {
@@ -179,15 +219,15 @@ func (h *httpServer) start() error {
 		return err
 	}
 	h.addr = ln.Addr().String()
-	s := newMCPServer(h.name, h.versions, &h.execs)
+	s := newMCPServerWith(h.name, &sdk.ServerOptions{SupportedProtocolVersions: h.versions, Logger: h.logger}, &h.execs)
 	// MCP 2026-07-28 has no sessions: the SDK serves it on stateless
 	// handlers only.
 	stateless := len(h.versions) > 0 && h.versions[0] >= v20260728
 	handler := sdk.NewStreamableHTTPHandler(func(*http.Request) *sdk.Server { return s },
 		&sdk.StreamableHTTPOptions{JSONResponse: h.json, Stateless: stateless})
-	h.mcp = s
+	h.mcp, h.gate = s, &handlerGate{}
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", h.middleware(handler))
+	mux.Handle("/mcp", h.middleware(h.gate, handler))
 	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	h.done = make(chan struct{})
 	go func(srv *http.Server, done chan struct{}) {
@@ -199,8 +239,14 @@ func (h *httpServer) start() error {
 
 // middleware counts tools/call requests and, when rejectVersion is set,
 // answers them with -32022 instead of passing them to the SDK handler.
-func (h *httpServer) middleware(next http.Handler) http.Handler {
+// Every handler runs inside gate.
+func (h *httpServer) middleware(gate *handlerGate, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !gate.enter() {
+			http.Error(w, "server stopping", http.StatusServiceUnavailable)
+			return
+		}
+		defer gate.running.Done()
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -233,14 +279,18 @@ func (h *httpServer) middleware(next http.Handler) http.Handler {
 // stop closes the listener and every connection (sessions are lost).
 func (h *httpServer) stop() {
 	h.mu.Lock()
-	srv, done, ms := h.srv, h.done, h.mcp
-	h.srv, h.mcp = nil, nil
+	srv, done, ms, gate := h.srv, h.done, h.mcp, h.gate
+	h.srv, h.mcp, h.gate = nil, nil, nil
 	h.mu.Unlock()
 	if srv == nil {
 		return
 	}
 	_ = srv.Close()
 	<-done
+	// The connections are closed, so every request context is done and
+	// the handlers return (a stateless one closes its own session). Only
+	// then are the sessions left all bound, safe to close.
+	gate.drain()
 	// A killed server forgets its sessions: close them so their goroutines end.
 	for ss := range ms.Sessions() {
 		_ = ss.Close()
@@ -478,6 +528,10 @@ const stdioServerEnv = "TETHER_MCP_TEST_STDIO_SERVER"
 // runStdioServer serves the four tools over stdin/stdout until stdin
 // closes; "crash" in the env exits at once (a crash-looping server).
 func runStdioServer() {
+	if dir := os.Getenv("TETHER_MCP_TEST_DIR"); dir != "" {
+		// One file per process started: name.started.<pid>.
+		_ = os.WriteFile(fmt.Sprintf("%s/%s.started.%d", dir, os.Getenv("TETHER_MCP_TEST_NAME"), os.Getpid()), nil, 0o600)
+	}
 	if os.Getenv(stdioServerEnv) == "crash" {
 		os.Exit(3)
 	}

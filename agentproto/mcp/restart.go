@@ -26,10 +26,11 @@ const (
 )
 
 // RestartPolicy is the restart intensity of a supervised stdio server: an
-// exited process is restarted (on the next call) after a backoff; after
-// MaxRestarts restarts within Window, its next exit quarantines it for
-// QuarantineFor: calls fail fast with ErrQuarantined, the heartbeat says
-// "quarantined". Zero fields take the Default* values.
+// exited process is restarted by the ToolCaller itself, with no call
+// needed, after a backoff; after MaxRestarts restarts within Window, its
+// next exit quarantines it for QuarantineFor: calls fail fast with
+// ErrQuarantined, the heartbeat says "quarantined", and the first call
+// after it starts the process again. Zero fields take the Default* values.
 type RestartPolicy struct {
 	// BaseDelay is the wait before the first restart. Default
 	// DefaultRestartBaseDelay.

@@ -153,7 +153,11 @@ func (t *ToolCaller) connect(ctx context.Context, s *session, wait time.Duration
 	}
 	s.start = t.opts.Now()
 	began := time.Now()
-	cs, err := t.dial(ctx, s)
+	var cs *sdk.ClientSession
+	err := context.Cause(ctx) // Close or Swap during the backoff: start nothing
+	if err == nil {
+		cs, err = t.dial(ctx, s)
+	}
 	if err == nil {
 		s.hints = t.toolHints(ctx, cs)
 	}
@@ -228,11 +232,28 @@ func (t *ToolCaller) connectFailed(s *session, err error) {
 	delete(t.live, s)
 	quarantined := false
 	if s.gen.stdio() && s.gen == t.gen && !s.retired && !t.closed {
-		quarantined = t.budget.exited(s.start, t.opts.Now())
+		if quarantined = t.budget.exited(s.start, t.opts.Now()); !quarantined {
+			t.restartLocked(s.gen)
+		}
 	}
 	t.mu.Unlock()
 	if quarantined {
 		t.quarantined()
+	}
+}
+
+// restartLocked restarts the current config's stdio process at once
+// after it exited (its connect waits the backoff restartBudget.exited
+// set), so the next call does not pay the start-up and a crash loop
+// reaches its quarantine with no call made. Called with t.mu held, after
+// exited said the server is not quarantined. g is the exited process's
+// config: after a Swap, or once a call started a process, nothing is done.
+func (t *ToolCaller) restartLocked(g *generation) {
+	if t.closed || t.cur != nil || g != t.gen {
+		return
+	}
+	if _, err := t.startLocked(); err != nil { // not quarantined: cannot fail
+		t.log.Error().Err(err).Msg("mcp stdio server restart refused")
 	}
 }
 
@@ -264,9 +285,10 @@ func (t *ToolCaller) broke(s *session, cause error) {
 		t.mu.Unlock()
 		return
 	}
-	quarantined := false
+	quarantined, restart := false, false
 	if s.gen.stdio() && s.gen == t.gen && !t.closed {
 		quarantined = t.budget.exited(s.start, t.opts.Now())
+		restart = !quarantined
 	}
 	t.retireLocked(s, "session lost", true)
 	t.mu.Unlock()
@@ -274,6 +296,11 @@ func (t *ToolCaller) broke(s *session, cause error) {
 		Uint64(logKeyRevision, s.gen.res.Revision).Msg("mcp session lost")
 	if quarantined {
 		t.quarantined()
+	}
+	if restart {
+		t.mu.Lock()
+		t.restartLocked(s.gen)
+		t.mu.Unlock()
 	}
 }
 

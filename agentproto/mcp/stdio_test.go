@@ -18,8 +18,8 @@ import (
 var self = []string{os.Args[0]} // the stdio server is this test binary
 
 // A stdio server that exits mid-call: the call (to a tool that is not
-// idempotent) fails OutcomeUnknown, labelled, and the next call restarts
-// the process after the restart backoff and succeeds.
+// idempotent) fails OutcomeUnknown, labelled; the process is restarted
+// after the restart backoff and the next call succeeds on it.
 func TestStdioServerRestartedAfterExit(t *testing.T) {
 	var servers agentproto.ServerRegistry
 	rp := mcp.RestartPolicy{BaseDelay: 20 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
@@ -34,12 +34,12 @@ func TestStdioServerRestartedAfterExit(t *testing.T) {
 	if _, err := c.Call(ctx, "set", map[string]any{"id": "a"}); err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now() // the process exits during the next call
 	_, err = c.Call(ctx, "die", map[string]any{"id": "b"})
 	var ou *mcp.OutcomeUnknownError
 	if !errors.As(err, &ou) || !errors.Is(err, agentproto.ErrMCPProcessExited) {
 		t.Fatalf("a call whose process exited: %v, want OutcomeUnknown over process exited", err)
 	}
-	start := time.Now()
 	if _, err := c.Call(ctx, "set", map[string]any{"id": "c"}); err != nil {
 		t.Fatalf("the call after the exit: %v", err)
 	}
