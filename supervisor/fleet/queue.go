@@ -213,6 +213,7 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 	}
 	ix := t.index.Load()
 	var ungranted []queueRead
+	var judged []queueEvent
 	start := q.next
 	for n := range numShards {
 		i := (start + n) % numShards
@@ -229,6 +230,9 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 					g.states[QueueUnknown]++
 					if newly {
 						ungranted = append(ungranted, queueRead{agent: a.id, stream: r.decl.Stream, durable: r.decl.Durable})
+						if a.qzombie { // it may have been the stuck one: judge again
+							judged = append(judged, t.judgeQueues(a, now))
+						}
 					}
 					continue
 				}
@@ -248,6 +252,9 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 		sh.mu.Unlock()
 	}
 	t.reportUngranted(ungranted)
+	for _, ev := range judged {
+		ev.log(t)
+	}
 	return g
 }
 
