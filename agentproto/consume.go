@@ -171,7 +171,13 @@ type ConsumerStats struct {
 	Binds uint64
 	// PullFailures counts pulls that heard nothing from the server.
 	PullFailures uint64
-	InFlight     int
+	// PullsGone counts pulls answered 503 (no responders: the durable or
+	// JetStream gone); each ends the binding, bound again with backoff.
+	PullsGone uint64
+	// Dropped counts messages never handed to the handler: Tether
+	// self-probes a stream captured (acked, so a work queue removes them).
+	Dropped  uint64
+	InFlight int
 	// LastAck is when a task was last acknowledged (zero: never).
 	LastAck time.Time
 }
@@ -191,6 +197,7 @@ type Consumer struct {
 	slots           chan struct{} // one per handler running, WithMaxInFlight of them
 
 	handled, acked, naked, termed, panics, binds, pullFails atomic.Uint64
+	gone, dropped                                           atomic.Uint64
 	lastAck                                                 atomic.Int64
 	inHand                                                  atomic.Int64 // tasks delivered and not yet acked, naked or given back
 
@@ -280,7 +287,7 @@ func (k *Consumer) Stats() ConsumerStats {
 	k.mu.Unlock()
 	s := ConsumerStats{Handled: k.handled.Load(), Acked: k.acked.Load(), Naked: k.naked.Load(),
 		Termed: k.termed.Load(), Panics: k.panics.Load(), Binds: k.binds.Load(),
-		PullFailures: k.pullFails.Load(), InFlight: n}
+		PullFailures: k.pullFails.Load(), PullsGone: k.gone.Load(), Dropped: k.dropped.Load(), InFlight: n}
 	if t := k.lastAck.Load(); t != 0 {
 		s.LastAck = time.Unix(0, t)
 	}

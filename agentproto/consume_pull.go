@@ -3,6 +3,7 @@ package agentproto
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,17 +16,22 @@ type pullState struct {
 	mu          sync.Mutex
 	outstanding int       // asked for and not delivered or ended
 	heard       time.Time // the last message, heartbeat or status
+	gone        bool      // a 503: nothing serves the durable's pulls
 }
 
 func (p *pullState) arrived(code, pending string) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if code == "503" { // no responders: the durable or JetStream is gone; not heard
+		p.outstanding, p.gone = 0, true
+		return
+	}
 	if code == "" {
 		p.outstanding = max(0, p.outstanding-1)
 	} else {
 		p.outstanding = pullEnded(p.outstanding, code, pending)
 	}
 	p.heard = time.Now()
-	p.mu.Unlock()
 }
 
 func (p *pullState) requested(n int) {
@@ -43,10 +49,26 @@ func (p *pullState) reset() {
 	p.mu.Unlock()
 }
 
-func (p *pullState) snapshot() (int, time.Time) {
+func (p *pullState) snapshot() (int, time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.outstanding, p.heard
+	return p.outstanding, p.heard, p.gone
+}
+
+// sessionEnd is why a session ended.
+type sessionEnd int
+
+const (
+	sessionDone   sessionEnd = iota // the generation moved, a restart, the consumer stopping
+	sessionFailed                   // a pull heard nothing from the server
+	sessionGone                     // a pull was answered 503: no durable (or no JetStream) serves it
+)
+
+// isStatus reports a JetStream pull status message (idle heartbeat, end
+// of a pull, 503...): a Status header and no ack subject. A stored message
+// always has an ack subject, whatever headers its publisher set.
+func isStatus(m *nats.Msg) bool {
+	return m.Header.Get("Status") != "" && !strings.HasPrefix(m.Reply, "$JS.ACK.")
 }
 
 // session is one binding on nc: a private inbox whose callback accounts
@@ -55,14 +77,27 @@ func (p *pullState) snapshot() (int, time.Time) {
 // running, in this session or an older one), overlapping the handlers, watches
 // that pulls are heard and sends in-progress acks. It returns true when
 // it ended for a reason other than a failed pull (the generation moved,
-// a restart, the consumer stopping).
-func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg *sync.WaitGroup) bool {
+// a restart, the consumer stopping), sessionFailed when a pull heard
+// nothing and sessionGone when one was answered 503 (no responders).
+func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg *sync.WaitGroup) sessionEnd {
 	work := make(chan *nats.Msg, 2*k.o.maxInFlight+8)
 	done := make(chan struct{})
 	ps := &pullState{}
 	sub, err := nc.Subscribe(nc.NewInbox(), func(m *nats.Msg) {
-		if code := m.Header.Get("Status"); code != "" && len(m.Data) == 0 {
-			ps.arrived(code, m.Header.Get("Nats-Pending-Messages"))
+		if isStatus(m) {
+			ps.arrived(m.Header.Get("Status"), m.Header.Get("Nats-Pending-Messages"))
+			k.wake()
+			return
+		}
+		if m.Header.Get(HeaderProbe) != "" {
+			// A Tether self-probe a stream captured (its subject is also an
+			// agent's subscription): never a task; acked so a work queue drops it.
+			ps.arrived("", "")
+			k.dropped.Add(1)
+			if m.Reply != "" {
+				_ = nc.Publish(m.Reply, []byte("+ACK"))
+			}
+			k.warn.Debug().Str(logKeySubject, m.Subject).Msg("agentproto: consumer message is a Tether self-probe; acked, not handled")
 			k.wake()
 			return
 		}
@@ -76,7 +111,7 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 		}
 	})
 	if err != nil {
-		return true // the connection is going: the next round sees it
+		return sessionDone // the connection is going: the next round sees it
 	}
 	for range k.o.maxInFlight {
 		wg.Add(1)
@@ -94,25 +129,28 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 		// Pull as many as will have a free slot, once that is at least half
 		// of them: never more is asked for than WithMaxInFlight allows
 		// delivered and unacknowledged.
-		out, heard := ps.snapshot()
+		out, heard, gone := ps.snapshot()
+		if gone {
+			return sessionGone
+		}
 		if n := k.o.maxInFlight - int(k.inHand.Load()) - out; n >= (k.o.maxInFlight+1)/2 {
 			body, _ := json.Marshal(pullRequest{Batch: n, Expires: int64(k.o.pullExpiry), IdleHeartbeat: int64(hb)})
 			ps.requested(n) // before the publish: the first message may arrive before it returns
 			if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+k.stream+"."+k.durable, sub.Subject, body); err != nil {
-				return true
+				return sessionDone
 			}
 			continue
 		}
 		select {
 		case <-k.ctx.Done():
-			return true
+			return sessionDone
 		case <-k.kick:
 			if k.takeRestart() {
-				return true
+				return sessionDone
 			}
 		case <-tick.C:
 			if _, g := k.c.conn(); g != gen || nc.IsClosed() {
-				return true
+				return sessionDone
 			}
 			if r := nc.Stats().Reconnects; r != reconnects {
 				reconnects = r
@@ -123,7 +161,7 @@ func (k *Consumer) session(nc *nats.Conn, gen uint64, ackWait time.Duration, wg 
 				k.log.Warn().Int64("silent_ms", time.Since(heard).Milliseconds()).Uint64(logKeyConnGen, gen).
 					Msg("agentproto: pull heard nothing from the server; binding again")
 				k.c.emit(Event{Kind: EventHealthFailed, Gen: gen, Subject: k.stream + "/" + k.durable, Reason: "consumer pull heard nothing"})
-				return false
+				return sessionFailed
 			}
 			k.inProgress(ackWait)
 		}

@@ -67,12 +67,21 @@ func (k *Consumer) run() {
 			k.sleep(d)
 			continue
 		}
-		attempt = 0
-		if k.session(nc, gen, ackWait, &wg) {
-			fails = 0
+		switch k.session(nc, gen, ackWait, &wg) {
+		case sessionDone:
+			attempt, fails = 0, 0
 			k.restartWait()
 			continue
+		case sessionGone: // answered, so not a failed pull: bind again with backoff
+			attempt++
+			k.gone.Add(1)
+			d := ReconnectDelay(attempt, k.c.cfg.ReconnectWait, k.c.cfg.MaxReconnectWait, k.c.cfg.jitter(), rand.Float64())
+			k.warn.Warn().Int(logKeyAttempt, attempt).Int64("retry_in_ms", d.Milliseconds()).Uint64(logKeyConnGen, gen).
+				Msg("agentproto: consumer pull answered 503 (no responders: the durable or JetStream is gone); binding again")
+			k.sleep(d)
+			continue
 		}
+		attempt = 0
 		fails++
 		k.pullFails.Add(1)
 		if fails >= k.o.pullFailures {

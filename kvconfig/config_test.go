@@ -251,10 +251,22 @@ func TestDecodeAgentRecord(t *testing.T) {
 	if r, err := DecodeAgentRecord([]byte(`{"role":"coder"}`)); err != nil || r.Role != "coder" {
 		t.Fatalf("valid record: %+v %v", r, err)
 	}
+	if r, err := DecodeAgentRecord([]byte(`{"role":"coder","consumers":["TASKS_a7:a7","S:D"]}`)); err != nil ||
+		r.Role != "coder" || len(r.Consumers) != 2 || r.Consumers[1] != "S:D" {
+		t.Fatalf("valid record with consumers: %+v %v", r, err)
+	}
+	many := `{"role":"coder","consumers":["S:D0"` + strings.Repeat(`,"S:D0"`, MaxAgentConsumers) + `]}`
 	for _, tc := range []struct{ in, field, msg string }{
 		{`{"role":"coder","role":"admin"}`, "role", "duplicate key"},
 		{`{"role":"coder","\u0072ole":"admin"}`, "role", "duplicate key"},
-		{`{"rol":"coder"}`, "rol", "unknown field (check the spelling; fields are role)"},
+		{`{"rol":"coder"}`, "rol", "unknown field (check the spelling; fields are role, consumers)"},
+		{`{"role":"coder","consumers":"S:D"}`, "consumers", "wrong type"},
+		{`{"role":"coder","consumers":[5]}`, "consumers", "wrong type"},
+		{`{"role":"coder","consumers":["SD"]}`, "consumers[0]", "want \"<stream>:<durable>\""},
+		{`{"role":"coder","consumers":["S:D","S.x:D"]}`, "consumers[1]", "stream"},
+		{`{"role":"coder","consumers":["S:>"]}`, "consumers[0]", "durable"},
+		{`{"role":"coder","consumers":["S:D","S:D"]}`, "consumers[1]", "more than once"},
+		{many, "consumers", "at most 16"},
 		{`{"Role":"coder"}`, "Role", "names are case-sensitive"},
 		{`{"role":5}`, "role", "wrong type: JSON number where string is expected"},
 		{`{"role":"a.b"}`, "role", "role"},
@@ -328,4 +340,31 @@ func FuzzDecodeConfig(f *testing.F) {
 			t.Fatalf("round trip changed the config:\n%+v\n%+v (via %s)", c, again, enc)
 		}
 	})
+}
+
+// ConsumerGranted is exactly the valid record's consumers: not another
+// agent's, not a prefix of one, none for a record without the field, an
+// invalid record or no record; a changed record takes effect.
+func TestConsumerGranted(t *testing.T) {
+	ix := NewIndex()
+	ix.ApplyAgent("a7", 1, OpPut, []byte(`{"role":"coder","consumers":["TASKS_a7:a7","S:D"]}`))
+	ix.ApplyAgent("a8", 2, OpPut, []byte(`{"role":"coder"}`))
+	ix.ApplyAgent("a9", 3, OpPut, []byte(`{"role":"coder","consumers":["S:D"],"x":1}`))
+	for _, tc := range []struct {
+		agent, stream, durable string
+		want                   bool
+	}{
+		{"a7", "TASKS_a7", "a7", true}, {"a7", "S", "D", true},
+		{"a7", "TASKS_a", "7:a7", false}, {"a7", "TASKS_a7", "a", false}, {"a7", "S:D", "", false},
+		{"a8", "TASKS_a7", "a7", false}, {"a8", "S", "D", false},
+		{"a9", "S", "D", false}, {"nobody", "S", "D", false},
+	} {
+		if got := ix.ConsumerGranted(tc.agent, tc.stream, tc.durable); got != tc.want {
+			t.Errorf("ConsumerGranted(%s, %s, %s) = %v, want %v", tc.agent, tc.stream, tc.durable, got, tc.want)
+		}
+	}
+	ix.ApplyAgent("a7", 4, OpPut, []byte(`{"role":"coder"}`))
+	if ix.ConsumerGranted("a7", "S", "D") {
+		t.Error("a grant removed from the record still holds")
+	}
 }

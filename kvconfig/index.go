@@ -38,9 +38,10 @@ type Entry struct {
 func (e *Entry) Valid() bool { return e.Err == nil }
 
 type roleEntry struct {
-	role     string
-	revision uint64
-	err      error
+	role      string
+	consumers []string // granted "<stream>:<durable>"s; nil: none
+	revision  uint64
+	err       error
 }
 
 // Index is the in-memory view of the config and role buckets. It is fed by
@@ -216,7 +217,7 @@ func (ix *Index) ApplyAgent(agent string, rev uint64, op Op, value []byte) Chang
 		return ch
 	}
 	rec, err := DecodeAgentRecord(value)
-	re := roleEntry{role: rec.Role, revision: rev}
+	re := roleEntry{role: rec.Role, consumers: rec.Consumers, revision: rev}
 	if err != nil {
 		var ces *ConfigErrors
 		if errors.As(err, &ces) {
@@ -256,6 +257,24 @@ func (ix *Index) Role(agent string) (string, error) {
 	defer ix.mu.RUnlock()
 	re := ix.registry[agent]
 	return re.role, re.err
+}
+
+// ConsumerGranted reports whether agent's registry record (valid) grants
+// durable of stream: the supervisor reads the info of those consumers
+// only. An agent with no record, or an invalid one, is granted none.
+func (ix *Index) ConsumerGranted(agent, stream, durable string) bool {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	re := ix.registry[agent]
+	if re.err != nil {
+		return false
+	}
+	for _, c := range re.consumers {
+		if len(c) == len(stream)+1+len(durable) && c[:len(stream)] == stream && c[len(stream)] == ':' && c[len(stream)+1:] == durable {
+			return true
+		}
+	}
+	return false
 }
 
 // Registered reports whether agent has an entry in the role registry

@@ -304,7 +304,7 @@ func TestQueueZombieDetectedAndRecovered(t *testing.T) {
 	cfg := suptest.Config(t, srv.URL())
 	suptest.FastFleet(&cfg)
 	s := suptest.Start(t, cfg)
-	suptest.Register(t, s, "worker", "qz1")
+	suptest.RegisterConsumers(t, s, "worker", "qz1", "TASKS_qz1:qz1")
 	interval, after := cfg.Fleet.HeartbeatInterval, cfg.Fleet.QueueZombieAfter
 	js, _ := jetstream.New(observer(t, srv.URL()))
 	cons := taskQueue(t, js, "qz1", 30*time.Second)

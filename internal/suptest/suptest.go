@@ -7,12 +7,14 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rs/zerolog"
+	"github.com/tether-dev/tether/kvconfig"
 	"github.com/tether-dev/tether/supervisor"
 )
 
@@ -118,6 +120,31 @@ func Embedded(t testing.TB, dataDir string) supervisor.Config {
 func Register(t testing.TB, s *supervisor.Supervisor, role string, ids ...string) {
 	t.Helper()
 	val, _ := json.Marshal(map[string]string{"role": role})
+	register(t, s, val, ids...)
+}
+
+// RegisterConsumers registers id with role in mcp_agents and grants it
+// the durable consumers ("<stream>:<durable>" each), as 'tetherctl agent
+// add --consumer' records them, and waits until the supervisor has it.
+func RegisterConsumers(t testing.TB, s *supervisor.Supervisor, role, id string, consumers ...string) {
+	t.Helper()
+	val, _ := json.Marshal(kvconfig.AgentRecord{Role: role, Consumers: consumers})
+	register(t, s, val, id)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range consumers {
+		stream, durable, _ := strings.Cut(c, ":")
+		for !s.Index().ConsumerGranted(id, stream, durable) {
+			if ctx.Err() != nil {
+				t.Fatalf("suptest: %s's grant of %s not in the supervisor's registry within 10s", id, c)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+}
+
+func register(t testing.TB, s *supervisor.Supervisor, val []byte, ids ...string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, id := range ids {

@@ -138,7 +138,7 @@ func (a *app) agentAdd(ctx context.Context, id string) error {
 	return nil
 }
 
-// registerRole writes the agent's role to mcp_agents, connecting with the
+// registerRole writes the agent's role and granted consumers to mcp_agents, connecting with the
 // operator credentials of the data directory unless others were given.
 func (a *app) registerRole(ctx context.Context, m *auth.Material, id, role string) (uint64, error) {
 	a.defaultCreds(m, auth.OperatorFile)
@@ -151,7 +151,14 @@ func (a *app) registerRole(ctx context.Context, m *auth.Material, id, role strin
 	if err != nil {
 		return 0, fail(ErrUnavailable, err, "open %s: %v", kvconfig.BucketAgents, err)
 	}
-	val, _ := json.Marshal(map[string]string{"role": role})
+	rec := kvconfig.AgentRecord{Role: role}
+	for _, g := range a.f.consumers {
+		rec.Consumers = append(rec.Consumers, g.Stream+":"+g.Durable)
+	}
+	val, _ := json.Marshal(rec)
+	if _, err := kvconfig.DecodeAgentRecord(val); err != nil { // the supervisor decodes it so
+		return 0, fail(nil, err, "%v", err)
+	}
 	rev, err := kv.Put(octx, id, val)
 	if err != nil {
 		return 0, fail(ErrUnavailable, err, "register %s in %s: %v", id, kvconfig.BucketAgents, err)

@@ -304,7 +304,7 @@ var ErrBadConsumer = errors.New("auth: bad consumer grant")
 
 // MaxConsumerGrants bounds the consumers one agent is granted (a heartbeat
 // declares at most as many).
-const MaxConsumerGrants = 16
+const MaxConsumerGrants = kvconfig.MaxAgentConsumers
 
 // ConsumerGrant is a JetStream durable pull consumer an agent may consume:
 // its stream and durable name.

@@ -211,6 +211,9 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 	for _, s := range queueStates {
 		g.states[s] = 0
 	}
+	ix := t.index.Load()
+	var ungranted []queueRead
+	var judged []queueEvent
 	start := q.next
 	for n := range numShards {
 		i := (start + n) % numShards
@@ -223,6 +226,16 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 			iv := effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS)
 			for j := range a.queues {
 				r := &a.queues[j]
+				if newly, skip := ungrantedQueue(ix, a, r); skip {
+					g.states[QueueUnknown]++
+					if newly {
+						ungranted = append(ungranted, queueRead{agent: a.id, stream: r.decl.Stream, durable: r.decl.Durable})
+						if a.qzombie { // it may have been the stuck one: judge again
+							judged = append(judged, t.judgeQueues(a, now))
+						}
+					}
+					continue
+				}
 				g.states[r.state(now, iv)]++
 				g.backlog += r.backlog()
 				if a.live != StateHealthy && a.live != StateSuspect || r.read && now-r.readAt < int64(iv) {
@@ -237,6 +250,10 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 			}
 		}
 		sh.mu.Unlock()
+	}
+	t.reportUngranted(ungranted)
+	for _, ev := range judged {
+		ev.log(t)
 	}
 	return g
 }
@@ -448,14 +465,16 @@ func (t *tracker) queueSnapshot(a *agent, now int64, st *AgentStatus) {
 		st.Backlog += r.backlog()
 		st.Consumers[i] = qs
 	}
+	st.Warnings = append(st.Warnings, ungrantedWarnings(a)...)
 }
 
 // queueMetrics are the tether_queue_* metrics.
 type queueMetrics struct {
-	zombies  prometheus.Gauge
-	states   *prometheus.GaugeVec
-	backlog  prometheus.Gauge
-	requests *prometheus.CounterVec
+	zombies   prometheus.Gauge
+	states    *prometheus.GaugeVec
+	backlog   prometheus.Gauge
+	requests  *prometheus.CounterVec
+	ungranted prometheus.Counter
 }
 
 func newQueueMetrics(reg prometheus.Registerer) *queueMetrics {
@@ -468,8 +487,10 @@ func newQueueMetrics(reg prometheus.Registerer) *queueMetrics {
 			Help: "Messages pending or unacknowledged over every declared consumer, as last read."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_queue_info_requests_total",
 			Help: "Consumer info requests of declared consumers, by result (ok, error)."}, []string{"result"}),
+		ungranted: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_queue_ungranted_total",
+			Help: "Declared consumers found not granted to their agent in mcp_agents (their info is never read)."}),
 	}
-	reg.MustRegister(m.zombies, m.states, m.backlog, m.requests)
+	reg.MustRegister(m.zombies, m.states, m.backlog, m.requests, m.ungranted)
 	return m
 }
 

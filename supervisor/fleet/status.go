@@ -157,7 +157,7 @@ func (t *tracker) snapshot(a *agent, now int64, wall time.Time) AgentStatus {
 	if ix != nil {
 		var w string
 		if st.Role, w = ix.RoleWarning(a.id); w != "" {
-			st.Warnings = []string{w}
+			st.Warnings = append(st.Warnings, w)
 		}
 	}
 	if len(a.configs) > 0 {
