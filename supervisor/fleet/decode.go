@@ -176,31 +176,16 @@ func (d *hbDecoder) consumers(dst *[]consumerIn) error {
 		*dst = nil
 		return nil
 	}
-	if !d.expect('[') {
-		return errSlowPath
-	}
-	*dst = nil
-	if d.expect(']') {
-		*dst = []consumerIn{}
-		return nil
-	}
-	for {
-		if len(*dst) >= maxDecodedConsumers {
+	out := []consumerIn{}
+	err := d.array(func() error {
+		if len(out) >= maxDecodedConsumers {
 			return errSlowPath
 		}
-		*dst = append(*dst, consumerIn{})
-		if err := d.consumer(&(*dst)[len(*dst)-1]); err != nil {
-			return err
-		}
-		if d.expect(',') {
-			d.ws()
-			continue
-		}
-		if d.expect(']') {
-			return nil
-		}
-		return errSlowPath
-	}
+		out = append(out, consumerIn{})
+		return d.consumer(&out[len(out)-1])
+	})
+	*dst = out
+	return err
 }
 
 func (d *hbDecoder) consumer(c *consumerIn) error {
@@ -290,26 +275,36 @@ func (d *hbDecoder) strs(dst *[]string) error {
 		*dst = nil
 		return nil
 	}
+	out := []string{}
+	err := d.array(func() error {
+		var v string
+		if err := d.str(&v); err != nil {
+			return err
+		}
+		out = append(out, v)
+		return nil
+	})
+	*dst = out
+	return err
+}
+
+// array calls elem for each element of an array; elem must consume it.
+func (d *hbDecoder) array(elem func() error) error {
 	if !d.expect('[') {
 		return errSlowPath
 	}
-	out := []string{}
 	if d.expect(']') {
-		*dst = out
 		return nil
 	}
 	for {
-		var s string
-		if err := d.str(&s); err != nil {
+		if err := elem(); err != nil {
 			return err
 		}
-		out = append(out, s)
 		if d.expect(',') {
 			d.ws()
 			continue
 		}
 		if d.expect(']') {
-			*dst = out
 			return nil
 		}
 		return errSlowPath
