@@ -223,6 +223,9 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 			if a.qzombie {
 				g.zombies++
 			}
+			if len(a.queues) == 0 {
+				continue // most agents: nothing to read or count
+			}
 			iv := effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS)
 			for j := range a.queues {
 				r := &a.queues[j]
