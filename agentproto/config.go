@@ -353,6 +353,14 @@ func (c *Config) checkSigns(bad func(field string, v any, why string)) {
 // jitter returns the effective jitter fraction (negative means none).
 func (c *Config) jitter() float64 { return max(c.ReconnectJitter, 0) }
 
+// ReconnectWindowOf is the reconnect window a client with this config
+// uses, zero fields taking their defaults: an agent is back within it of
+// its server's return.
+func (c Config) ReconnectWindowOf() time.Duration {
+	d := c.withDefaults()
+	return d.reconnectWindow()
+}
+
 // reconnectWindow is the client's reconnect window (defaults applied).
 func (c *Config) reconnectWindow() time.Duration {
 	return ReconnectWindow(c.FleetSize, c.ConnectRate, c.ReconnectWait, c.MaxReconnectWait)

@@ -5,7 +5,6 @@ package test
 // agentproto.Config. Each test asserts a measured number and logs it.
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -276,9 +275,7 @@ func TestFaultBlackHole(t *testing.T) {
 	}
 	// Healed within one connect, one reconnect window (the agent's slot)
 	// and a second of scheduling headroom.
-	fleet, rate := cmp.Or(cfg.FleetSize, agentproto.DefaultFleetSize), cmp.Or(cfg.ConnectRate, agentproto.DefaultConnectRate)
-	w := agentproto.ReconnectWindow(fleet, rate, cfg.ReconnectWait, cfg.MaxReconnectWait)
-	if limit := cfg.ConnectTimeout + w + time.Second; healed > limit {
+	if limit := cfg.ConnectTimeout + cfg.ReconnectWindowOf() + time.Second; healed > limit {
 		t.Fatalf("healed after %v > %v", healed, limit)
 	}
 }
