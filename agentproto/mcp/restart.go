@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 )
@@ -52,19 +53,12 @@ type RestartPolicy struct {
 }
 
 func (p RestartPolicy) withDefaults() RestartPolicy {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&p.BaseDelay, DefaultRestartBaseDelay)
-	def(&p.MaxDelay, DefaultRestartMaxDelay)
-	def(&p.Window, DefaultRestartWindow)
-	def(&p.StableAfter, DefaultStableAfter)
-	def(&p.QuarantineFor, DefaultQuarantineFor)
-	if p.MaxRestarts == 0 {
-		p.MaxRestarts = DefaultMaxRestarts
-	}
+	p.BaseDelay = cmp.Or(p.BaseDelay, DefaultRestartBaseDelay)
+	p.MaxDelay = cmp.Or(p.MaxDelay, DefaultRestartMaxDelay)
+	p.Window = cmp.Or(p.Window, DefaultRestartWindow)
+	p.StableAfter = cmp.Or(p.StableAfter, DefaultStableAfter)
+	p.QuarantineFor = cmp.Or(p.QuarantineFor, DefaultQuarantineFor)
+	p.MaxRestarts = cmp.Or(p.MaxRestarts, DefaultMaxRestarts)
 	return p
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-dev/tether/agentproto"
 	"github.com/tether-dev/tether/kvconfig"
 )
 
@@ -21,12 +22,12 @@ const (
 	MaxFailureBytes = 64
 )
 
-// Server call states as a heartbeat spells them.
+// Server call states as a heartbeat spells them (agentproto's, the wire's).
 const (
-	ServerIdle        = "idle"
-	ServerOK          = "ok"
-	ServerFailing     = "failing"
-	ServerQuarantined = "quarantined"
+	ServerIdle        = agentproto.ServerIdle
+	ServerOK          = agentproto.ServerOK
+	ServerFailing     = agentproto.ServerFailing
+	ServerQuarantined = agentproto.ServerQuarantined
 )
 
 // serverIn is one entry of a heartbeat's servers object (the
