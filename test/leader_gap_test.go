@@ -79,16 +79,16 @@ func readyz(t *testing.T, s *supervisor.Supervisor) (int, map[string]any) {
 // with a pause (before: about 1,400 attempts, each a warning, a second).
 //
 // mcp_fleet admits one consumer. Start's load of mcp_fleet takes it and
-// deletes it; the test takes the slot as soon as the server announces that
+// deletes it; the test takes the slot once the server announces that
 // deletion, so the server refuses the takeover's read (and the replica's
-// forget watcher). The replica's link has 30 ms of latency each way: its
-// next request reaches the server at least 60 ms after the deletion, the
-// test's (no proxy) within a millisecond or two of the announcement.
+// forget watcher). The replica's link holds everything the replica sends
+// after its delete request until the test has the slot (before, a 30 ms
+// latency made the test's request likely, not certain, to come first: on
+// a loaded CI machine the replica's forget watcher took the slot).
 func TestTakeoverBoundResigns(t *testing.T) {
-	const ttl = time.Second // renewals (TTL/3) far above the 60 ms round trip
+	const ttl = time.Second
 	srv := natstest.RunServer(t)
 	link := natstest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.Port))
-	link.SetLatency(30 * time.Millisecond)
 	nc := srv.Connect()
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -113,6 +113,7 @@ func TestTakeoverBoundResigns(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	link.HoldAfter([]byte("$JS.API.CONSUMER.DELETE." + fleetStream + "."))
 	logs := &lineCounter{w: zerolog.NewTestWriter(t), needles: []string{"reading mcp_fleet", "resigning the lease"}, counts: map[string]int{}}
 	cfg := suptest.Config(t, link.URL())
 	suptest.FastFleet(&cfg)
@@ -130,14 +131,27 @@ func TestTakeoverBoundResigns(t *testing.T) {
 		s, err := supervisor.Start(ctx, cfg)
 		done <- started{s, err}
 	}()
+	var st started
+	returnedToTest := false
+	t.Cleanup(func() { // also when the test fails before Start returns: nothing logs after the test
+		if !returnedToTest {
+			cancel()
+			st = <-done
+		}
+		if st.s != nil {
+			st.s.Close()
+		}
+	})
 	select {
 	case <-loaded:
-	case st := <-done:
+	case st = <-done:
+		returnedToTest = true
 		t.Fatalf("Start returned (%v) before it loaded mcp_fleet", st.err)
 	}
 	if _, err := js.CreateConsumer(ctx, fleetStream, jetstream.ConsumerConfig{Durable: "slot"}); err != nil {
 		t.Fatalf("taking the one consumer slot after the load: %v", err)
 	}
+	link.Release()
 	// Once it holds the lease, a rival campaigns beside it.
 	leaderKV := func() jetstream.KeyValue {
 		var kv jetstream.KeyValue
@@ -162,9 +176,9 @@ func TestTakeoverBoundResigns(t *testing.T) {
 	}
 	defer rival.Close()
 
-	var st started
 	select {
 	case st = <-done:
+		returnedToTest = true
 	case <-ctx.Done():
 		t.Fatal("Start did not return")
 	}
@@ -174,7 +188,6 @@ func TestTakeoverBoundResigns(t *testing.T) {
 		t.Fatal(st.err)
 	}
 	s := st.s
-	t.Cleanup(s.Close)
 	t.Logf("Start returned %v after the replica won the lease (%v after it began; takeover bound %v); %d 'reading mcp_fleet' warnings",
 		took.Round(time.Millisecond), returned.Sub(start).Round(time.Millisecond), bound, logs.count("reading mcp_fleet"))
 	if took < bound || took > bound+2*time.Second {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,6 +61,10 @@ type Proxy struct {
 	mode   proxyMode
 	closed bool
 	links  map[*link]struct{}
+
+	holdMu    sync.Mutex
+	holdAfter []byte        // marker set by HoldAfter, cleared once seen
+	held      chan struct{} // non-nil while client bytes are held; closed by Release
 }
 
 // link is one proxied connection: client side and target side.
@@ -100,6 +105,71 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	p.wg.Go(p.accept)
 	t.Cleanup(p.Close)
 	return p
+}
+
+// HoldAfter arms a hold: once the client's protocol message (PUB or HPUB)
+// carrying marker has been written to the target, every client -> target
+// byte of every link after it, including the rest of the same write, waits
+// (in order, nothing dropped) until Release. Bytes from the
+// target still flow. It makes "nothing reaches the server between this
+// request and the test's next step" exact, where a latency would only make
+// it likely.
+func (p *Proxy) HoldAfter(marker []byte) {
+	p.holdMu.Lock()
+	p.holdAfter = bytes.Clone(marker)
+	p.holdMu.Unlock()
+}
+
+// Release lets held client bytes through and disarms HoldAfter.
+func (p *Proxy) Release() {
+	p.holdMu.Lock()
+	if p.held != nil {
+		close(p.held)
+		p.held = nil
+	}
+	p.holdAfter = nil
+	p.holdMu.Unlock()
+}
+
+// holding returns the channel that closes when held client bytes may go,
+// or nil when they may go now.
+func (p *Proxy) holding() chan struct{} {
+	p.holdMu.Lock()
+	defer p.holdMu.Unlock()
+	return p.held
+}
+
+// scanClientBytes looks for the armed marker in data, with the tail of the
+// previous chunk of the same link (a marker may straddle two). Found, it
+// starts the hold and returns where in data the held bytes begin: just
+// after the protocol message (PUB or HPUB, with its payload) that carries
+// the marker, so that requests the client wrote in the same burst are held
+// too. Otherwise it returns -1 and the new tail.
+func (p *Proxy) scanClientBytes(tail, data []byte) ([]byte, int) {
+	p.holdMu.Lock()
+	defer p.holdMu.Unlock()
+	m := p.holdAfter
+	if len(m) == 0 {
+		return nil, -1
+	}
+	buf := append(tail, data...)
+	i := bytes.Index(buf, m)
+	if i < 0 {
+		if keep := len(m) - 1; len(buf) > keep {
+			buf = buf[len(buf)-keep:]
+		}
+		return bytes.Clone(buf), -1
+	}
+	end := len(buf) // the message's end, when it is not all in buf
+	if eol := bytes.Index(buf[i:], []byte("\r\n")); eol >= 0 {
+		eol += i
+		fields := bytes.Fields(buf[i:eol])
+		if size, err := strconv.Atoi(string(fields[len(fields)-1])); err == nil && size >= 0 {
+			end = min(end, eol+2+size+2)
+		}
+	}
+	p.holdAfter, p.held = nil, make(chan struct{})
+	return nil, max(0, end-len(tail))
 }
 
 // Addr is the proxy's listen address, 127.0.0.1:<port>.
@@ -228,16 +298,16 @@ func (p *Proxy) serve(c net.Conn) {
 	p.mu.Unlock()
 
 	if l.server != nil {
-		p.wg.Go(func() { p.pipe(l, l.server, l.client) })
+		p.wg.Go(func() { p.pipe(l, l.server, l.client, false) })
 	}
-	p.pipe(l, l.client, l.server) // server nil only when dead: nothing is written
+	p.pipe(l, l.client, l.server, true) // server nil only when dead: nothing is written
 }
 
 // pipe reads src until it fails and queues each chunk for a writer that
 // delivers them to dst in order once their latency has passed.
-func (p *Proxy) pipe(l *link, src, dst net.Conn) {
+func (p *Proxy) pipe(l *link, src, dst net.Conn, fromClient bool) {
 	ch := make(chan chunk, proxyQueueLen)
-	p.wg.Go(func() { p.deliver(l, dst, ch) })
+	p.wg.Go(func() { p.deliver(l, dst, ch, fromClient) })
 	defer close(ch)
 	buf := make([]byte, proxyChunkSize)
 	for {
@@ -252,9 +322,11 @@ func (p *Proxy) pipe(l *link, src, dst net.Conn) {
 }
 
 // deliver writes queued chunks to dst when due, dropping them once the link
-// is dead or closed. When the reader ends, a live link is closed; a dead
-// one is held until Cut or Close.
-func (p *Proxy) deliver(l *link, dst net.Conn, ch <-chan chunk) {
+// is dead or closed; client bytes also wait out a hold (HoldAfter). When
+// the reader ends, a live link is closed; a dead one is held until Cut or
+// Close.
+func (p *Proxy) deliver(l *link, dst net.Conn, ch <-chan chunk, fromClient bool) {
+	var tail []byte
 	for c := range ch {
 		if wait := time.Until(c.due); wait > 0 {
 			select {
@@ -262,11 +334,28 @@ func (p *Proxy) deliver(l *link, dst net.Conn, ch <-chan chunk) {
 			case <-l.done:
 			}
 		}
-		if l.dead.Load() {
-			continue
-		}
-		if _, err := dst.Write(c.data); err != nil {
-			p.drop(l)
+		for data := c.data; len(data) > 0 && !l.dead.Load(); {
+			n := len(data)
+			if fromClient {
+				if held := p.holding(); held != nil {
+					select {
+					case <-held:
+					case <-l.done:
+					}
+					if l.dead.Load() {
+						break
+					}
+				}
+				var cut int
+				if tail, cut = p.scanClientBytes(tail, data); cut >= 0 {
+					n = cut
+				}
+			}
+			if _, err := dst.Write(data[:n]); err != nil {
+				p.drop(l)
+				break
+			}
+			data = data[n:]
 		}
 	}
 	if !l.dead.Load() {

@@ -217,3 +217,56 @@ func TestProxyLatency(t *testing.T) {
 	}
 	t.Logf("RTT: base %v, with %v latency %v, after reset %v", base, lat, rtt, after)
 }
+
+// TestProxyHoldAfter: once the client's bytes carrying the marker reach
+// the server, the client's later bytes wait until Release and then arrive
+// in order; the server's bytes to the client flow throughout.
+func TestProxyHoldAfter(t *testing.T) {
+	s, p := proxied(t)
+	direct := s.Connect()
+	seen, err := direct.SubscribeSync("held.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc := Connect(t, p.URL())
+	down, err := nc.SubscribeSync("down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEcho(t, nc) // the subscription is in place
+
+	p.HoldAfter([]byte("held.mark"))
+	for _, subj := range []string{"held.mark", "held.after.1", "held.after.2"} {
+		if err := nc.Publish(subj, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, err := seen.NextMsg(2 * time.Second); err != nil || m.Subject != "held.mark" {
+		t.Fatalf("the marker: %v %v", m, err)
+	}
+	// A PING is held too, so a flush cannot complete while the hold lasts.
+	if err := nc.FlushTimeout(100 * time.Millisecond); err == nil {
+		t.Fatal("a flush completed through a hold")
+	}
+	// The publishes after the marker went out in the same write as it.
+	if n, _, _ := seen.Pending(); n != 0 {
+		t.Fatalf("%d messages after the marker got through the hold", n)
+	}
+	if err := direct.Publish("down", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := down.NextMsg(2 * time.Second); err != nil {
+		t.Fatalf("server -> client during the hold: %v", err)
+	}
+	p.Release()
+	for _, want := range []string{"held.after.1", "held.after.2"} {
+		m, err := seen.NextMsg(2 * time.Second)
+		if err != nil || m.Subject != want {
+			t.Fatalf("after Release: %v %v, want %s", m, err, want)
+		}
+	}
+	mustEcho(t, nc)
+}
