@@ -76,10 +76,12 @@ type Client struct {
 	closeOnce  sync.Once
 	closeErr   error
 
-	rebuildCh   chan rebuildReq
-	healthKick  chan struct{}
-	reconnSince atomic.Int64 // unix nanos nats.go started reconnecting; 0: not
-	rttNanos    atomic.Int64
+	rebuildCh     chan rebuildReq
+	healthKick    chan struct{}
+	reconnSince   atomic.Int64 // unix nanos nats.go started reconnecting; 0: not
+	rttNanos      atomic.Int64
+	reconnectedAt atomic.Int64  // unix nanos of the latest reconnect or rebuild: the stale limit's grace
+	grace         time.Duration // linkGrace of the config
 	// noSupervisor counts heartbeats answered "no responders".
 	noSupervisor atomic.Uint64
 	stats        counters
@@ -130,6 +132,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	c.resolver = r
 	c.cmds = newCommander(c)
 	c.hb.init(c)
+	c.grace = linkGrace(cfg.reconnectWindow(), cfg.PingInterval, cfg.MaxPingsOut)
 	if err := c.registerSystemSubs(); err != nil {
 		return nil, err
 	}
@@ -148,6 +151,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	fcancel()
 	c.goFn(c.watchdog)
 	c.goFn(c.healthLoop)
+	c.goFn(c.livenessLoop)
 	c.goFn(c.hb.loop)
 	c.goFn(c.cmds.run)
 	if !cfg.SkipInitialResolve {

@@ -44,8 +44,12 @@ const (
 	DefaultMaxReconnects = -1
 	// DefaultPingInterval and DefaultMaxPingsOut detect a black-holed link
 	// within BlackHoleBound(900 ms, 2) = 2.7 s, leaving scheduling headroom
-	// under the 3 s target (nats.go's 2 min × 2 take ~6 min). These pings
-	// are the link's only round trip: health rounds do not flush.
+	// under the 3 s target (nats.go's 2 min × 2 take ~6 min). The client
+	// sends these pings itself (liveness.go): one PING per interval, the
+	// link stale when it is unanswered for interval × MaxPingsOut with
+	// nothing received meanwhile, four times that within a few windows of
+	// a reconnect. They are the link's only round trip: health rounds do not
+	// flush.
 	DefaultPingInterval = 900 * time.Millisecond
 	DefaultMaxPingsOut  = 2
 	// DefaultReconnectBufSize bounds, in bytes, what is buffered for the
@@ -123,9 +127,16 @@ type Config struct {
 	// closes the connection (the watchdog then rebuilds it). Zero means
 	// DefaultMaxReconnects (unlimited); negative means unlimited.
 	MaxReconnects int
-	// PingInterval and MaxPingsOut: a link with no PONG for about
-	// BlackHoleBound(PingInterval, MaxPingsOut) is declared dead. Zero
-	// means DefaultPingInterval, DefaultMaxPingsOut.
+	// PingInterval and MaxPingsOut: the client PINGs the link every
+	// PingInterval and declares it stale (EventLinkStale; it reconnects at
+	// its next slot) when a PING is unanswered for PingInterval ×
+	// MaxPingsOut and nothing else arrived, so a black hole is found within
+	// BlackHoleBound(PingInterval, MaxPingsOut). For 2 reconnect windows
+	// plus that bound after each reconnect or rebuild (not the first
+	// connect) the limit is 4 times longer: a
+	// server taking back its fleet answers late, and dropping its healthy
+	// links would only add CONNECTs. Zero means DefaultPingInterval,
+	// DefaultMaxPingsOut.
 	PingInterval time.Duration
 	MaxPingsOut  int
 	// ReconnectBufSize bounds, in bytes, the reconnect buffer. Zero means

@@ -26,6 +26,7 @@ const (
 	EventPermissionError EventKind = "permission_error" // the server refused a publish or subscription
 	EventAsyncError      EventKind = "async_error"      // any other asynchronous error, handler panics
 	EventHealthFailed    EventKind = "health_failed"    // a health round failed (Reason says how)
+	EventLinkStale       EventKind = "link_stale"       // a PING went unanswered with nothing received: reconnecting
 	EventRebuildStarted  EventKind = "rebuild_started"  // the watchdog tears the connection down
 	EventRebuilt         EventKind = "rebuilt"          // new connection, everything restored (Took)
 	EventSubRestored     EventKind = "sub_restored"     // one subscription re-created
@@ -59,6 +60,7 @@ type Stats struct {
 	PermissionErrors  uint64
 	AsyncErrors       uint64
 	HealthFailures    uint64 // failed health rounds
+	StaleLinks        uint64 // links found stale by the client's own pings (liveness.go)
 	Rebuilds          uint64 // completed rebuilds
 	SubRestores       uint64
 	KVRestarts        uint64
@@ -80,7 +82,7 @@ type counters struct {
 	connectFailures, disconnects, reconnectFailures, reconnects, connCloses atomic.Uint64
 	lameDucks, slowConsumers, permissionErrors, asyncErrors, healthFailures atomic.Uint64
 	rebuilds, subRestores, kvRestarts, commands, duplicates, unknown        atomic.Uint64
-	invalid, heartbeats, fenced                                             atomic.Uint64
+	invalid, heartbeats, fenced, staleLinks                                 atomic.Uint64
 	lastRebuild                                                             atomic.Int64
 }
 
@@ -107,6 +109,8 @@ func (s *counters) counter(k EventKind) *atomic.Uint64 {
 		return &s.asyncErrors
 	case EventHealthFailed:
 		return &s.healthFailures
+	case EventLinkStale:
+		return &s.staleLinks
 	case EventRebuilt:
 		return &s.rebuilds
 	case EventSubRestored:
@@ -127,7 +131,7 @@ func (c *Client) Stats() Stats {
 		ReconnectFailures: s.reconnectFailures.Load(), Reconnects: s.reconnects.Load(),
 		ConnCloses: s.connCloses.Load(), LameDucks: s.lameDucks.Load(),
 		SlowConsumers: s.slowConsumers.Load(), PermissionErrors: s.permissionErrors.Load(),
-		AsyncErrors: s.asyncErrors.Load(), HealthFailures: s.healthFailures.Load(),
+		AsyncErrors: s.asyncErrors.Load(), HealthFailures: s.healthFailures.Load(), StaleLinks: s.staleLinks.Load(),
 		Rebuilds: s.rebuilds.Load(), SubRestores: s.subRestores.Load(), KVRestarts: s.kvRestarts.Load(),
 		Commands: s.commands.Load(), DuplicateCommands: s.duplicates.Load(),
 		UnknownCommands: s.unknown.Load(), FencedCommands: s.fenced.Load(), InvalidCommands: s.invalid.Load(),

@@ -35,8 +35,9 @@ func (c *Client) kickHealth() {
 // or reconnecting for RebuildAfter is rebuilt, a subscription the server
 // refused or dropped is re-created (every tick while refused, so it flows
 // within a tick of being allowed again), an invalid one too. Link
-// liveness is nats.go's PING every PingInterval (a black hole is found
-// within BlackHoleBound); health rounds add no round trip of their own.
+// liveness is a PING every PingInterval (a black hole is found
+// within BlackHoleBound): the client's own pings (liveness.go); health
+// rounds add no round trip of their own.
 //
 // Every ProbeInterval (two heartbeats by default, jittered ±10 %) one
 // self-probe goes out, through the next probed subscription in turn: it
@@ -52,7 +53,7 @@ func (c *Client) kickHealth() {
 // is not back within ProbeTimeout, the server then answers a flush (so it
 // had routed the probe) and it is still not back within another
 // ProbeTimeout; if the flush fails the round is inconclusive, since a slow
-// or dead link is for nats.go's pings to judge (a rebuild on top of an
+// or dead link is for the link's pings to judge (a rebuild on top of an
 // overloaded link only adds load). The connection fails a round when the
 // health subscription's probe is lost and is rebuilt after HealthFailures
 // such rounds; a subscription whose own probe is lost HealthFailures
@@ -113,7 +114,7 @@ func (c *Client) healthRound(st *healthState, kicked bool) {
 			c.requestRebuild(gen, fmt.Sprintf("reconnecting for more than %v", c.cfg.RebuildAfter))
 		}
 		st.fails = 0
-		return // nats.go is on it; its pings found the fault
+		return // nats.go is on it
 	}
 	subs := c.snapshotSubs()
 	for _, s := range subs {
@@ -204,7 +205,7 @@ type roundResult struct {
 	back   []bool
 	rtt    time.Duration // to the first probe back; 0: none came back
 	// inconclusive: a probe was lost but the publish or the flush after it
-	// failed too, so the link itself is slow or dead: nats.go's pings are
+	// failed too, so the link itself is slow or dead: the link's pings are
 	// the judge of that, not the probes.
 	inconclusive bool
 	pubErr       error

@@ -73,10 +73,11 @@ func ReconnectDelay(n int, base, maxDelay time.Duration, jitter, u float64) time
 	return d - time.Duration(jitter*u*float64(d))
 }
 
-// BlackHoleBound is the longest a silently dead link goes unnoticed with
-// nats.go's client pings: a PING is sent every interval and the link is
-// declared stale at the first tick that finds maxOut PINGs unanswered, so
-// at most (maxOut+1)·interval after the last PONG.
+// BlackHoleBound is the longest a silently dead link goes unnoticed by the
+// client's pings (liveness.go), outside the grace after a connect: a PING
+// goes out within one interval of the last sign of life and the link is
+// stale when it is unanswered for maxOut intervals, so at most
+// (maxOut+1)·interval. It is also nats.go's own rule's bound.
 func BlackHoleBound(interval time.Duration, maxOut int) time.Duration {
 	return time.Duration(maxOut+1) * interval
 }

@@ -57,8 +57,6 @@ func (c *Client) options(gen uint64) []nats.Option {
 		nats.CustomInboxPrefix(InboxPrefix(cfg.Agent)),
 		nats.MaxReconnects(cfg.MaxReconnects),
 		nats.ReconnectToServer(c.reconnectTo(w, ReconnectPhase(cfg.Agent, w))),
-		nats.PingInterval(cfg.PingInterval),
-		nats.MaxPingsOutstanding(cfg.MaxPingsOut),
 		nats.ReconnectBufSize(cfg.ReconnectBufSize),
 		nats.Timeout(cfg.ConnectTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { c.onDisconnect(gen, err) }),
@@ -122,6 +120,9 @@ func (c *Client) dial(ctx context.Context, gen uint64, slotFirst bool) (*nats.Co
 func (c *Client) install(nc *nats.Conn, gen uint64) {
 	c.nc, c.gen, c.rebuilding = nc, gen, false
 	c.reconnSince.Store(0)
+	if gen > 1 {
+		c.markReconnected() // a rebuild: after a failure, maybe the whole fleet's
+	}
 	for s := range c.subs {
 		if err := s.attach(nc); err != nil {
 			// Only an invalid subject or a closed connection fail here;
@@ -219,6 +220,7 @@ func (c *Client) onReconnect(gen uint64, nc *nats.Conn) {
 		return
 	}
 	since := c.reconnSince.Swap(0)
+	c.markReconnected()
 	ev := c.log.Info().Uint64(logKeyConnGen, gen).Str("server", kvconfig.MaskURL(nc.ConnectedUrl()))
 	var took time.Duration
 	if since != 0 {

@@ -153,7 +153,7 @@ func newBenchSub(b *testing.B, who, url string, o benchSubOpts, noSub bool) *ben
 		}
 		cfg.OnEvent = func(e Event) {
 			switch e.Kind {
-			case EventDisconnected, EventRebuildStarted:
+			case EventDisconnected, EventRebuildStarted, EventLinkStale:
 				onDown()
 			case EventPermissionError:
 				onPerm()

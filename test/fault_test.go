@@ -247,7 +247,7 @@ func TestFaultBlackHole(t *testing.T) {
 	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	var holed, detected atomic.Int64
 	cfg.OnEvent = func(e agentproto.Event) {
-		if (e.Kind == agentproto.EventDisconnected || e.Kind == agentproto.EventRebuildStarted) && holed.Load() != 0 {
+		if (e.Kind == agentproto.EventDisconnected || e.Kind == agentproto.EventRebuildStarted || e.Kind == agentproto.EventLinkStale) && holed.Load() != 0 {
 			detected.CompareAndSwap(0, e.Time.UnixNano())
 		}
 	}

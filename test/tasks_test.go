@@ -176,7 +176,7 @@ func TestTenThousandTasksThroughFaults(t *testing.T) {
 	reached(tasks / 5) // 1: black hole until the agent notices and recovers
 	proxy.BlackHole()
 	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if st := c.Stats(); st.HealthFailures == 0 && st.Disconnects == 0 {
+		if st := c.Stats(); st.HealthFailures == 0 && st.Disconnects == 0 && st.StaleLinks == 0 {
 			return errors.New("black hole not noticed yet")
 		}
 		return nil

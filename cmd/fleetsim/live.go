@@ -66,7 +66,7 @@ func runLive(ctx context.Context, w io.Writer, o *options) error {
 				r.RecoveryCPU, float64(r.RecoveryCPU.Microseconds())/float64(r.Connects))
 		}
 		if r.Kind == fleetsim.KindTether {
-			fmt.Fprintf(w, "%s since the crash: %d disconnects, %d rebuilds, %d failed health rounds\n", r.Kind, r.Disconnects, r.Rebuilds, r.HealthFails)
+			fmt.Fprintf(w, "%s since the crash: %d disconnects, %d rebuilds, %d failed health rounds, %d stale links\n", r.Kind, r.Disconnects, r.Rebuilds, r.HealthFails, r.StaleLinks)
 		}
 	}
 	return nil

@@ -143,8 +143,9 @@ type LiveResult struct {
 	AllWorking    time.Duration
 	P50, P99      time.Duration
 	// Tether only, from the crash to the end: disconnects (one per agent
-	// is the crash itself), rebuilds and failed health rounds.
-	Disconnects, Rebuilds, HealthFails int64
+	// is the crash itself), rebuilds, failed health rounds and links its
+	// pings found stale.
+	Disconnects, Rebuilds, HealthFails, StaleLinks int64
 	// TimerLateness is the most a 10 ms timer in this process fired late
 	// while the fleet recovered: the scheduling delay every client's
 	// timers suffered too (a loaded machine pauses processes).
@@ -174,10 +175,10 @@ type liveFleet struct {
 	// Tether clients' events: disconnects (the server's crash, then any
 	// the link's pings found after its return), rebuilds, failed health
 	// rounds.
-	disconnects, rebuilds, healthFails atomic.Int64
-	heartbeats                         atomic.Int64 // received by the consumer
-	whyMu                              sync.Mutex
-	why                                map[string]int // disconnect errors
+	disconnects, rebuilds, healthFails, stale atomic.Int64
+	heartbeats                                atomic.Int64 // received by the consumer
+	whyMu                                     sync.Mutex
+	why                                       map[string]int // disconnect errors
 }
 
 // onEvent counts a tether client's events.
@@ -188,6 +189,7 @@ func (f *liveFleet) onEvent(e agentproto.Event) {
 		why := "none"
 		switch {
 		case e.Err == nil:
+			why = "closed by the client (a stale link)"
 		case strings.Contains(e.Err.Error(), "connection reset"):
 			why = "connection reset" // the crash; addresses vary
 		default:
@@ -207,6 +209,8 @@ func (f *liveFleet) onEvent(e agentproto.Event) {
 		f.rebuilds.Add(1)
 	case agentproto.EventHealthFailed:
 		f.healthFails.Add(1)
+	case agentproto.EventLinkStale:
+		f.stale.Add(1)
 	}
 }
 
@@ -453,9 +457,10 @@ func (f *liveFleet) steady(ctx context.Context, res *LiveResult) error {
 // one message per agent (a fan-out to the whole fleet would load the
 // machine the clients share).
 func (f *liveFleet) restart(ctx context.Context, res *LiveResult) error {
-	d0, r0, h0 := f.disconnects.Load(), f.rebuilds.Load(), f.healthFails.Load()
+	d0, r0, h0, s0 := f.disconnects.Load(), f.rebuilds.Load(), f.healthFails.Load(), f.stale.Load()
 	defer func() {
 		res.Disconnects, res.Rebuilds, res.HealthFails = f.disconnects.Load()-d0, f.rebuilds.Load()-r0, f.healthFails.Load()-h0
+		res.StaleLinks = f.stale.Load() - s0
 	}()
 	f.srv.Stop()
 	if err := sleepCtx(ctx, f.cfg.Outage); err != nil {
