@@ -23,9 +23,11 @@
 // prefix and options tuned for recovery (reconnect attempts on the agent's
 // slots, once per ReconnectWindow at its ReconnectPhase, unlimited by
 // default: back within one window of the server's return, 400 ms by
-// default, with a fleet's connects spread evenly over the window; client
-// pings that find a black-holed link within BlackHoleBound(PingInterval,
-// MaxPingsOut), 2.7 s by default; a bounded reconnect buffer), and then:
+// default, with a fleet's connects spread evenly over the window; a
+// bounded reconnect buffer), pings the link itself (liveness.go: a
+// black-holed link is found within BlackHoleBound(PingInterval,
+// MaxPingsOut), 2.7 s by default, and a link a just-restarted server
+// answers late is not dropped), and then:
 //
 //   - a health loop checks every HealthInterval, at no cost to the server,
 //     for closed or long-reconnecting connections and refused or invalid

@@ -30,9 +30,9 @@ import (
 //     fleet, the limit is staleGraceFactor times longer. Not after the
 //     first connect: a link that fails right after it is found as fast
 //     as at any other time;
-//   - a stale link is closed at the agent's next reconnect slot and nats.go
-//     reconnects it (its subscriptions re-sent, as after any drop), so a
-//     fleet that goes stale together reconnects spread.
+//   - a stale link is closed at once and nats.go reconnects it at the
+//     agent's next slot (its subscriptions re-sent, as after any drop), so
+//     a fleet that goes stale together reconnects spread.
 //
 // nats.go's own pings stay at its defaults (2 minutes, 2 outstanding) as a
 // last net.
@@ -102,22 +102,14 @@ func (c *Client) pingLink(nc *nats.Conn) (time.Duration, bool) {
 	return limit, nc.IsConnected() && nc.Stats().InMsgs == in
 }
 
-// staleLink closes a stale link at the agent's next reconnect slot, unless
-// it was replaced or dropped meanwhile; nats.go then reconnects it.
+// staleLink closes a stale link; nats.go reconnects it at the agent's next
+// slot (its reconnect loop waits the ReconnectToServer delay first).
 func (c *Client) staleLink(nc *nats.Conn, gen uint64, limit time.Duration) {
+	if cur, g := c.conn(); cur != nc || g != gen || !nc.IsConnected() {
+		return // replaced or dropped meanwhile
+	}
 	c.log.Warn().Uint64(logKeyConnGen, gen).Int64("unanswered_ms", limit.Milliseconds()).
 		Msg("agentproto: link stale: a PING went unanswered and nothing arrived; reconnecting at the next slot")
 	c.emit(Event{Kind: EventLinkStale, Gen: gen, Reason: "PING unanswered for " + limit.String()})
-	w := c.cfg.reconnectWindow()
-	t := time.NewTimer(SlotDelay(time.Now(), w, ReconnectPhase(c.cfg.Agent, w)))
-	defer t.Stop()
-	select {
-	case <-c.ctx.Done():
-		return
-	case <-t.C:
-	}
-	if cur, g := c.conn(); cur != nc || g != gen || !nc.IsConnected() {
-		return
-	}
-	_ = nc.ForceReconnect() // its first attempt is immediate: we are at our slot
+	_ = nc.ForceReconnect()
 }

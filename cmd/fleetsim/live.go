@@ -61,6 +61,7 @@ func runLive(ctx context.Context, w io.Writer, o *options) error {
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s connects per second after the restart: %v\n", r.Kind, r.ConnectsPerSec)
 		fmt.Fprintf(w, "%s agents working by the end of each second: %v\n", r.Kind, r.WorkingPerSec)
+		fmt.Fprintf(w, "%s: a 10 ms timer in the clients' process fired up to %v late during the recovery\n", r.Kind, r.TimerLateness.Round(time.Millisecond))
 		if r.RecoveryCPU > 0 && r.Connects > 0 {
 			fmt.Fprintf(w, "%s server CPU from its restart until all worked: %v (%.0f µs per connect)\n", r.Kind,
 				r.RecoveryCPU, float64(r.RecoveryCPU.Microseconds())/float64(r.Connects))
