@@ -127,8 +127,8 @@ type agent struct {
 	probeAcked             uint64
 	probeSent              uint64 // the latest probe sent to this agent
 	probes                 []probeRec
-	configs                []serverApplied
-	servers                *[]agentServer // per MCP server it calls, by name (servers.go); nil: none
+	configs                []serverApplied // may be shared with other agents (configs.go): replaced, never changed in place
+	servers                *[]agentServer  // per MCP server it calls, by name (servers.go); nil: none
 	configsHash            uint64
 	conn                   connInfo
 	calls                  callInfo
@@ -150,10 +150,11 @@ type agent struct {
 // list for sweeps (iterating a slice of pointers is several times faster
 // than iterating a map).
 type shard struct {
-	mu   sync.Mutex
-	m    map[string]*agent
-	list []*agent
-	_    [16]byte // keep shards on separate cache lines
+	mu      sync.Mutex
+	m       map[string]*agent
+	list    []*agent
+	configs map[uint64]sharedConfigs // configs objects its agents share, by hash (configs.go)
+	_       [16]byte                 // keep shards on separate cache lines
 }
 
 // add inserts a (replacing an agent of the same id); the lock is held.
@@ -331,7 +332,7 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 	// heartbeats repeat the last ones byte for byte.
 	if hb.configsChanged = a == nil || a.configsHash != hb.configsHash; hb.configsChanged {
 		var err error
-		if hb.applied, err = decodeApplied(hb.Configs); err != nil {
+		if hb.applied, err = sh.appliedFor(hb.Configs, hb.configsHash); err != nil {
 			sh.mu.Unlock()
 			t.discard(DiscardOutOfBounds, id, err)
 			return
