@@ -423,8 +423,8 @@ func (f *Fleet) Pending(id string) []agentproto.Command {
 	if a == nil {
 		return nil
 	}
-	out := make([]agentproto.Command, 0, len(a.pending))
-	for _, p := range a.pending {
+	out := make([]agentproto.Command, 0, len(a.pending()))
+	for _, p := range a.pending() {
 		out = append(out, p.cmd)
 	}
 	return out

@@ -22,10 +22,10 @@ func (r *clockRig) pendingOf(id string) (n int, dirty bool) {
 		r.t.Fatalf("agent %s not tracked", id)
 	}
 	now, wall := r.tr.times()
-	if got := len(r.tr.record(a, now, wall).PendingCommands); got != len(a.pending) {
-		r.t.Fatalf("record lists %d pending commands, the tracker %d", got, len(a.pending))
+	if got := len(r.tr.record(a, now, wall).PendingCommands); got != len(a.pending()) {
+		r.t.Fatalf("record lists %d pending commands, the tracker %d", got, len(a.pending()))
 	}
-	return len(a.pending), a.dirty&dirtyOther != 0
+	return len(a.pending()), a.dirty&dirtyOther != 0
 }
 
 func TestTrackerClockGoneDropsPendingCommands(t *testing.T) {
@@ -68,7 +68,7 @@ func TestTrackerClockGoneDropsPendingCommands(t *testing.T) {
 	r.want("g1", StateHealthy)
 	sh.mu.Lock()
 	var types []string
-	for _, p := range sh.m["g1"].pending {
+	for _, p := range sh.m["g1"].pending() {
 		types = append(types, p.cmd.Type+" servers="+itoa(len(p.cmd.Servers))+" recovery="+strconv.FormatBool(p.recovery))
 	}
 	sh.mu.Unlock()

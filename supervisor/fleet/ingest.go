@@ -27,14 +27,16 @@ func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply
 		t.ingestServers(a, hb.Servers, now)
 	}
 	if hb.Goodbye {
-		a.goodbye, a.live, a.zombie, a.qzombie, a.reason = true, StateGone, false, false, "said goodbye"
-		a.pending, a.probes = nil, nil
+		a.goodbye, a.live, a.zombie, a.qzombie = true, StateGone, false, false
+		a.setReason("said goodbye")
+		a.setPending(nil)
+		a.probes = nil
 		a.dirty |= dirtyOther
 	} else {
 		if a.live != StateHealthy {
 			a.goodbye = false
 			a.probes = nil // probes sent into the gap prove nothing
-			for _, p := range a.pending {
+			for _, p := range a.pending() {
 				p.lastSent = 0 // back: re-send at once
 			}
 		}
@@ -46,7 +48,7 @@ func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply
 	}
 	out.from, out.changed = t.setState(a, deriveState(a.live, a.zombie || a.qzombie, a.quarantined), now)
 	out.to = a.state
-	if canReply && a.zombie && len(a.pending) > 0 && t.cmd.Leader() {
+	if canReply && a.zombie && len(a.pending()) > 0 && t.cmd.Leader() {
 		out.reply, out.replyResend = t.dueReply(a, now)
 	}
 }
@@ -55,7 +57,8 @@ func (t *tracker) ingest(a *agent, hb *hbIn, now int64, wall time.Time, canReply
 func (t *tracker) applyAcks(a *agent, hb *hbIn) int {
 	acked := 0
 	for _, id := range hb.Acks {
-		for i, p := range a.pending {
+		pending := a.pending()
+		for i, p := range pending {
 			if p.cmd.ID != id {
 				continue
 			}
@@ -63,14 +66,14 @@ func (t *tracker) applyAcks(a *agent, hb *hbIn) int {
 			if p.cmd.Type == agentproto.CmdReconnect {
 				a.probes = nil // it rebuilt: verify afresh
 			}
-			a.pending = append(a.pending[:i], a.pending[i+1:]...)
+			a.rare.pending = append(pending[:i], pending[i+1:]...)
 			a.dirty |= dirtyOther
 			acked++
 			break
 		}
 	}
-	if len(a.pending) == 0 {
-		a.pending = nil
+	if a.rare != nil && len(a.rare.pending) == 0 {
+		a.rare.pending = nil
 	}
 	if hb.ProbeAck != "" {
 		// Only a probe actually sent to this agent counts: a made-up nonce
@@ -95,13 +98,14 @@ func (t *tracker) applyAcks(a *agent, hb *hbIn) int {
 
 // dropUnsentReconnects forgets reconnects a zombie no longer needs.
 func dropUnsentReconnects(a *agent) {
-	kept := a.pending[:0]
-	for _, p := range a.pending {
+	pending := a.pending()
+	kept := pending[:0]
+	for _, p := range pending {
 		if p.cmd.Type != agentproto.CmdReconnect || p.sends > 0 {
 			kept = append(kept, p)
 		}
 	}
-	a.pending = kept
+	a.setPending(kept)
 }
 
 // checkInstance handles restarts, duplicate ids and old sequence numbers.
@@ -113,30 +117,32 @@ func (t *tracker) checkInstance(a *agent, hb *hbIn, now int64, out *ingestOut) b
 		a.instance = strings.Clone(hb.Instance)
 		a.dirty |= dirtyOther
 		return true
-	case a.prevInst == hb.Instance:
+	case a.prevInst() == hb.Instance:
 		// An instance that was replaced came back: instance ids are unique
 		// per process start, so two processes share this agent id.
-		a.instance, a.prevInst = a.prevInst, a.instance
-		a.seq, a.prevSeq = a.prevSeq, a.seq
+		r := a.rare // not nil: prevInst is set
+		a.instance, r.prevInst = r.prevInst, a.instance
+		a.seq, r.prevSeq = r.prevSeq, a.seq
 		if !a.duplicate {
 			a.duplicate, out.dup = true, true
 			a.dirty |= dirtyOther
-			if a.lastRestart != 0 && a.restarts > 0 {
+			if r.lastRestart != 0 && r.restarts > 0 {
 				// The "restart" that introduced the second instance was not one.
-				a.restarts--
-				if n := len(a.recoveries); n > 0 && a.recoveries[n-1] == a.lastRestart {
-					a.recoveries = a.recoveries[:n-1]
+				r.restarts--
+				if n := len(r.recoveries); n > 0 && r.recoveries[n-1] == r.lastRestart {
+					r.recoveries = r.recoveries[:n-1]
 				}
 			}
 		}
-		a.dupAt = now
+		r.dupAt = now
 	default:
-		a.prevInst, a.prevSeq = a.instance, a.seq
+		r := a.more()
+		r.prevInst, r.prevSeq = a.instance, a.seq
 		a.instance, a.seq = strings.Clone(hb.Instance), 0
-		a.restarts++
-		a.lastRestart = now
-		a.pending, a.probes, a.zombie = nil, nil, false // a new process resolves everything itself
-		a.qzombie, a.queues = false, nil                // and binds its consumers afresh
+		r.restarts++
+		r.lastRestart = now
+		r.pending, a.probes, a.zombie = nil, nil, false // a new process resolves everything itself
+		a.qzombie, r.queues = false, nil                // and binds its consumers afresh
 		a.dirty |= dirtyOther
 		out.restarted = true
 		t.recovery(a, now, "restarted as instance "+a.instance, out)
@@ -233,25 +239,26 @@ func (t *tracker) recovery(a *agent, now int64, why string, out *ingestOut) {
 // lock with the state change, so whoever can see the quarantined state also
 // sees it counted.
 func (t *tracker) noteRecovery(a *agent, now int64, why string) bool {
-	a.recoveries = append(a.recoveries, now)
-	ev, over := intensity(a.recoveries, now, t.cfg.QuarantinePeriod, t.cfg.QuarantineAfter)
+	r := a.more()
+	r.recoveries = append(r.recoveries, now)
+	ev, over := intensity(r.recoveries, now, t.cfg.QuarantinePeriod, t.cfg.QuarantineAfter)
 	if len(ev) > t.cfg.QuarantineAfter+1 {
 		ev = ev[len(ev)-t.cfg.QuarantineAfter-1:]
 	}
-	a.recoveries = append(a.recoveries[:0], ev...)
+	r.recoveries = append(r.recoveries[:0], ev...)
 	if !over || a.quarantined {
 		return false
 	}
 	a.quarantined = true
 	t.metrics.quarantine()
-	a.reason = "quarantined: needed recovery " + itoa(len(ev)) + " times within " + t.cfg.QuarantinePeriod.String() + "; last: " + why
-	kept := a.pending[:0]
-	for _, p := range a.pending {
+	r.reason = "quarantined: needed recovery " + itoa(len(ev)) + " times within " + t.cfg.QuarantinePeriod.String() + "; last: " + why
+	kept := r.pending[:0]
+	for _, p := range r.pending {
 		if !p.recovery {
 			kept = append(kept, p)
 		}
 	}
-	a.pending = kept
+	r.pending = kept
 	a.dirty |= dirtyOther
 	return true
 }
@@ -262,11 +269,12 @@ func (t *tracker) addPending(a *agent, cmd agentproto.Command, recovery bool, no
 	if cmd.ID == "" {
 		cmd.ID = t.cmd.newID()
 	}
-	if len(a.pending) >= t.cfg.MaxPending {
+	if len(a.pending()) >= t.cfg.MaxPending {
 		t.collapsePending(a)
 	}
 	p := &pendingCmd{cmd: cmd, created: t.clock.Now().UnixNano(), queued: recovery, recovery: recovery}
-	a.pending = append(a.pending, p)
+	r := a.more()
+	r.pending = append(r.pending, p)
 	a.dirty |= dirtyOther
 	return p
 }
@@ -274,14 +282,14 @@ func (t *tracker) addPending(a *agent, cmd agentproto.Command, recovery bool, no
 // collapsePending replaces an overflowing pending list's config pushes by
 // one re-resolve of every server.
 func (t *tracker) collapsePending(a *agent) {
-	kept := a.pending[:0]
-	for _, p := range a.pending {
+	r := a.more()
+	kept := r.pending[:0]
+	for _, p := range r.pending {
 		if p.cmd.Type != agentproto.CmdReresolve || p.recovery {
 			kept = append(kept, p)
 		}
 	}
-	a.pending = kept
-	a.pending = append(a.pending, &pendingCmd{
+	r.pending = append(kept, &pendingCmd{
 		cmd:     agentproto.Command{ID: t.cmd.newID(), Type: agentproto.CmdReresolve, Reason: "too many pending config pushes: re-resolve every server"},
 		created: t.clock.Now().UnixNano(),
 	})
@@ -291,7 +299,7 @@ func (t *tracker) collapsePending(a *agent) {
 // dueReply picks the first released pending command due for sending and
 // marks it sent: a zombie's commands travel on its heartbeat's reply.
 func (t *tracker) dueReply(a *agent, now int64) (*agentproto.Command, bool) {
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if p.queued || p.lastSent != 0 && now-p.lastSent < int64(t.timing(a).resend) {
 			continue
 		}

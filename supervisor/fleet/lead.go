@@ -77,14 +77,16 @@ func (t *tracker) merge(r *Record) {
 	}
 	now, wall := t.times()
 	a.kvRev = r.rev // the record this leader writes over
-	if len(r.RecoveryTimes) > len(a.recoveries) {
-		a.recoveries = a.recoveries[:0]
+	if len(r.RecoveryTimes) > len(a.recoveries()) {
+		ra := a.more()
+		ra.recoveries = ra.recoveries[:0]
 		for _, ev := range r.RecoveryTimes {
-			a.recoveries = append(a.recoveries, now-int64(wall.Sub(ev)))
+			ra.recoveries = append(ra.recoveries, now-int64(wall.Sub(ev)))
 		}
 	}
 	if r.Quarantined && !a.quarantined {
-		a.quarantined, a.reason = true, r.Reason
+		a.quarantined = true
+		a.setReason(r.Reason)
 	}
 	queued := false
 	if (a.instance == "" || a.instance == r.Instance) && a.live != StateGone {
@@ -96,7 +98,7 @@ func (t *tracker) merge(r *Record) {
 			if hasPending(a, p.ID) || a.quarantined && p.Recovery {
 				continue
 			}
-			a.pending = append(a.pending, &pendingCmd{cmd: p.Command, created: p.Created.UnixNano(),
+			a.more().pending = append(a.pending(), &pendingCmd{cmd: p.Command, created: p.Created.UnixNano(),
 				sends: p.Sends, queued: p.Queued, recovery: p.Recovery})
 			queued = queued || p.Queued
 		}
@@ -109,7 +111,7 @@ func (t *tracker) merge(r *Record) {
 }
 
 func hasPending(a *agent, id string) bool {
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if p.cmd.ID == id {
 			return true
 		}
@@ -241,7 +243,7 @@ func (t *tracker) missingServers(ix *kvconfig.Index, id string) []string {
 
 // pendingCovers reports whether a pending re-resolve already covers server.
 func pendingCovers(a *agent, server string) bool {
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if p.cmd.Type != agentproto.CmdReresolve {
 			continue
 		}

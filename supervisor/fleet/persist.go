@@ -53,12 +53,12 @@ type PendingCommand struct {
 
 // record builds an agent's Record; the shard lock is held.
 func (t *tracker) record(a *agent, now int64, wall time.Time) Record {
-	r := Record{AgentStatus: t.snapshot(a, now, wall), PrevInstance: a.prevInst, Liveness: a.live,
+	r := Record{AgentStatus: t.snapshot(a, now, wall), PrevInstance: a.prevInst(), Liveness: a.live,
 		Zombie: a.zombie, Quarantined: a.quarantined, Goodbye: a.goodbye, Established: a.established, Updated: wall.UTC()}
-	for _, ev := range a.recoveries {
+	for _, ev := range a.recoveries() {
 		r.RecoveryTimes = append(r.RecoveryTimes, wall.Add(time.Duration(ev-now)).UTC())
 	}
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		r.PendingCommands = append(r.PendingCommands, PendingCommand{Command: p.cmd,
 			Created: time.Unix(0, p.created).UTC(), Sends: p.sends, Queued: p.queued, Recovery: p.recovery})
 	}
@@ -268,20 +268,25 @@ func readFleetOnce(ctx context.Context, kv jetstream.KeyValue) (recs []Record, b
 func (t *tracker) restore(r *Record) {
 	now, wall := t.times()
 	mono := func(at time.Time) int64 { return now - int64(wall.Sub(at)) }
-	a := &agent{id: r.Agent, instance: r.Instance, prevInst: r.PrevInstance, seq: r.Seq,
+	a := &agent{id: r.Agent, instance: r.Instance, seq: r.Seq,
 		live: r.Liveness, zombie: r.Zombie, quarantined: r.Quarantined, goodbye: r.Goodbye,
-		duplicate: r.Duplicate, restarts: r.Restarts, spoofed: r.Spoofed, intervalMS: r.IntervalMS,
-		conn: r.Conn, calls: r.Calls, skewMS: r.ClockSkewMS, skewed: r.ClockSkewed, reason: r.Reason}
+		duplicate: r.Duplicate, intervalMS: r.IntervalMS,
+		conn: r.Conn, calls: r.Calls, skewMS: r.ClockSkewMS, skewed: r.ClockSkewed}
+	if r.PrevInstance != "" || r.Restarts != 0 || r.Spoofed != 0 || r.Reason != "" {
+		a.rare = &agentRare{prevInst: r.PrevInstance, restarts: r.Restarts, spoofed: r.Spoofed, reason: r.Reason}
+	}
 	if a.live < StateHealthy || a.live > StateGone {
 		a.live = StateHealthy
 	}
 	if !r.LastHeard.IsZero() {
 		a.heard, a.heardWall = mono(r.LastHeard), r.LastHeard.UnixNano()
 	}
-	a.dupAt = now
+	if a.duplicate { // dupAt is read only while duplicate is set
+		a.more().dupAt = now
+	}
 	t.restoreServers(a, r, now)
 	for _, ev := range r.RecoveryTimes {
-		a.recoveries = append(a.recoveries, mono(ev))
+		a.more().recoveries = append(a.recoveries(), mono(ev))
 	}
 	for s, c := range r.Configs {
 		if kvconfig.ValidID(s) {
@@ -296,7 +301,7 @@ func (t *tracker) restore(r *Record) {
 		if a.live == StateGone {
 			break
 		}
-		a.pending = append(a.pending, &pendingCmd{cmd: p.Command, created: p.Created.UnixNano(),
+		a.more().pending = append(a.pending(), &pendingCmd{cmd: p.Command, created: p.Created.UnixNano(),
 			sends: p.Sends, queued: p.Queued, recovery: p.Recovery})
 		queued = queued || p.Queued
 	}

@@ -106,23 +106,24 @@ func queueStalled(backlog uint64, progressAt, now int64, interval time.Duration,
 // was read for those still declared; the shard lock is held.
 func updateQueues(a *agent, decl []consumerIn) {
 	if len(decl) == 0 {
-		if a.queues != nil {
-			a.queues, a.qzombie = nil, false
+		if a.queues() != nil {
+			a.rare.queues, a.qzombie = nil, false
 			a.dirty |= dirtyOther
 		}
 		return
 	}
-	if len(decl) == len(a.queues) {
+	cur := a.queues()
+	if len(decl) == len(cur) {
 		same := true
 		for i := range decl {
-			if decl[i].Stream != a.queues[i].decl.Stream || decl[i].Durable != a.queues[i].decl.Durable {
+			if decl[i].Stream != cur[i].decl.Stream || decl[i].Durable != cur[i].decl.Durable {
 				same = false
 				break
 			}
 		}
 		if same {
 			for i := range decl {
-				a.queues[i].decl = decl[i]
+				cur[i].decl = decl[i]
 			}
 			return
 		}
@@ -130,7 +131,7 @@ func updateQueues(a *agent, decl []consumerIn) {
 	next := make([]queueRec, len(decl))
 	for i, d := range decl {
 		next[i].decl = d
-		for _, old := range a.queues {
+		for _, old := range cur {
 			if old.decl.Stream == d.Stream && old.decl.Durable == d.Durable {
 				old.decl = d
 				next[i] = old
@@ -138,7 +139,7 @@ func updateQueues(a *agent, decl []consumerIn) {
 			}
 		}
 	}
-	a.queues = next
+	a.more().queues = next
 	a.dirty |= dirtyOther
 }
 
@@ -223,12 +224,13 @@ func (t *tracker) pickQueues(q *queueState, now int64, batch int) queueCounts {
 			if a.qzombie {
 				g.zombies++
 			}
-			if len(a.queues) == 0 {
+			qs := a.queues()
+			if len(qs) == 0 {
 				continue // most agents: nothing to read or count
 			}
 			iv := effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS)
-			for j := range a.queues {
-				r := &a.queues[j]
+			for j := range qs {
+				r := &qs[j]
 				if newly, skip := ungrantedQueue(ix, a, r); skip {
 					g.states[QueueUnknown]++
 					if newly {
@@ -291,9 +293,10 @@ func (t *tracker) applyQueue(rd *queueRead, now int64) {
 	a := sh.m[rd.agent]
 	var r *queueRec
 	if a != nil {
-		for j := range a.queues {
-			if a.queues[j].decl.Stream == rd.stream && a.queues[j].decl.Durable == rd.durable {
-				r = &a.queues[j]
+		qs := a.queues()
+		for j := range qs {
+			if qs[j].decl.Stream == rd.stream && qs[j].decl.Durable == rd.durable {
+				r = &qs[j]
 			}
 		}
 	}
@@ -366,8 +369,9 @@ func (t *tracker) judgeQueues(a *agent, now int64) queueEvent {
 	ev := queueEvent{agent: a.id}
 	iv := effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS)
 	stuck := false
-	for j := range a.queues {
-		r := &a.queues[j]
+	qs := a.queues()
+	for j := range qs {
+		r := &qs[j]
 		if !r.read || r.err != "" || !queueStalled(r.backlog(), r.progressAt, now, iv, 1) {
 			continue
 		}
@@ -399,12 +403,13 @@ func (t *tracker) queueEpisode(a *agent, now int64, why string) (quarantined, qu
 	if a.quarantined {
 		return false, false // it stays stuck: its state says so, nothing more is sent
 	}
-	a.qzombie, a.reason = true, why
+	a.qzombie = true
+	a.setReason(why)
 	a.dirty |= dirtyOther
 	if t.noteRecovery(a, now, why) {
 		return true, false
 	}
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if p.cmd.Type == agentproto.CmdReconnect {
 			return false, false
 		}
@@ -447,13 +452,14 @@ type QueueStatus struct {
 // is held.
 func (t *tracker) queueSnapshot(a *agent, now int64, st *AgentStatus) {
 	st.QueueZombie = a.qzombie
-	if len(a.queues) == 0 {
+	recs := a.queues()
+	if len(recs) == 0 {
 		return
 	}
 	iv := effectiveInterval(t.cfg.HeartbeatInterval, a.intervalMS)
-	st.Consumers = make([]QueueStatus, len(a.queues))
-	for i := range a.queues {
-		r := &a.queues[i]
+	st.Consumers = make([]QueueStatus, len(recs))
+	for i := range recs {
+		r := &recs[i]
 		qs := QueueStatus{Stream: r.decl.Stream, Durable: r.decl.Durable, State: r.state(now, iv),
 			Handled: r.decl.Handled, Acked: r.decl.Acked, Naked: r.decl.Naked, InFlight: r.decl.InFlight,
 			LastAckMSAgo: r.decl.LastAckMSAgo, NumPending: r.pending, NumAckPending: r.ackPending,

@@ -34,19 +34,19 @@ func TestQueueStalled(t *testing.T) {
 func TestUpdateQueuesKeepsReads(t *testing.T) {
 	a := &agent{}
 	updateQueues(a, []consumerIn{{Stream: "S", Durable: "A"}, {Stream: "S", Durable: "B"}})
-	a.queues[1].read, a.queues[1].pending, a.queues[1].progressAt = true, 7, 42
+	a.queues()[1].read, a.queues()[1].pending, a.queues()[1].progressAt = true, 7, 42
 	updateQueues(a, []consumerIn{{Stream: "S", Durable: "A", Acked: 3}, {Stream: "S", Durable: "B", Acked: 4}})
-	if a.queues[0].decl.Acked != 3 || !a.queues[1].read || a.queues[1].pending != 7 || a.queues[1].decl.Acked != 4 {
-		t.Fatalf("same declaration: %+v", a.queues)
+	if a.queues()[0].decl.Acked != 3 || !a.queues()[1].read || a.queues()[1].pending != 7 || a.queues()[1].decl.Acked != 4 {
+		t.Fatalf("same declaration: %+v", a.queues())
 	}
 	updateQueues(a, []consumerIn{{Stream: "S", Durable: "B", Acked: 5}, {Stream: "T", Durable: "C"}})
-	if len(a.queues) != 2 || a.queues[0].decl.Durable != "B" || a.queues[0].progressAt != 42 || a.queues[1].read {
-		t.Fatalf("changed declaration: %+v", a.queues)
+	if len(a.queues()) != 2 || a.queues()[0].decl.Durable != "B" || a.queues()[0].progressAt != 42 || a.queues()[1].read {
+		t.Fatalf("changed declaration: %+v", a.queues())
 	}
 	a.qzombie = true
 	updateQueues(a, nil)
-	if a.queues != nil || a.qzombie {
-		t.Fatalf("no declaration: %+v %v", a.queues, a.qzombie)
+	if a.queues() != nil || a.qzombie {
+		t.Fatalf("no declaration: %+v %v", a.queues(), a.qzombie)
 	}
 }
 

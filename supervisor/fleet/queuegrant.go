@@ -53,8 +53,9 @@ func (t *tracker) reportUngranted(rs []queueRead) {
 // the shard lock is held.
 func ungrantedWarnings(a *agent) []string {
 	var out []string
-	for i := range a.queues {
-		if r := &a.queues[i]; r.err == errUngranted {
+	qs := a.queues()
+	for i := range qs {
+		if r := &qs[i]; r.err == errUngranted {
 			sd := r.decl.Stream + ":" + r.decl.Durable
 			out = append(out, "consumer "+sd+" is declared but not granted to this agent in mcp_agents, so its info is not read: grant it with 'tetherctl agent add "+
 				a.id+" --role ROLE --consumer "+sd+"'")

@@ -47,7 +47,9 @@ func (f *Fleet) Release(id string) (AgentStatus, error) {
 		return st, ErrNotQuarantined
 	}
 	now := t.now()
-	a.quarantined, a.recoveries, a.reason = false, nil, "quarantine released by an operator"
+	a.quarantined = false
+	a.setRecoveries(nil)
+	a.setReason("quarantine released by an operator")
 	a.dirty |= dirtyOther
 	from, changed := t.setState(a, deriveState(a.live, a.zombie, a.quarantined), now)
 	to := a.state

@@ -100,7 +100,7 @@ func (r *serverRig) reresolves(id string) [][]string {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	var out [][]string
-	for _, p := range sh.m[id].pending {
+	for _, p := range sh.m[id].pending() {
 		if p.cmd.Type == agentproto.CmdReresolve {
 			out = append(out, p.cmd.Servers)
 		}

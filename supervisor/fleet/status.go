@@ -141,10 +141,10 @@ type statusHead struct {
 // snapshot is an agent's status; the shard lock is held.
 func (t *tracker) snapshot(a *agent, now int64, wall time.Time) AgentStatus {
 	st := AgentStatus{
-		Agent: a.id, State: a.state, Reason: a.reason, Instance: a.instance, Seq: a.seq,
-		IntervalMS: a.intervalMS, Conn: a.conn, Calls: a.calls, Restarts: a.restarts,
-		Recoveries: len(a.recoveries), Pending: len(a.pending), ProbesUnacked: overdueProbes(a.probes, now, t.timing(a).probeTimeout),
-		Duplicate: a.duplicate, Spoofed: a.spoofed, ClockSkewMS: a.skewMS, ClockSkewed: a.skewed,
+		Agent: a.id, State: a.state, Reason: a.reason(), Instance: a.instance, Seq: a.seq,
+		IntervalMS: a.intervalMS, Conn: a.conn, Calls: a.calls, Restarts: a.restarts(),
+		Recoveries: len(a.recoveries()), Pending: len(a.pending()), ProbesUnacked: overdueProbes(a.probes, now, t.timing(a).probeTimeout),
+		Duplicate: a.duplicate, Spoofed: a.spoofed(), ClockSkewMS: a.skewMS, ClockSkewed: a.skewed,
 	}
 	st.Since = wall.Add(time.Duration(a.since - now)).UTC()
 	t.queueSnapshot(a, now, &st)

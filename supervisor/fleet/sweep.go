@@ -135,13 +135,13 @@ func (t *tracker) judge(a *agent, now int64, freeze bool) bool {
 		a.live = live
 		switch live {
 		case StateSuspect:
-			a.reason = "no heartbeat for " + silence.Round(time.Millisecond).String()
+			a.setReason("no heartbeat for " + silence.Round(time.Millisecond).String())
 		case StateLost:
-			a.reason = "no heartbeat for " + silence.Round(time.Millisecond).String()
+			a.setReason("no heartbeat for " + silence.Round(time.Millisecond).String())
 			a.zombie, a.qzombie, a.probes = false, false, nil
 		case StateGone:
 			if !a.goodbye {
-				a.reason = "lost for " + silence.Round(time.Second).String()
+				a.setReason("lost for " + silence.Round(time.Second).String())
 			}
 			dropOwed(a)
 		}
@@ -155,8 +155,8 @@ func (t *tracker) judge(a *agent, now int64, freeze bool) bool {
 // re-resolved in full as a recovery (or, quarantined, by the leader's
 // drift check), so only an operator's reconnect is not carried over.
 func dropOwed(a *agent) {
-	if len(a.pending) > 0 {
-		a.pending = nil
+	if len(a.pending()) > 0 {
+		a.rare.pending = nil
 		a.dirty |= dirtyOther
 	}
 	a.probes = nil
@@ -218,7 +218,7 @@ func (t *tracker) commandDue(a *agent, now int64, behind bool) {
 	if a.zombie {
 		return // its commands ride on heartbeat replies
 	}
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if p.queued || p.lastSent != 0 && now-p.lastSent < int64(tm.resend) {
 			continue
 		}
@@ -236,7 +236,7 @@ func (t *tracker) zombieEpisode(a *agent, now int64) {
 	a.probes = nil // a further episode needs a fresh set of unanswered probes
 	a.zombie = true
 	why := "zombie: " + itoa(n) + " probes on its command subject unanswered while it heartbeats"
-	a.reason = why
+	a.setReason(why)
 	a.dirty |= dirtyOther
 	if t.noteRecovery(a, now, why) {
 		t.sweep.quar = append(t.sweep.quar, a.id)
@@ -245,7 +245,7 @@ func (t *tracker) zombieEpisode(a *agent, now int64) {
 	if a.quarantined {
 		return
 	}
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if p.cmd.Type == agentproto.CmdReconnect {
 			return
 		}
@@ -257,18 +257,20 @@ func (t *tracker) zombieEpisode(a *agent, now int64) {
 // settle releases quarantine and stale flags and records the state.
 func (t *tracker) settle(a *agent, now int64) {
 	if a.quarantined && a.live == StateHealthy && !a.zombie {
-		if ev, _ := intensity(a.recoveries, now, t.cfg.QuarantinePeriod, 0); len(ev) == 0 {
-			a.quarantined, a.recoveries = false, nil
+		if ev, _ := intensity(a.recoveries(), now, t.cfg.QuarantinePeriod, 0); len(ev) == 0 {
+			a.quarantined = false
+			a.setRecoveries(nil)
 			a.dirty |= dirtyOther
 		}
 	}
-	if a.duplicate && now-a.dupAt >= 2*int64(t.cfg.LostWindow()) {
+	if a.duplicate && now-a.dupAt() >= 2*int64(t.cfg.LostWindow()) {
 		a.duplicate = false
 		a.dirty |= dirtyOther
 	}
 	if from, changed := t.setState(a, deriveState(a.live, a.zombie || a.qzombie, a.quarantined), now); changed {
-		t.sweep.trans = append(t.sweep.trans, transOut{agent: a.id, from: from, to: a.state, why: a.reason})
+		t.sweep.trans = append(t.sweep.trans, transOut{agent: a.id, from: from, to: a.state, why: a.reason()})
 	}
+	a.tidyRare()
 }
 
 // releaseRecoveries lets queued recovery commands go at the fleet-wide
@@ -297,7 +299,7 @@ func (t *tracker) releaseRecoveries(now int64) {
 }
 
 func (t *tracker) release(a *agent, now int64, spread time.Duration) {
-	for _, p := range a.pending {
+	for _, p := range a.pending() {
 		if !p.queued {
 			continue
 		}

@@ -114,48 +114,47 @@ type pendingCmd struct {
 
 // agent is the supervisor's record of one agent. Guarded by its shard's
 // lock. Times are monotonic ns on the tracker's clock unless named *Wall.
+// What a healthy agent of a steady fleet does not use is in rare (nil
+// until first set): the common record stays in the 288-byte size class
+// (TestAgentSizeClass).
 type agent struct {
-	id, instance, prevInst string
-	seq, prevSeq           uint64
+	id, instance           string
+	seq                    uint64
 	heard, heardWall       int64
 	joined                 int64 // first heard (monotonic); see established
 	since                  int64
-	lastRestart, dupAt     int64
 	probeNext              int64
 	probeAcked             uint64
 	probeSent              uint64 // the latest probe sent to this agent
 	probes                 []probeRec
-	recoveries             []int64
-	pending                []*pendingCmd
-	configs                []serverApplied
-	servers                *[]agentServer // per MCP server it calls, by name (servers.go); nil: none
+	configs                []serverApplied // may be shared with other agents (configs.go): replaced, never changed in place
+	servers                *[]agentServer  // per MCP server it calls, by name (servers.go); nil: none
 	configsHash            uint64
 	conn                   connInfo
 	calls                  callInfo
-	queues                 []queueRec // declared consumers (queue.go)
-	qzombie                bool       // queue zombie: backlog with no ack progress while it heartbeats
 	intervalMS             int64
 	skewMS                 int64
-	restarts, spoofed      uint32
-	pos                    int32 // index in its shard's list
+	kvRev                  uint64     // its mcp_fleet record's revision: writes are compare-and-swap on it
+	rare                   *agentRare // nil: all its fields zero (agentrare.go)
+	pos                    int32      // index in its shard's list
 	state, live, persisted State
-	reason                 string
 	zombie, quarantined    bool
 	duplicate, skewed      bool
 	goodbye                bool
 	established            bool // heard over EstablishedAfter intervals: counts for mass silence
+	qzombie                bool // queue zombie: backlog with no ack progress while it heartbeats
 	dirty                  uint8
-	kvRev                  uint64 // its mcp_fleet record's revision: writes are compare-and-swap on it
 }
 
 // shard is one lock's worth of the fleet: a map for lookups and a dense
 // list for sweeps (iterating a slice of pointers is several times faster
 // than iterating a map).
 type shard struct {
-	mu   sync.Mutex
-	m    map[string]*agent
-	list []*agent
-	_    [16]byte // keep shards on separate cache lines
+	mu      sync.Mutex
+	m       map[string]*agent
+	list    []*agent
+	configs map[uint64]sharedConfigs // configs objects its agents share, by hash (configs.go)
+	_       [16]byte                 // keep shards on separate cache lines
 }
 
 // add inserts a (replacing an agent of the same id); the lock is held.
@@ -274,7 +273,7 @@ func (t *tracker) setState(a *agent, st State, now int64) (from State, changed b
 	a.state, a.since = st, now
 	a.dirty |= dirtyState
 	if st == StateHealthy {
-		a.reason = ""
+		a.setReason("")
 	}
 	return from, true
 }
@@ -333,7 +332,7 @@ func (t *tracker) handleHeartbeat(msg *nats.Msg) {
 	// heartbeats repeat the last ones byte for byte.
 	if hb.configsChanged = a == nil || a.configsHash != hb.configsHash; hb.configsChanged {
 		var err error
-		if hb.applied, err = decodeApplied(hb.Configs); err != nil {
+		if hb.applied, err = sh.appliedFor(hb.Configs, hb.configsHash); err != nil {
 			sh.mu.Unlock()
 			t.discard(DiscardOutOfBounds, id, err)
 			return
@@ -411,7 +410,7 @@ func (t *tracker) spoofedBy(id, claimed string) {
 	sh := t.shard(id)
 	sh.mu.Lock()
 	if a := sh.m[id]; a != nil {
-		a.spoofed++
+		a.more().spoofed++
 		a.dirty |= dirtyOther
 	}
 	sh.mu.Unlock()
