@@ -118,6 +118,8 @@ func TestConvertEntry(t *testing.T) {
 		{"a", `{"command":"x","autoApprove":[]}`, true, `{"command":"x"}`},
 		{"a", `{"command":"x","args":["--token","${env:TOKEN}"]}`, false, `error: field "args[1]" holds a ${...} variable`},
 		{"a", `{"command":"x","timeout":60}`, false, `error: field "timeout"`},
+		{"a", `{"command":"x","idempotent_tools":["get","list"]}`, false, `{"command":"x","idempotent_tools":["get","list"]}`},
+		{"a", `{"command":"x","idempotent_tools":"get"}`, false, `error: field "idempotent_tools"`},
 		{"a", `{"url":"https://x.example","command":"y"}`, false, `error: field "transport"`},
 		{"a", `"npx"`, false, "error: must be a JSON object"},
 		{"a.b", `{"command":"x"}`, false, "error: rename it"},

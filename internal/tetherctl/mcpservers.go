@@ -22,7 +22,7 @@ const (
 // supportedEntryFields are the fields of an mcpServers entry Tether keeps.
 var supportedEntryFields = map[string]bool{
 	"type": true, "transport": true, "command": true, "args": true, "env": true,
-	"url": true, "headers": true, "timeout": true, "retry": true,
+	"url": true, "headers": true, "timeout": true, "retry": true, "idempotent_tools": true,
 }
 
 // clientTypes maps an entry's "type" to a Tether transport.
@@ -143,7 +143,7 @@ func convertEntry(name string, raw json.RawMessage, drop bool) (serverEntry, err
 		}
 	}
 	if len(unsupported) > 0 && !drop {
-		return e, fmt.Errorf("unsupported field(s) %s: Tether keeps only type, transport, command, args, env, url, headers, timeout, retry; remove them or pass --drop-unsupported", quoteList(unsupported))
+		return e, fmt.Errorf("unsupported field(s) %s: Tether keeps only type, transport, command, args, env, url, headers, timeout, retry, idempotent_tools; remove them or pass --drop-unsupported", quoteList(unsupported))
 	}
 	for _, k := range unsupported {
 		e.Notes = append(e.Notes, fmt.Sprintf("dropped unsupported field %q", k))
