@@ -535,6 +535,11 @@ func runStdioServer() {
 	if os.Getenv(stdioServerEnv) == "crash" {
 		os.Exit(3)
 	}
+	if os.Getenv(stdioServerEnv) == "crash-until-healed" { // crashes until the test writes <dir>/healed
+		if _, err := os.Stat(os.Getenv("TETHER_MCP_TEST_DIR") + "/healed"); err != nil {
+			os.Exit(3)
+		}
+	}
 	var execs execCounter
 	name := os.Getenv("TETHER_MCP_TEST_NAME")
 	if name == "" {

@@ -30,8 +30,9 @@ const (
 // exited process is restarted by the ToolCaller itself, with no call
 // needed, after a backoff; after MaxRestarts restarts within Window, its
 // next exit quarantines it for QuarantineFor: calls fail fast with
-// ErrQuarantined, the heartbeat says "quarantined", and the first call
-// after it starts the process again. Zero fields take the Default* values.
+// ErrQuarantined, the heartbeat says "quarantined", and when it ends the
+// process is started again by itself, with a fresh count. Zero fields take
+// the Default* values.
 type RestartPolicy struct {
 	// BaseDelay is the wait before the first restart. Default
 	// DefaultRestartBaseDelay.

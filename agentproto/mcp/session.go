@@ -238,7 +238,7 @@ func (t *ToolCaller) connectFailed(s *session, err error) {
 	}
 	t.mu.Unlock()
 	if quarantined {
-		t.quarantined()
+		t.quarantined(s.gen)
 	}
 }
 
@@ -257,10 +257,35 @@ func (t *ToolCaller) restartLocked(g *generation) {
 	}
 }
 
-func (t *ToolCaller) quarantined() {
+// quarantined reports g's quarantine and starts its process again by
+// itself once the quarantine is over (as a call then would), so the
+// heartbeat does not say "quarantined" for as long as no call comes. After
+// a Swap, a Close or a call that started it first, nothing is done.
+func (t *ToolCaller) quarantined(g *generation) {
 	t.ss.SetQuarantined(true)
 	t.log.Error().Int(logKeyRestarts, t.opts.Restart.MaxRestarts).Int64(logKeyUntilMS, t.opts.Restart.QuarantineFor.Milliseconds()).
 		Msg("mcp stdio server quarantined: too many restarts; calls fail fast until the quarantine ends or the config changes")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.goFnLocked(func() {
+		for {
+			t.mu.Lock()
+			wait := t.budget.until.Sub(t.opts.Now())
+			if wait <= 0 || g != t.gen || t.closed {
+				t.restartLocked(g)
+				t.mu.Unlock()
+				return
+			}
+			t.mu.Unlock()
+			timer := time.NewTimer(wait)
+			select {
+			case <-t.ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+			}
+		}
+	})
 }
 
 // watch waits for s to end. One that ends by itself (the process exited,
@@ -295,7 +320,7 @@ func (t *ToolCaller) broke(s *session, cause error) {
 	t.log.Warn().Err(cause).Str(logKeyFailure, FailureKind(cause)).Str(logKeyKey, s.gen.res.Key).
 		Uint64(logKeyRevision, s.gen.res.Revision).Msg("mcp session lost")
 	if quarantined {
-		t.quarantined()
+		t.quarantined(s.gen)
 	}
 	if restart {
 		t.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -190,4 +191,51 @@ func TestStdioCloseDuringRestartBackoff(t *testing.T) {
 	if _, err := sc.c.Call(ctx, "get", map[string]any{"id": "late"}); !errors.Is(err, mcp.ErrClosed) {
 		t.Fatalf("a call after Close: %v, want ErrClosed", err)
 	}
+}
+
+// A quarantined stdio server is started again by itself when its
+// quarantine ends, with no call: the heartbeat entry leaves
+// "quarantined", and the next call runs on that process.
+func TestStdioQuarantineEndsWithoutCall(t *testing.T) {
+	rp := mcp.RestartPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRestarts: 2,
+		Window: time.Minute, StableAfter: time.Minute, QuarantineFor: 300 * time.Millisecond}
+	sc := newSuperviseCase(t, "crash-until-healed", rp, &agentproto.Policy{MaxAttempts: 1})
+	defer sc.c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := sc.c.Call(ctx, "get", map[string]any{"id": "x"}); !errors.Is(err, agentproto.ErrMCPProcessExited) {
+		t.Fatalf("the first call: %v, want process exited", err)
+	}
+	natstestCheck(t, func() error {
+		if got := sc.stats(); got.State != agentproto.ServerQuarantined {
+			return fmt.Errorf("stats %+v, want quarantined", got)
+		}
+		return nil
+	})
+	quarantined := time.Now()
+	if err := os.WriteFile(filepath.Join(sc.dir, "healed"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var released time.Duration
+	natstestCheck(t, func() error {
+		if n := strings.Count(sc.log.String(), `"message":"mcp session connected"`); n != 1 {
+			return fmt.Errorf("%d sessions connected, want 1 (started after the quarantine): stats %+v", n, sc.stats())
+		}
+		released = time.Since(quarantined)
+		return nil
+	})
+	if released < rp.QuarantineFor/2 { // the quarantine began before it was observed
+		t.Fatalf("started %v after the quarantine was seen, before its %v were over", released, rp.QuarantineFor)
+	}
+	if got := sc.stats(); got.State == agentproto.ServerQuarantined {
+		t.Fatalf("stats %+v: still quarantined once the process is up", got)
+	}
+	started := len(sc.pids(t))
+	if _, err := sc.c.Call(ctx, "get", map[string]any{"id": "after"}); err != nil {
+		t.Fatalf("the call after the quarantine: %v", err)
+	}
+	if n := len(sc.pids(t)); n != started {
+		t.Fatalf("%d processes after the call, %d before it: the call started another", n, started)
+	}
+	t.Logf("started again %v after the quarantine was seen (quarantine %v); %d processes in all", released.Round(time.Millisecond), rp.QuarantineFor, started)
 }
