@@ -80,8 +80,8 @@ type Client struct {
 	healthKick    chan struct{}
 	reconnSince   atomic.Int64 // unix nanos nats.go started reconnecting; 0: not
 	rttNanos      atomic.Int64
-	reconnectedAt atomic.Int64  // unix nanos of the latest reconnect or rebuild: the stale limit's grace
-	grace         time.Duration // linkGrace of the config
+	reconnectedAt atomic.Int64 // unix nanos of the latest reconnect or rebuild: the stale limit's grace
+	fleetHint     atomic.Int64 // the supervisor's fleet_size (resolveall); 0: none yet
 	// noSupervisor counts heartbeats answered "no responders".
 	noSupervisor atomic.Uint64
 	stats        counters
@@ -124,7 +124,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	r, err := NewResolver(ResolverConfig{
 		Guard: c.deniedReqs.guard,
 		Agent: cfg.Agent, Subjects: cfg.Subjects, Conn: c.Conn, Policy: cfg.ResolvePolicy,
-		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, AllowCommands: cfg.AllowCommands, Logger: cfg.Logger.With().Str(logKeyInstance, c.instance).Str("component", "resolver").Logger(), // the resolver adds the agent id
+		RequestTimeout: cfg.RequestTimeout, CacheFile: cfg.ConfigCache, AllowCommands: cfg.AllowCommands, OnFleetSize: c.setFleetHint, Logger: cfg.Logger.With().Str(logKeyInstance, c.instance).Str("component", "resolver").Logger(), // the resolver adds the agent id
 	})
 	if err != nil {
 		return nil, err
@@ -132,7 +132,6 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	c.resolver = r
 	c.cmds = newCommander(c)
 	c.hb.init(c)
-	c.grace = linkGrace(cfg.reconnectWindow(), cfg.PingInterval, cfg.MaxPingsOut)
 	if err := c.registerSystemSubs(); err != nil {
 		return nil, err
 	}

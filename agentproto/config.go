@@ -31,7 +31,8 @@ const (
 	// (BENCHMARKS.md, "Watchdog timing and cost"): one agent back 2–399 ms
 	// after its server's return (9 restarts each of 0.5 s and 8 s, and
 	// after CLOSED), 100 agents at p99 422 ms. A larger fleet sets
-	// FleetSize (to the agents per server) and ConnectRate.
+	// FleetSize (to the agents per server) and ConnectRate, or takes its
+	// size from the supervisor's resolveall replies (fleet_size).
 	DefaultFleetSize   = 1000
 	DefaultConnectRate = 2500
 	// DefaultReconnectJitter is the fraction of each KV watcher restart and
@@ -110,8 +111,11 @@ type Config struct {
 	// or the watchdog rebuilding) the client tries once per window at its
 	// own phase (ReconnectPhase of the agent id), so it is working again
 	// within one window of its server's return and the fleet's connects
-	// are spread evenly over that window. Zero means DefaultFleetSize,
-	// DefaultConnectRate.
+	// are spread evenly over that window. Once a resolveall reply says the
+	// supervisor tracks more agents than FleetSize per known server
+	// (fleet_size), the window is sized for that many instead
+	// (Client.ReconnectWindow; never past MaxReconnectWait). Zero means
+	// DefaultFleetSize, DefaultConnectRate.
 	FleetSize, ConnectRate int
 	// ReconnectWait is the shortest reconnect window. Zero means
 	// DefaultReconnectWait.
@@ -365,8 +369,9 @@ func (c *Config) checkSigns(bad func(field string, v any, why string)) {
 func (c *Config) jitter() float64 { return max(c.ReconnectJitter, 0) }
 
 // ReconnectWindowOf is the reconnect window a client with this config
-// uses, zero fields taking their defaults: an agent is back within it of
-// its server's return.
+// uses, zero fields taking their defaults, until the supervisor reports a
+// larger fleet (Client.ReconnectWindow): an agent is back within it of its
+// server's return.
 func (c Config) ReconnectWindowOf() time.Duration {
 	d := c.withDefaults()
 	return d.reconnectWindow()

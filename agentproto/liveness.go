@@ -59,6 +59,11 @@ func staleLimit(sinceReconnect, grace, interval time.Duration, maxOut int) time.
 	return d
 }
 
+// grace is linkGrace for the client's current window.
+func (c *Client) grace() time.Duration {
+	return linkGrace(c.ReconnectWindow(), c.cfg.PingInterval, c.cfg.MaxPingsOut)
+}
+
 // markReconnected stamps a reconnect or rebuild for the stale limit's
 // grace.
 func (c *Client) markReconnected() { c.reconnectedAt.Store(time.Now().UnixNano()) }
@@ -91,7 +96,7 @@ func (c *Client) pingLink(nc *nats.Conn) (time.Duration, bool) {
 	if at := c.reconnectedAt.Load(); at != 0 {
 		since = time.Since(time.Unix(0, at))
 	}
-	limit := staleLimit(since, c.grace, c.cfg.PingInterval, c.cfg.MaxPingsOut)
+	limit := staleLimit(since, c.grace(), c.cfg.PingInterval, c.cfg.MaxPingsOut)
 	in := nc.Stats().InMsgs
 	ctx, cancel := context.WithTimeout(c.ctx, limit)
 	err := nc.FlushWithContext(ctx)

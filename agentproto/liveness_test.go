@@ -86,8 +86,8 @@ func TestLateLinkKeptWithinGraceAfterReconnect(t *testing.T) {
 		return nil
 	})
 	at := time.Unix(0, stale.Load()).Sub(cut)
-	first := c.grace + staleLimit(time.Hour, c.grace, c.cfg.PingInterval, c.cfg.MaxPingsOut)
-	t.Logf("stale %v after the cut (grace %v, earliest %v)", at.Round(time.Millisecond), c.grace, first)
+	first := c.grace() + staleLimit(time.Hour, c.grace(), c.cfg.PingInterval, c.cfg.MaxPingsOut)
+	t.Logf("stale %v after the cut (grace %v, earliest %v)", at.Round(time.Millisecond), c.grace(), first)
 	if at < first {
 		t.Fatalf("found stale %v after the reconnect, before the grace and one limit (%v) were over", at, first)
 	}
@@ -106,8 +106,8 @@ func TestNoGraceAfterFirstConnect(t *testing.T) {
 		return nil
 	})
 	at := time.Unix(0, stale.Load()).Sub(began)
-	t.Logf("stale %v after Connect began (grace %v not applied)", at.Round(time.Millisecond), c.grace)
-	if at >= c.grace+staleLimit(time.Hour, c.grace, c.cfg.PingInterval, c.cfg.MaxPingsOut) {
+	t.Logf("stale %v after Connect began (grace %v not applied)", at.Round(time.Millisecond), c.grace())
+	if at >= c.grace()+staleLimit(time.Hour, c.grace(), c.cfg.PingInterval, c.cfg.MaxPingsOut) {
 		t.Fatalf("stale only %v after the first connect: a grace was applied", at)
 	}
 	if st := c.Stats(); st.StaleLinks < 1 {

@@ -72,8 +72,12 @@ type ResolverConfig struct {
 	// Guard, if set, wraps each request's context so that it ends with a
 	// *PermissionError as soon as the server refuses the publish (the
 	// Client sets it from its asynchronous permission errors).
-	Guard  func(ctx context.Context, subject string) (context.Context, func())
-	Logger zerolog.Logger
+	Guard func(ctx context.Context, subject string) (context.Context, func())
+	// OnFleetSize, if set, is called with each resolveall reply's
+	// fleet_size (at most MaxFleetSizeHint); the Client sizes its
+	// reconnect window with it.
+	OnFleetSize func(n int)
+	Logger      zerolog.Logger
 }
 
 // Resolver is the agent's resolve client. It keeps the last known good
@@ -369,6 +373,11 @@ func (r *Resolver) ResolveAll(ctx context.Context) (map[string]Resolved, error) 
 	return out, nil
 }
 
+// MaxFleetSizeHint bounds the fleet size a client takes from a resolveall
+// reply: whatever a reply says, the window stays within
+// Config.MaxReconnectWait.
+const MaxFleetSizeHint = 10_000_000
+
 // maxResolveAllPages bounds the pages one ResolveAll follows.
 const maxResolveAllPages = 10000
 
@@ -393,6 +402,9 @@ func (r *Resolver) resolveAllPages(ctx context.Context, subject string) ([]Resol
 			return nil, fmt.Errorf("agentproto: resolveall: reply is not JSON: %w", err)
 		}
 		pages = append(pages, rep)
+		if rep.FleetSize > 0 && r.cfg.OnFleetSize != nil {
+			r.cfg.OnFleetSize(min(rep.FleetSize, MaxFleetSizeHint))
+		}
 		if rep.Next == "" {
 			return pages, nil
 		}

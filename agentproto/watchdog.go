@@ -33,15 +33,18 @@ import (
 // rebuild loop (after CLOSED, a rebuild command or failed health rounds).
 
 // reconnectTo is the nats.ReconnectToServer callback: the next server of
-// the pool in turn, tried at the agent's next slot.
-func (c *Client) reconnectTo(window, phase time.Duration) nats.ReconnectToServerHandler {
+// the pool in turn, tried at the agent's next slot of the current window
+// (nats.go holds the connection's lock while calling it: the pool comes
+// as an argument).
+func (c *Client) reconnectTo() nats.ReconnectToServerHandler {
 	var next atomic.Uint64
 	return func(pool []nats.Server, _ nats.ServerInfo) (*nats.Server, time.Duration) {
 		if len(pool) == 0 {
 			return nil, 0
 		}
 		s := pool[next.Add(1)%uint64(len(pool))]
-		return &s, SlotDelay(time.Now(), window, phase)
+		w := c.window(len(pool))
+		return &s, SlotDelay(time.Now(), w, ReconnectPhase(c.cfg.Agent, w))
 	}
 }
 
@@ -51,12 +54,11 @@ func (c *Client) reconnectTo(window, phase time.Duration) nats.ReconnectToServer
 // so a replaced connection's late callbacks are ignored.
 func (c *Client) options(gen uint64) []nats.Option {
 	cfg := &c.cfg
-	w := cfg.reconnectWindow()
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.CustomInboxPrefix(InboxPrefix(cfg.Agent)),
 		nats.MaxReconnects(cfg.MaxReconnects),
-		nats.ReconnectToServer(c.reconnectTo(w, ReconnectPhase(cfg.Agent, w))),
+		nats.ReconnectToServer(c.reconnectTo()),
 		nats.ReconnectBufSize(cfg.ReconnectBufSize),
 		nats.Timeout(cfg.ConnectTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { c.onDisconnect(gen, err) }),
@@ -87,7 +89,7 @@ func (c *Client) options(gen uint64) []nats.Option {
 // rebuild (slotFirst) makes even its first attempt at a slot: a fleet
 // whose connections all closed together (an auth change) rebuilds spread.
 func (c *Client) dial(ctx context.Context, gen uint64, slotFirst bool) (*nats.Conn, error) {
-	w := c.cfg.reconnectWindow()
+	w := c.window(c.knownServers())
 	b := &slotBackOff{window: w, phase: ReconnectPhase(c.cfg.Agent, w), now: time.Now}
 	if slotFirst {
 		t := time.NewTimer(b.NextBackOff())

@@ -121,6 +121,11 @@ type ResolveAllReply struct {
 	// Next is the last server of this page when more follow: send it back
 	// as After for the next page. Empty on the last page.
 	Next string `json:"next"`
+	// FleetSize is how many agents the supervisor tracks that would
+	// reconnect if their server restarted (every state but gone); omitted
+	// while it tracks none. Agents size their reconnect window with it
+	// (Config.FleetSize).
+	FleetSize int `json:"fleet_size,omitempty"`
 }
 
 // ResolveAllRequest is the optional body of a resolveall request: the page

@@ -23,6 +23,7 @@ type resolver struct {
 	retryAfter time.Duration
 	metrics    *Metrics
 	maxPayload func() int // the connection's max payload, for paging
+	fleetSize  func() int // agents tracked but not gone; nil: not reported
 	// admitRegistered: only agents in mcp_agents are tracked (explain
 	// warns that an unregistered agent's heartbeats are discarded).
 	admitRegistered bool
@@ -209,6 +210,9 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 	}
 	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Next: next,
 		Servers: make(map[string]agentproto.ResolveResult, len(page))}
+	if r.fleetSize != nil {
+		reply.FleetSize = r.fleetSize()
+	}
 	failed := 0
 	for _, it := range page {
 		if it.Err != nil {

@@ -270,11 +270,17 @@ func (s *Supervisor) onChange(ch kvconfig.Change) {
 
 func (s *Supervisor) startService() error {
 	r := &resolver{
-		subj:            agentproto.Subjects{Prefix: s.cfg.Prefix},
-		index:           s.store.Index(),
-		log:             s.reqSampler.Logger(s.log.With().Str("component", "resolver").Logger()),
-		retryAfter:      DefaultRetryAfterNotReady,
-		maxPayload:      func() int { return int(s.nc.MaxPayload()) },
+		subj:       agentproto.Subjects{Prefix: s.cfg.Prefix},
+		index:      s.store.Index(),
+		log:        s.reqSampler.Logger(s.log.With().Str("component", "resolver").Logger()),
+		retryAfter: DefaultRetryAfterNotReady,
+		maxPayload: func() int { return int(s.nc.MaxPayload()) },
+		fleetSize: func() int {
+			if f := s.fleet.Load(); f != nil {
+				return f.Size()
+			}
+			return 0
+		},
 		metrics:         s.metrics,
 		admitRegistered: s.cfg.Admission == AdmitRegistered,
 	}

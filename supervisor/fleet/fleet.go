@@ -410,6 +410,19 @@ func (f *Fleet) Counts() map[State]int {
 	return out
 }
 
+// Size is how many agents are tracked in any state but gone: the agents
+// that would reconnect if their server restarted (the resolveall reply's
+// fleet_size).
+func (f *Fleet) Size() int {
+	n := 0
+	for s := StateHealthy; s < numStates; s++ {
+		if s != StateGone {
+			n += int(f.t.counts[s].Load())
+		}
+	}
+	return n
+}
+
 // MassSilence reports whether the supervisor currently suspects the broker
 // or its own link because a large share of the fleet went silent at once.
 func (f *Fleet) MassSilence() bool { return f.t.mass.Load() }
