@@ -35,7 +35,7 @@ func runLive(ctx context.Context, w io.Writer, o *options) error {
 			HeartbeatInterval: o.hb, Warmup: o.warmup, Steady: o.steady, Outage: o.cfg.Outage, Cap: o.cap,
 			Logf:   func(f string, a ...any) { fmt.Fprintf(os.Stderr, "fleetsim: "+f+"\n", a...) },
 			Tether: func(c *agentproto.Config) { c.ConnectRate, c.PingInterval = o.connectRate, o.ping },
-			Ping:   o.ping,
+			Ping:   o.ping, SizeFromSupervisor: o.sizeFromSupervisor,
 		})
 		if err != nil {
 			return err

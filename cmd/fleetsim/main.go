@@ -62,6 +62,7 @@ type options struct {
 	inProcess               bool
 	cpuProfile              string
 	connectRate             int
+	sizeFromSupervisor      bool
 	ping                    time.Duration
 	// --serve (the child process of --live)
 	serve          bool
@@ -96,6 +97,7 @@ fleetsim --agents 5000 --outage 30s --capacity 200 --attempts 8`, "fleetsim [fla
 	fs.DurationVar(&o.cap, "cap", fleetsim.DefaultLiveCap, "--live: wait for every agent after the restart")
 	fs.BoolVar(&o.inProcess, "in-process", false, "--live: run the server in this process (its CPU is then not measured)")
 	fs.IntVar(&o.connectRate, "connect-rate", agentproto.DefaultConnectRate, "--live: tether's Config.ConnectRate (its FleetSize is --agents)")
+	fs.BoolVar(&o.sizeFromSupervisor, "fleet-size-from-supervisor", false, "--live: tether keeps the default FleetSize and sizes its window from a stand-in supervisor's resolveall fleet_size")
 	fs.DurationVar(&o.ping, "ping", agentproto.DefaultPingInterval, "--live: tether's and tuned's PingInterval (black hole found within 3 of them)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "--live: write the clients' CPU profile to this file")
 	fs.BoolVar(&o.serve, "serve", false, "internal: serve NATS for --live in a child process")

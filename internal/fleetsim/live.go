@@ -2,6 +2,7 @@ package fleetsim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -73,6 +74,11 @@ type LiveConfig struct {
 	// Ping is KindTuned's PingInterval. Zero means
 	// agentproto.DefaultPingInterval.
 	Ping time.Duration
+	// SizeFromSupervisor leaves each KindTether client's FleetSize at its
+	// default and lets it resolve: the stand-in supervisor answers
+	// resolveall with fleet_size = Agents, as the real one does, so the
+	// clients size their window from it.
+	SizeFromSupervisor bool
 	// Logf, if set, reports progress.
 	Logf func(format string, args ...any)
 }
@@ -146,6 +152,10 @@ type LiveResult struct {
 	// is the crash itself), rebuilds, failed health rounds and links its
 	// pings found stale.
 	Disconnects, Rebuilds, HealthFails, StaleLinks int64
+	// WindowsSized is how many tether clients had sized their reconnect
+	// window for the whole fleet from fleet_size before the crash
+	// (SizeFromSupervisor only).
+	WindowsSized int
 	// TimerLateness is the most a 10 ms timer in this process fired late
 	// while the fleet recovered: the scheduling delay every client's
 	// timers suffered too (a loaded machine pauses processes).
@@ -158,8 +168,9 @@ type LiveResult struct {
 
 // liveAgent is one client of any kind.
 type liveAgent struct {
-	first atomic.Int64 // unix ns of the first "after" marker; 0: none yet
-	close func()
+	first  atomic.Int64 // unix ns of the first "after" marker; 0: none yet
+	close  func()
+	window func() time.Duration // KindTether: its reconnect window now
 }
 
 // liveSubject is agent i's own subject: markers prove its subscription.
@@ -249,6 +260,15 @@ func RunLive(ctx context.Context, cfg LiveConfig) (LiveResult, error) {
 	}
 	res.ConnectTook = time.Since(start)
 	cfg.Logf("%s: %d agents connected in %v", cfg.Kind, cfg.Agents, res.ConnectTook.Round(time.Millisecond))
+	if cfg.SizeFromSupervisor {
+		deadline := time.Now().Add(cfg.Warmup)
+		for res.WindowsSized = f.windowsSized(); res.WindowsSized < cfg.Agents && time.Now().Before(deadline); res.WindowsSized = f.windowsSized() {
+			if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+				return res, err
+			}
+		}
+		cfg.Logf("%s: %d of %d clients sized their reconnect window from the stand-in supervisor's fleet_size", cfg.Kind, res.WindowsSized, cfg.Agents)
+	}
 	if err := f.steady(ctx, &res); err != nil {
 		return res, err
 	}
@@ -269,7 +289,34 @@ func (f *liveFleet) hbConsumer() (*nats.Conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("fleetsim: heartbeat consumer: %w", err)
 	}
+	if f.cfg.SizeFromSupervisor {
+		if _, err := nc.Subscribe(agentproto.Subjects{}.ResolveAll("*"), f.answerResolveAll); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("fleetsim: resolveall responder: %w", err)
+		}
+	}
 	return nc, nc.Flush()
+}
+
+// answerResolveAll answers a resolveall as a supervisor with no configs
+// that tracks the whole fleet would.
+func (f *liveFleet) answerResolveAll(m *nats.Msg) {
+	agent := strings.TrimPrefix(m.Subject, agentproto.Subjects{}.ResolveAll(""))
+	data, _ := json.Marshal(agentproto.ResolveAllReply{Agent: agent, Servers: map[string]agentproto.ResolveResult{}, FleetSize: f.cfg.Agents})
+	_ = m.Respond(data)
+}
+
+// windowsSized counts the tether clients whose window is the one for the
+// whole fleet (SizeFromSupervisor).
+func (f *liveFleet) windowsSized() int {
+	want := agentproto.ReconnectWindow(f.cfg.Agents, agentproto.DefaultConnectRate, agentproto.DefaultReconnectWait, agentproto.DefaultMaxReconnectWait)
+	n := 0
+	for _, a := range f.agents {
+		if a != nil && a.window != nil && a.window() >= want {
+			n++
+		}
+	}
+	return n
 }
 
 // connectAll connects every agent, 16 at a time.
@@ -324,6 +371,9 @@ func (f *liveFleet) connectOne(ctx context.Context, i int) (*liveAgent, error) {
 	if f.cfg.Kind == KindTether {
 		cfg := agentproto.DefaultConfig(agentID(i))
 		cfg.URLs, cfg.FleetSize, cfg.SkipInitialResolve = f.srv.URL(), f.cfg.Agents, true
+		if f.cfg.SizeFromSupervisor {
+			cfg.FleetSize, cfg.SkipInitialResolve = agentproto.DefaultFleetSize, false
+		}
 		cfg.HeartbeatInterval, cfg.Logger, cfg.OnEvent = f.cfg.HeartbeatInterval, zerolog.Nop(), f.onEvent
 		if f.cfg.Tether != nil {
 			f.cfg.Tether(&cfg)
@@ -332,7 +382,7 @@ func (f *liveFleet) connectOne(ctx context.Context, i int) (*liveAgent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("fleetsim: agent %d: %w", i, err)
 		}
-		a.close = c.Close
+		a.close, a.window = c.Close, c.ReconnectWindow
 		if _, err := c.Subscribe(liveSubject(i), onMsg); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("fleetsim: agent %d: %w", i, err)
