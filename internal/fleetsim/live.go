@@ -600,6 +600,8 @@ func (f *liveFleet) recovery(ready time.Time, res *LiveResult) {
 	}
 	res.Connects = len(conns)
 	res.PeakConnects = PeakPer(conns, from, 100*time.Millisecond)
+	f.cfg.Logf("%s: connects per 100 ms in the first second after the server's listener opened: %v",
+		f.cfg.Kind, firstBuckets(conns, from, 100*time.Millisecond, 10))
 	res.ConnectsPerSec = PerSecond(conns, from, false)
 	var took []time.Duration
 	var at []time.Time
@@ -624,6 +626,17 @@ func (f *liveFleet) recovery(ready time.Time, res *LiveResult) {
 	f.cfg.Logf("%s: since the start: %d disconnects (%v), %d rebuilds, %d failed health rounds",
 		f.cfg.Kind, f.disconnects.Load(), f.why, f.rebuilds.Load(), f.healthFails.Load())
 	f.whyMu.Unlock()
+}
+
+// firstBuckets counts ts in the first n window-wide buckets from from.
+func firstBuckets(ts []time.Time, from time.Time, window time.Duration, n int) []int {
+	out := make([]int, n)
+	for _, t := range ts {
+		if k := int(t.Sub(from) / window); !t.Before(from) && k < n {
+			out[k]++
+		}
+	}
+	return out
 }
 
 // PeakPer is the most of ts at or after from in one window-wide bucket
