@@ -259,8 +259,11 @@ func (t *ToolCaller) restartLocked(g *generation) {
 
 // quarantined reports g's quarantine and starts its process again by
 // itself once the quarantine is over (as a call then would), so the
-// heartbeat does not say "quarantined" for as long as no call comes. After
-// a Swap, a Close or a call that started it first, nothing is done.
+// heartbeat does not say "quarantined" for as long as no call comes. A
+// Swap that keeps the connection (a new revision, retry policy or
+// idempotent_tools) keeps the quarantine and this restart; after Close,
+// Release, a changed connection or a call that started it first, nothing
+// is done.
 func (t *ToolCaller) quarantined(g *generation) {
 	t.ss.SetQuarantined(true)
 	t.log.Error().Int(logKeyRestarts, t.opts.Restart.MaxRestarts).Int64(logKeyUntilMS, t.opts.Restart.QuarantineFor.Milliseconds()).
@@ -270,20 +273,25 @@ func (t *ToolCaller) quarantined(g *generation) {
 	t.goFnLocked(func() {
 		for {
 			t.mu.Lock()
-			wait := t.budget.until.Sub(t.opts.Now())
-			if wait <= 0 || g != t.gen || t.closed {
-				t.restartLocked(g)
+			cur := t.gen
+			if t.closed || t.budget.until.IsZero() || !sameConnection(g.res.Config, cur.res.Config) {
 				t.mu.Unlock()
-				return
+				return // closed, released, or the quarantine ended with its config
 			}
+			if wait := t.budget.until.Sub(t.opts.Now()); wait > 0 {
+				t.mu.Unlock()
+				timer := time.NewTimer(wait)
+				select {
+				case <-t.ctx.Done():
+					timer.Stop()
+					return
+				case <-timer.C:
+				}
+				continue
+			}
+			t.restartLocked(cur)
 			t.mu.Unlock()
-			timer := time.NewTimer(wait)
-			select {
-			case <-t.ctx.Done():
-				timer.Stop()
-				return
-			case <-timer.C:
-			}
+			return
 		}
 	})
 }

@@ -22,6 +22,7 @@ import (
 // dir (name.started.<pid>), with its caller and the server's stats.
 type superviseCase struct {
 	dir     string
+	res     agentproto.Resolved
 	servers agentproto.ServerRegistry
 	log     syncLog
 	c       *mcp.ToolCaller
@@ -37,7 +38,7 @@ func newSuperviseCase(t *testing.T, mode string, rp mcp.RestartPolicy, p *agentp
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc.c = c
+	sc.c, sc.res = c, res
 	return sc
 }
 
@@ -194,8 +195,9 @@ func TestStdioCloseDuringRestartBackoff(t *testing.T) {
 }
 
 // A quarantined stdio server is started again by itself when its
-// quarantine ends, with no call: the heartbeat entry leaves
-// "quarantined", and the next call runs on that process.
+// quarantine ends, with no call, also after a config change that keeps its
+// connection (a new revision): the heartbeat entry leaves "quarantined",
+// and the next call runs on that process.
 func TestStdioQuarantineEndsWithoutCall(t *testing.T) {
 	rp := mcp.RestartPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRestarts: 2,
 		Window: time.Minute, StableAfter: time.Minute, QuarantineFor: 300 * time.Millisecond}
@@ -213,6 +215,14 @@ func TestStdioQuarantineEndsWithoutCall(t *testing.T) {
 		return nil
 	})
 	quarantined := time.Now()
+	same := sc.res
+	same.Revision++
+	if err := sc.c.Swap(same); err != nil {
+		t.Fatal(err)
+	}
+	if got := sc.stats(); got.State != agentproto.ServerQuarantined {
+		t.Fatalf("stats %+v after a same-connection Swap, want still quarantined", got)
+	}
 	if err := os.WriteFile(filepath.Join(sc.dir, "healed"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
