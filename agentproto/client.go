@@ -80,7 +80,8 @@ type Client struct {
 	healthKick    chan struct{}
 	reconnSince   atomic.Int64 // unix nanos nats.go started reconnecting; 0: not
 	rttNanos      atomic.Int64
-	reconnectedAt atomic.Int64 // unix nanos of the latest reconnect or rebuild: the stale limit's grace
+	born          time.Time    // Connect's start: the monotonic base of reconnectedAt
+	reconnectedAt atomic.Int64 // since born, +1, of the latest reconnect or rebuild (0: none): the stale limit's grace
 	fleetHint     atomic.Int64 // the supervisor's fleet_size (resolveall); 0: none yet
 	// noSupervisor counts heartbeats answered "no responders".
 	noSupervisor atomic.Uint64
@@ -116,6 +117,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		consumers:  map[*Consumer]struct{}{},
 		rebuildCh:  make(chan rebuildReq, rebuildQueue),
 		healthKick: make(chan struct{}, 1),
+		born:       time.Now(),
 	}
 	if c.calls == nil {
 		c.calls = new(CallStats)

@@ -47,9 +47,9 @@ const (
 	// within BlackHoleBound(900 ms, 2) = 2.7 s, leaving scheduling headroom
 	// under the 3 s target (nats.go's 2 min × 2 take ~6 min). The client
 	// sends these pings itself (liveness.go): one PING per interval, the
-	// link stale when it is unanswered for interval × MaxPingsOut with
-	// nothing received meanwhile, four times that within a few windows of
-	// a reconnect. They are the link's only round trip: health rounds do not
+	// link stale when it is unanswered and nothing has arrived for interval
+	// × MaxPingsOut (from the PING or the latest message), four times that
+	// within a few windows of a reconnect. They are the link's only round trip: health rounds do not
 	// flush.
 	DefaultPingInterval = 900 * time.Millisecond
 	DefaultMaxPingsOut  = 2
@@ -133,8 +133,9 @@ type Config struct {
 	MaxReconnects int
 	// PingInterval and MaxPingsOut: the client PINGs the link every
 	// PingInterval and declares it stale (EventLinkStale; it reconnects at
-	// its next slot) when a PING is unanswered for PingInterval ×
-	// MaxPingsOut and nothing else arrived, so a black hole is found within
+	// its next slot) when a PING is unanswered and nothing has arrived for
+	// PingInterval × MaxPingsOut (counted from the PING or the latest
+	// message), so a black hole is found within
 	// BlackHoleBound(PingInterval, MaxPingsOut). For 2 reconnect windows
 	// plus that bound after each reconnect or rebuild (not the first
 	// connect) the limit is 4 times longer: a

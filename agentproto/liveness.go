@@ -2,7 +2,6 @@ package agentproto
 
 import (
 	"context"
-	"errors"
 	"math"
 	"time"
 
@@ -20,11 +19,11 @@ import (
 //
 //   - every PingInterval it sends one PING (a flush) and waits for its
 //     PONG, one at a time;
-//   - the link is stale when that PONG is not back within
-//     PingInterval × MaxPingsOut and nothing else arrived from the server
-//     meanwhile (a link that delivers messages is alive, however late its
-//     PONG). A black hole is thus found within BlackHoleBound, as with
-//     nats.go's rule;
+//   - the link is stale when that PONG is not back and nothing has
+//     arrived from the server for PingInterval × MaxPingsOut, counted from
+//     the PING or the latest message (a link that delivers messages is
+//     alive, however late its PONG). A black hole is thus found within
+//     BlackHoleBound of its start, as with nats.go's rule;
 //   - within linkGrace of a reconnect or rebuild (2 reconnect windows
 //     plus BlackHoleBound), when the server may be taking back a whole
 //     fleet, the limit is staleGraceFactor times longer. Not after the
@@ -65,13 +64,27 @@ func (c *Client) grace() time.Duration {
 }
 
 // markReconnected stamps a reconnect or rebuild for the stale limit's
-// grace.
-func (c *Client) markReconnected() { c.reconnectedAt.Store(time.Now().UnixNano()) }
+// grace, on the monotonic clock (as an offset from the client's start,
+// +1 so that 0 means never).
+func (c *Client) markReconnected() { c.reconnectedAt.Store(int64(time.Since(c.born)) + 1) }
+
+// sinceReconnect is the time since the latest reconnect or rebuild; never
+// reconnected is forever (no grace).
+func (c *Client) sinceReconnect() time.Duration {
+	at := c.reconnectedAt.Load()
+	if at == 0 {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Since(c.born) - time.Duration(at-1)
+}
 
 // livenessLoop pings the link every PingInterval until the client closes.
+// A reconnect is also noticed from nats.go's counter, since its reconnect
+// callback (which stamps the grace too) may run after the first PING.
 func (c *Client) livenessLoop() {
 	t := time.NewTicker(c.cfg.PingInterval)
 	defer t.Stop()
+	var reconnects uint64
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -82,30 +95,65 @@ func (c *Client) livenessLoop() {
 		if nc == nil || !nc.IsConnected() {
 			continue // rebuilding or reconnecting: nothing to ping
 		}
+		if r := nc.Stats().Reconnects; r != reconnects {
+			if reconnects != 0 || r > 0 {
+				c.markReconnected()
+			}
+			reconnects = r
+		}
 		if limit, stale := c.pingLink(nc); stale {
 			c.staleLink(nc, gen, limit)
 		}
 	}
 }
 
-// pingLink sends one PING and waits for its PONG; it reports the link
-// stale when the PONG is not back within the limit and no message arrived
-// meanwhile.
+// pingLink sends one PING and waits for its PONG, watching the link's
+// inbound messages meanwhile (every livenessPoll of the interval): it
+// reports the link stale when the PONG is not back and nothing arrived for
+// the limit, counted from the PING or the latest message seen, whichever
+// is later. So a black hole is found within one interval plus the limit of
+// its start (BlackHoleBound) even when messages were arriving until then.
 func (c *Client) pingLink(nc *nats.Conn) (time.Duration, bool) {
-	since := time.Duration(math.MaxInt64) // never reconnected: no grace
-	if at := c.reconnectedAt.Load(); at != 0 {
-		since = time.Since(time.Unix(0, at))
-	}
-	limit := staleLimit(since, c.grace(), c.cfg.PingInterval, c.cfg.MaxPingsOut)
+	limit := staleLimit(c.sinceReconnect(), c.grace(), c.cfg.PingInterval, c.cfg.MaxPingsOut)
+	// nats.go needs a deadline; past it (messages kept the link alive that
+	// long) the next tick sends a new PING.
+	ctx, cancel := context.WithTimeout(c.ctx, livenessPoll*limit)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- nc.FlushWithContext(ctx) }() // waited for on every path below
+	poll := time.NewTicker(max(c.cfg.PingInterval/livenessPoll, time.Millisecond))
+	defer poll.Stop()
+	silent := time.NewTimer(limit) // the limit after the PING or the latest message seen
+	defer silent.Stop()
 	in := nc.Stats().InMsgs
-	ctx, cancel := context.WithTimeout(c.ctx, limit)
-	err := nc.FlushWithContext(ctx)
-	cancel()
-	if err == nil || c.ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
-		return limit, false // answered, closing, or the connection already dropped
+	for {
+		select {
+		case <-done:
+			// Answered; or closing, the connection dropped (nats.go is on
+			// it), or messages kept arriving past the flush's deadline.
+			return limit, false
+		case <-poll.C:
+			if n := nc.Stats().InMsgs; n != in {
+				in = n
+				silent.Reset(limit)
+			}
+		case <-silent.C:
+			if n := nc.Stats().InMsgs; n != in {
+				in = n
+				silent.Reset(limit)
+				continue
+			}
+			cancel()
+			<-done
+			return limit, c.ctx.Err() == nil && nc.IsConnected()
+		}
 	}
-	return limit, nc.IsConnected() && nc.Stats().InMsgs == in
 }
+
+// livenessPoll is how many times per PingInterval a waiting PING checks
+// whether messages arrived (a message is seen up to PingInterval /
+// livenessPoll after it came, and the limit counted from then).
+const livenessPoll = 4
 
 // staleLink closes a stale link; nats.go reconnects it at the agent's next
 // slot (its reconnect loop waits the ReconnectToServer delay first).

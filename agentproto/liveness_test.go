@@ -152,3 +152,50 @@ func TestLinkThatDeliversIsNotStale(t *testing.T) {
 	})
 	t.Logf("stale %v after the messages stopped", time.Unix(0, stale.Load()).Sub(stopped).Round(time.Millisecond))
 }
+
+// A black hole that starts while messages are arriving is found within
+// BlackHoleBound of its start at the default pings (before, a message
+// that arrived during a PING's wait restarted the judgement from the next
+// PING: up to 2 × 1.8 s).
+func TestBlackHoleWithTrafficWithinBound(t *testing.T) {
+	srv := natstest.RunServer(t, natstest.WithoutJetStream())
+	proxy := natstest.NewProxy(t, srv.URL()[len("nats://"):])
+	cfg := testConfig(t, proxy.URL(), "lv4")
+	cfg.PingInterval, cfg.MaxPingsOut = DefaultPingInterval, DefaultMaxPingsOut
+	cfg.HeartbeatInterval, cfg.HealthInterval, cfg.ProbeTimeout = time.Minute, 2*time.Second, 2*time.Second
+	var holed, stale atomic.Int64
+	cfg.OnEvent = func(e Event) {
+		if e.Kind == EventLinkStale && holed.Load() != 0 {
+			stale.CompareAndSwap(0, e.Time.UnixNano())
+		}
+	}
+	c := connect(t, cfg)
+	if _, err := c.Subscribe("work.lv4", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	pub := srv.Connect()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	// Traffic through the link for a while, so the black hole starts at a
+	// random point of the PING cycle, with messages arriving until then.
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); <-tick.C {
+		if err := pub.Publish("work.lv4", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	holed.Store(time.Now().UnixNano())
+	proxy.BlackHole()
+	natstest.CheckFor(t, 10*time.Second, 2*time.Millisecond, func() error {
+		if stale.Load() == 0 {
+			return errors.New("black hole not found yet")
+		}
+		return nil
+	})
+	took := time.Duration(stale.Load() - holed.Load())
+	bound := BlackHoleBound(cfg.PingInterval, cfg.MaxPingsOut)
+	t.Logf("black hole after traffic found in %v (bound %v)", took.Round(time.Millisecond), bound)
+	// The 3 s target; the bound is 2.7 s, the rest is scheduling headroom.
+	if took > 3*time.Second {
+		t.Fatalf("found after %v, over 3 s (bound %v)", took, bound)
+	}
+}
