@@ -1,6 +1,7 @@
 package agentproto
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 )
@@ -38,5 +39,23 @@ func TestHintedWindowBounded(t *testing.T) {
 	c.fleetHint.Store(MaxFleetSizeHint)
 	if w := c.window(1); w != c.cfg.MaxReconnectWait {
 		t.Fatalf("window for %d agents %v, want the cap %v", MaxFleetSizeHint, w, c.cfg.MaxReconnectWait)
+	}
+}
+
+// A malformed fleet_size never fails the reply it comes in: it reads as no
+// hint, or as the cap.
+func TestFleetSizeHintTolerant(t *testing.T) {
+	for in, want := range map[string]FleetSizeHint{
+		`25`: 25, `25.7`: 25, `0`: 0, `-3`: 0, `"25"`: 0, `null`: 0, `{}`: 0, `1e300`: MaxFleetSizeHint,
+		`99999999999999999999999`: MaxFleetSizeHint, `true`: 0,
+	} {
+		var rep ResolveAllReply
+		if err := json.Unmarshal([]byte(`{"agent":"a","servers":{},"next":"","fleet_size":`+in+`}`), &rep); err != nil {
+			t.Errorf("fleet_size %s failed the reply: %v", in, err)
+			continue
+		}
+		if rep.FleetSize != want {
+			t.Errorf("fleet_size %s read as %d, want %d", in, rep.FleetSize, want)
+		}
 	}
 }

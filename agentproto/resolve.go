@@ -403,7 +403,7 @@ func (r *Resolver) resolveAllPages(ctx context.Context, subject string) ([]Resol
 		}
 		pages = append(pages, rep)
 		if rep.FleetSize > 0 && r.cfg.OnFleetSize != nil {
-			r.cfg.OnFleetSize(min(rep.FleetSize, MaxFleetSizeHint))
+			r.cfg.OnFleetSize(min(int(rep.FleetSize), MaxFleetSizeHint))
 		}
 		if rep.Next == "" {
 			return pages, nil

@@ -125,7 +125,26 @@ type ResolveAllReply struct {
 	// reconnect if their server restarted (every state but gone); omitted
 	// while it tracks none. Agents size their reconnect window with it
 	// (Config.FleetSize).
-	FleetSize int `json:"fleet_size,omitempty"`
+	FleetSize FleetSizeHint `json:"fleet_size,omitempty"`
+}
+
+// FleetSizeHint is a resolveall reply's fleet_size. It is advisory, so it
+// never fails a reply's decoding: anything but a non-negative number reads
+// as 0 (no hint), and a number over MaxFleetSizeHint as MaxFleetSizeHint.
+type FleetSizeHint int
+
+// UnmarshalJSON implements json.Unmarshaler without ever failing.
+func (h *FleetSizeHint) UnmarshalJSON(b []byte) error {
+	var f float64
+	switch {
+	case json.Unmarshal(b, &f) != nil || f != f || f < 1:
+		*h = 0
+	case f >= MaxFleetSizeHint:
+		*h = MaxFleetSizeHint
+	default:
+		*h = FleetSizeHint(f)
+	}
+	return nil
 }
 
 // ResolveAllRequest is the optional body of a resolveall request: the page

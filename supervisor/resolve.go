@@ -211,7 +211,7 @@ func (r *resolver) handleResolveAll(req micro.Request) {
 	reply := agentproto.ResolveAllReply{Agent: toks[0], Role: role, AsOf: asOf, Next: next,
 		Servers: make(map[string]agentproto.ResolveResult, len(page))}
 	if r.fleetSize != nil {
-		reply.FleetSize = r.fleetSize()
+		reply.FleetSize = agentproto.FleetSizeHint(r.fleetSize())
 	}
 	failed := 0
 	for _, it := range page {

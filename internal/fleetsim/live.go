@@ -302,7 +302,7 @@ func (f *liveFleet) hbConsumer() (*nats.Conn, error) {
 // that tracks the whole fleet would.
 func (f *liveFleet) answerResolveAll(m *nats.Msg) {
 	agent := strings.TrimPrefix(m.Subject, agentproto.Subjects{}.ResolveAll(""))
-	data, _ := json.Marshal(agentproto.ResolveAllReply{Agent: agent, Servers: map[string]agentproto.ResolveResult{}, FleetSize: f.cfg.Agents})
+	data, _ := json.Marshal(agentproto.ResolveAllReply{Agent: agent, Servers: map[string]agentproto.ResolveResult{}, FleetSize: agentproto.FleetSizeHint(f.cfg.Agents)})
 	_ = m.Respond(data)
 }
 
