@@ -108,14 +108,19 @@ func NewProxy(t testing.TB, target string) *Proxy {
 }
 
 // HoldAfter arms a hold: once the client's protocol message (PUB or HPUB)
-// carrying marker has been written to the target, every client -> target
-// byte of every link after it, including the rest of the same write, waits
-// (in order, nothing dropped) until Release. Bytes from the
+// whose subject carries marker has been written to the target, every
+// client -> target byte of every link after it, including the rest of the
+// same write, waits (in order, nothing dropped) until Release. Arming it
+// again ends a hold in force. Bytes from the
 // target still flow. It makes "nothing reaches the server between this
 // request and the test's next step" exact, where a latency would only make
 // it likely.
 func (p *Proxy) HoldAfter(marker []byte) {
 	p.holdMu.Lock()
+	if p.held != nil { // a hold in force ends: one at a time
+		close(p.held)
+		p.held = nil
+	}
 	p.holdAfter = bytes.Clone(marker)
 	p.holdMu.Unlock()
 }
@@ -139,37 +144,58 @@ func (p *Proxy) holding() chan struct{} {
 	return p.held
 }
 
-// scanClientBytes looks for the armed marker in data, with the tail of the
-// previous chunk of the same link (a marker may straddle two). Found, it
-// starts the hold and returns where in data the held bytes begin: just
-// after the protocol message (PUB or HPUB, with its payload) that carries
-// the marker, so that requests the client wrote in the same burst are held
-// too. Otherwise it returns -1 and the new tail.
-func (p *Proxy) scanClientBytes(tail, data []byte) ([]byte, int) {
+// holdScan is one link's search for the armed marker.
+type holdScan struct {
+	tail   []byte // the last bytes seen, as a marker may straddle two reads
+	marked []byte // from the marker on, once found, until its message is whole
+}
+
+// scan looks at data, the next client bytes of the link. Once the marker
+// has been seen and the protocol message carrying it (PUB or HPUB with
+// its payload, the marker in its subject) is whole, it starts the hold and
+// returns where in data the held bytes begin, so that requests written in
+// the same burst are held too; until then it returns -1.
+func (p *Proxy) scan(st *holdScan, data []byte) int {
+	if st.marked == nil {
+		p.holdMu.Lock()
+		m := p.holdAfter
+		if len(m) == 0 {
+			p.holdMu.Unlock()
+			st.tail = nil
+			return -1
+		}
+		buf := append(st.tail, data...)
+		i := bytes.Index(buf, m)
+		if i < 0 {
+			p.holdMu.Unlock()
+			st.tail = bytes.Clone(buf[max(0, len(buf)-(len(m)-1)):])
+			return -1
+		}
+		p.holdAfter, st.tail = nil, nil // this link has it: disarmed for the others
+		p.holdMu.Unlock()
+		st.marked = bytes.Clone(buf[i:])
+	} else {
+		st.marked = append(st.marked, data...)
+	}
+	eol := bytes.Index(st.marked, []byte("\r\n"))
+	if eol < 0 {
+		return -1 // the line is not whole yet
+	}
+	end := eol + 2 // the line alone, when its last field is not a size
+	if f := bytes.Fields(st.marked[:eol]); len(f) > 0 {
+		if size, err := strconv.Atoi(string(f[len(f)-1])); err == nil && size >= 0 {
+			end += size + 2
+		}
+	}
+	if len(st.marked) < end {
+		return -1 // the payload is not whole yet
+	}
+	cut := len(data) - (len(st.marked) - end)
+	st.marked = nil
 	p.holdMu.Lock()
-	defer p.holdMu.Unlock()
-	m := p.holdAfter
-	if len(m) == 0 {
-		return nil, -1
-	}
-	buf := append(tail, data...)
-	i := bytes.Index(buf, m)
-	if i < 0 {
-		if keep := len(m) - 1; len(buf) > keep {
-			buf = buf[len(buf)-keep:]
-		}
-		return bytes.Clone(buf), -1
-	}
-	end := len(buf) // the message's end, when it is not all in buf
-	if eol := bytes.Index(buf[i:], []byte("\r\n")); eol >= 0 {
-		eol += i
-		fields := bytes.Fields(buf[i:eol])
-		if size, err := strconv.Atoi(string(fields[len(fields)-1])); err == nil && size >= 0 {
-			end = min(end, eol+2+size+2)
-		}
-	}
-	p.holdAfter, p.held = nil, make(chan struct{})
-	return nil, max(0, end-len(tail))
+	p.held = make(chan struct{})
+	p.holdMu.Unlock()
+	return max(0, cut)
 }
 
 // Addr is the proxy's listen address, 127.0.0.1:<port>.
@@ -326,7 +352,7 @@ func (p *Proxy) pipe(l *link, src, dst net.Conn, fromClient bool) {
 // the reader ends, a live link is closed; a dead one is held until Cut or
 // Close.
 func (p *Proxy) deliver(l *link, dst net.Conn, ch <-chan chunk, fromClient bool) {
-	var tail []byte
+	var st holdScan
 	for c := range ch {
 		if wait := time.Until(c.due); wait > 0 {
 			select {
@@ -346,8 +372,7 @@ func (p *Proxy) deliver(l *link, dst net.Conn, ch <-chan chunk, fromClient bool)
 						break
 					}
 				}
-				var cut int
-				if tail, cut = p.scanClientBytes(tail, data); cut >= 0 {
+				if cut := p.scan(&st, data); cut >= 0 {
 					n = cut
 				}
 			}

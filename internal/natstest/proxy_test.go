@@ -270,3 +270,45 @@ func TestProxyHoldAfter(t *testing.T) {
 	}
 	mustEcho(t, nc)
 }
+
+// TestProxyHoldAfterSplitMessage: the marked message written in two parts
+// (its payload in a later write) goes through whole before the hold
+// starts; what follows it waits for Release.
+func TestProxyHoldAfterSplitMessage(t *testing.T) {
+	s, p := proxied(t)
+	direct := s.Connect()
+	seen, err := direct.SubscribeSync("held.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	p.HoldAfter([]byte("held.mark"))
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 4096)
+	if _, err := c.Read(buf); err != nil { // INFO
+		t.Fatal(err)
+	}
+	for _, part := range []string{"CONNECT {\"verbose\":false}\r\nPUB held.mark 5\r\nhel", "lo\r\nPUB held.after 0\r\n\r\n"} {
+		if _, err := c.Write([]byte(part)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // separate reads at the proxy
+	}
+	m, err := seen.NextMsg(2 * time.Second)
+	if err != nil || m.Subject != "held.mark" || string(m.Data) != "hello" {
+		t.Fatalf("the marked message: %v %v", m, err)
+	}
+	if _, err := seen.NextMsg(100 * time.Millisecond); err == nil {
+		t.Fatal("the message after the marked one got through the hold")
+	}
+	p.Release()
+	if m, err := seen.NextMsg(2 * time.Second); err != nil || m.Subject != "held.after" {
+		t.Fatalf("after Release: %v %v", m, err)
+	}
+}
