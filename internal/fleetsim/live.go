@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/tether-dev/tether/agentproto"
+	"golang.org/x/sync/errgroup"
 )
 
 // LiveKind is the client a live run connects.
@@ -319,41 +320,23 @@ func (f *liveFleet) windowsSized() int {
 	return n
 }
 
-// connectAll connects every agent, 16 at a time.
+// connectAll connects every agent, 16 at a time; the first failure stops
+// it.
 func (f *liveFleet) connectAll(ctx context.Context) error {
 	f.agents = make([]*liveAgent, f.cfg.Agents)
-	idx := make(chan int)
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range idx {
-				a, err := f.connectOne(ctx, i)
-				if err != nil {
-					errs <- err
-					return
-				}
-				f.agents[i] = a
-			}
-		}()
-	}
-	var err error
-feed:
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
 	for i := range f.agents {
-		select {
-		case idx <- i:
-		case err = <-errs:
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error {
+			a, err := f.connectOne(gctx, i)
+			f.agents[i] = a
+			return err
+		})
 	}
-	close(idx)
-	wg.Wait()
-	if err == nil && len(errs) > 0 {
-		err = <-errs
-	}
-	return err
+	return g.Wait()
 }
 
 // agentID is agent i's id.
@@ -446,24 +429,14 @@ func (f *liveFleet) bareHeartbeats(nc *nats.Conn, agent string) {
 func (f *liveFleet) closeAll() {
 	close(f.stop)
 	f.wg.Wait()
-	idx := make(chan int)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range idx {
-				if a := f.agents[i]; a != nil {
-					a.close()
-				}
-			}
-		}()
+	var g errgroup.Group
+	g.SetLimit(16)
+	for _, a := range f.agents {
+		if a != nil {
+			g.Go(func() error { a.close(); return nil })
+		}
 	}
-	for i := range f.agents {
-		idx <- i
-	}
-	close(idx)
-	wg.Wait()
+	_ = g.Wait()
 }
 
 // steady measures the server's counters over the steady window.
