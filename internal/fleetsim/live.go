@@ -601,13 +601,24 @@ func (f *liveFleet) recovery(ready time.Time, res *LiveResult) {
 	f.whyMu.Unlock()
 }
 
-// firstBuckets counts ts in the first n window-wide buckets from from.
-func firstBuckets(ts []time.Time, from time.Time, window time.Duration, n int) []int {
-	out := make([]int, n)
+// perWindow counts ts at or after from by window-wide bucket k, the
+// interval [from + k·window, from + (k+1)·window).
+func perWindow(ts []time.Time, from time.Time, window time.Duration) map[int]int {
+	count := map[int]int{}
 	for _, t := range ts {
-		if k := int(t.Sub(from) / window); !t.Before(from) && k < n {
-			out[k]++
+		if !t.Before(from) {
+			count[int(t.Sub(from)/window)]++
 		}
+	}
+	return count
+}
+
+// firstBuckets is perWindow's first n buckets.
+func firstBuckets(ts []time.Time, from time.Time, window time.Duration, n int) []int {
+	count := perWindow(ts, from, window)
+	out := make([]int, n)
+	for k := range out {
+		out[k] = count[k]
 	}
 	return out
 }
@@ -615,15 +626,9 @@ func firstBuckets(ts []time.Time, from time.Time, window time.Duration, n int) [
 // PeakPer is the most of ts at or after from in one window-wide bucket
 // [from + k·window, from + (k+1)·window).
 func PeakPer(ts []time.Time, from time.Time, window time.Duration) int {
-	count := map[int64]int{}
 	peak := 0
-	for _, t := range ts {
-		if t.Before(from) {
-			continue
-		}
-		k := int64(t.Sub(from) / window)
-		count[k]++
-		peak = max(peak, count[k])
+	for _, n := range perWindow(ts, from, window) {
+		peak = max(peak, n)
 	}
 	return peak
 }
@@ -631,16 +636,14 @@ func PeakPer(ts []time.Time, from time.Time, window time.Duration) int {
 // PerSecond buckets ts from from by second: counts per second, or
 // (cumulative) how many happened by the end of each second.
 func PerSecond(ts []time.Time, from time.Time, cumulative bool) []int {
-	var out []int
-	for _, t := range ts {
-		if t.Before(from) {
-			continue
-		}
-		k := int(t.Sub(from) / time.Second)
-		for len(out) <= k {
-			out = append(out, 0)
-		}
-		out[k]++
+	count := perWindow(ts, from, time.Second)
+	last := -1
+	for k := range count {
+		last = max(last, k)
+	}
+	out := make([]int, last+1)
+	for k, n := range count {
+		out[k] = n
 	}
 	if cumulative {
 		for i := 1; i < len(out); i++ {
