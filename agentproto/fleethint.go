@@ -37,7 +37,13 @@ func (c *Client) knownServers() int {
 			return n
 		}
 	}
-	return len(strings.Split(c.cfg.URLs, ","))
+	n := 0
+	for _, u := range strings.Split(c.cfg.URLs, ",") {
+		if strings.TrimSpace(u) != "" {
+			n++
+		}
+	}
+	return max(n, 1)
 }
 
 // ReconnectWindow is the reconnect window the client uses now: Config's
