@@ -1,13 +1,11 @@
 package test
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -26,37 +24,12 @@ import (
 // the README's mcpdemo markers; other comment lines are prose.
 func readMCPDemo(t *testing.T) []walkthroughStep {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var steps []walkthroughStep
-	in := false
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		l := strings.TrimSpace(sc.Text())
-		switch {
-		case l == "<!-- mcpdemo:start -->":
-			in = true
-		case l == "<!-- mcpdemo:end -->":
-			in = false
-		case !in || l == "" || strings.HasPrefix(l, "```"):
-		case strings.HasPrefix(l, "#=> "):
-			if len(steps) == 0 {
-				t.Fatalf("README.md:%d: expectation before any command", n)
-			}
-			s := &steps[len(steps)-1]
-			s.expect = append(s.expect, strings.TrimPrefix(l, "#=> "))
-		case strings.HasPrefix(l, "#"):
-		default:
-			steps = append(steps, walkthroughStep{line: n, cmd: l})
+	return readmeSteps(t, "mcpdemo", func(l string) readmeLine {
+		if l == "" || strings.HasPrefix(l, "```") || strings.HasPrefix(l, "#") {
+			return readmeSkip
 		}
-	}
-	if len(steps) < 10 {
-		t.Fatalf("README MCP demo has %d commands; markers missing?", len(steps))
-	}
-	return steps
+		return readmeCommand
+	})
 }
 
 // shell is one long-lived bash reading commands from a pipe, as a user's

@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -25,39 +26,67 @@ type walkthroughStep struct {
 	expect []string
 }
 
-// readWalkthrough extracts the commands between the walkthrough markers of
-// README.md, so the README cannot drift from what is tested.
-func readWalkthrough(t *testing.T) []walkthroughStep {
+// readmeLine says what a line of a README block is to its test.
+type readmeLine int
+
+const (
+	readmeSkip    readmeLine = iota // prose, fences, comments
+	readmeCommand                   // a command to run
+	readmeBad                       // a line the test cannot run: fails the test
+)
+
+// readmeSteps extracts the commands of README.md between <!-- name:start -->
+// and <!-- name:end -->, as classify says, each with the substrings its
+// output must show (the "#=> " lines after it); fewer than 10 commands
+// means the markers are missing.
+func readmeSteps(t *testing.T, name string, classify func(line string) readmeLine) []walkthroughStep {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "README.md"))
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	var steps []walkthroughStep
 	in := false
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
 		l := strings.TrimSpace(sc.Text())
 		switch {
-		case l == "<!-- walkthrough:start -->":
+		case l == "<!-- "+name+":start -->":
 			in = true
-		case l == "<!-- walkthrough:end -->":
+		case l == "<!-- "+name+":end -->":
 			in = false
 		case !in:
-		case strings.HasPrefix(l, "nats "), strings.HasPrefix(l, "go run ./cmd/tetherctl "):
-			steps = append(steps, walkthroughStep{line: n, cmd: l})
 		case strings.HasPrefix(l, "#=> "):
 			if len(steps) == 0 {
 				t.Fatalf("README.md:%d: expectation before any command", n)
 			}
 			s := &steps[len(steps)-1]
 			s.expect = append(s.expect, strings.TrimPrefix(l, "#=> "))
+		default:
+			switch classify(l) {
+			case readmeCommand:
+				steps = append(steps, walkthroughStep{line: n, cmd: l})
+			case readmeBad:
+				t.Fatalf("README.md:%d: a %s line the test cannot run: %s", n, name, l)
+			}
 		}
 	}
 	if len(steps) < 10 {
-		t.Fatalf("README walkthrough has %d commands; markers missing?", len(steps))
+		t.Fatalf("README %s block has %d commands; markers missing?", name, len(steps))
 	}
+	return steps
+}
+
+// readWalkthrough extracts the commands between the walkthrough markers of
+// README.md, so the README cannot drift from what is tested.
+func readWalkthrough(t *testing.T) []walkthroughStep {
+	t.Helper()
+	steps := readmeSteps(t, "walkthrough", func(l string) readmeLine {
+		if strings.HasPrefix(l, "nats ") || strings.HasPrefix(l, "go run ./cmd/tetherctl ") {
+			return readmeCommand
+		}
+		return readmeSkip
+	})
 	shown := false
 	for _, st := range steps {
 		for _, e := range st.expect {

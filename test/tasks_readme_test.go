@@ -1,12 +1,9 @@
 package test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -21,37 +18,15 @@ import (
 // (between its markers) with the output each must show.
 func readTasksBlock(t *testing.T) []walkthroughStep {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var steps []walkthroughStep
-	in := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for n := 1; sc.Scan(); n++ {
-		l := strings.TrimSpace(sc.Text())
+	return readmeSteps(t, "tasks", func(l string) readmeLine {
 		switch {
-		case l == "<!-- tasks:start -->":
-			in = true
-		case l == "<!-- tasks:end -->":
-			in = false
-		case !in || l == "" || strings.HasPrefix(l, "```") || strings.HasPrefix(l, "# "):
-		case strings.HasPrefix(l, "#=> "):
-			if len(steps) == 0 {
-				t.Fatalf("README.md:%d: expectation before any command", n)
-			}
-			s := &steps[len(steps)-1]
-			s.expect = append(s.expect, strings.TrimPrefix(l, "#=> "))
+		case l == "" || strings.HasPrefix(l, "```") || strings.HasPrefix(l, "# "):
+			return readmeSkip
 		case strings.HasPrefix(l, "nats "), strings.HasPrefix(l, "go run ./cmd/"):
-			steps = append(steps, walkthroughStep{line: n, cmd: l})
-		default:
-			t.Fatalf("README.md:%d: a tasks walkthrough line the test cannot run: %s", n, l)
+			return readmeCommand
 		}
-	}
-	if len(steps) < 10 {
-		t.Fatalf("README tasks walkthrough has %d commands; markers missing?", len(steps))
-	}
-	return steps
+		return readmeBad
+	})
 }
 
 // TestREADMETasksWalkthrough runs the README's tasks block as written: the
